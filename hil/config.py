@@ -1,0 +1,336 @@
+"""Target inventory: TOML files (or ``[tool.hil]``) -> frozen, validated ``TargetSpec``.
+
+Every problem is reported as a :class:`~hil.errors.ConfigError` with one line
+naming the file, the key and what was expected, e.g.::
+
+    targets/jetson.toml: key 'tier' must be an integer 1-3, got 'two'
+
+Sources, in order of precedence:
+
+* ``--hil-targets DIR``: every ``*.toml`` in DIR (replaces the next two);
+* ``[tool.hil.targets.NAME]`` tables in the rootdir's ``pyproject.toml``;
+* ``targets/*.toml`` under the rootdir (or ``[tool.hil] targets_dir``).
+
+A ``local`` target serving the detected tier always exists unless declared.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from hil.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (Jetson images)
+    import tomli as tomllib
+
+Kind = Literal["local", "docker", "ssh"]
+KINDS: tuple[str, ...] = ("local", "docker", "ssh")
+DEFAULT_TARGET = "local"
+
+
+@dataclass(frozen=True)
+class SshSpec:
+    """How to reach a board over SSH."""
+
+    host: str = ""
+    config: str = ""
+    remote_dir: str = ""
+    user: str = ""
+    port: int = 0
+    allow_outside_home: bool = False
+    #: Extra rsync exclude patterns, used when the checkout is not a git repository.
+    excludes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DockerSpec:
+    """The Docker engine, image and container settings of a container target."""
+
+    engine: str = ""
+    context: str = ""
+    runtime: str = ""
+    dockerfile: str = "targets/Dockerfile"
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    hash_files: tuple[str, ...] = ()
+    build_network: str = ""
+    network: str = ""
+    memory: str = ""
+    #: Where the checkout is mounted read-only inside the container.
+    workdir: str = "/src"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds allowed for each step."""
+
+    connect: float = 10.0
+    build: float = 1800.0
+    run: float = 3600.0
+    lease: float = 300.0
+
+
+@dataclass(frozen=True)
+class PreflightSpec:
+    """Thresholds checked before a session starts."""
+
+    min_free_mb: int = 1024
+    require_swap: bool = False
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One declared execution target."""
+
+    name: str
+    kind: Kind
+    tier: int
+    source: str
+    description: str = ""
+    ssh: SshSpec = field(default_factory=SshSpec)
+    docker: DockerSpec = field(default_factory=DockerSpec)
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    preflight: PreflightSpec = field(default_factory=PreflightSpec)
+    #: True for ``local`` when the tier was not declared and is to be detected.
+    detect_tier: bool = False
+
+    @property
+    def is_container(self) -> bool:
+        """Whether the tests of this target run inside a container."""
+        return self.kind in ("docker", "ssh")
+
+
+_TOP_KEYS = {"name", "kind", "tier", "description", "ssh", "docker", "env", "timeouts", "preflight"}
+_SECTIONS: dict[str, type[Any]] = {
+    "ssh": SshSpec,
+    "docker": DockerSpec,
+    "timeouts": Timeouts,
+    "preflight": PreflightSpec,
+}
+_SECTION_KINDS = {"ssh": ("ssh",), "docker": ("docker", "ssh")}
+
+
+def _type_name(value: object) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+             list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_value(source: str, key: str, value: object, default: object) -> object:
+    """Validate one field against the type of its default and convert it."""
+    where = f"{source}: key '{key}'"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be a boolean, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{where} must be a positive number of seconds, got {value!r}")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where} must be a non-negative integer, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {_type_name(value)} {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be an array of strings, got {value!r}")
+        return tuple(value)
+    if isinstance(default, Mapping):
+        return _string_table(source, key, value)
+    raise AssertionError(f"unhandled field type for {key}")  # pragma: no cover
+
+
+def _string_table(source: str, key: str, value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: key '{key}' must be a table of strings, got {value!r}")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise ConfigError(
+                f"{source}: key '{key}.{k}' must be a string, got {_type_name(v)} {v!r}"
+            )
+        out[str(k)] = str(v)
+    return out
+
+
+def _section(source: str, name: str, cls: type[Any], table: object) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: key '{name}' must be a table, got {table!r}")
+    defaults = cls()
+    known = {f.name for f in fields(cls)}
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(
+                f"{source}: unknown key '{name}.{key}' (expected one of: {', '.join(sorted(known))})"
+            )
+        values[key] = _check_value(source, f"{name}.{key}", value, getattr(defaults, key))
+    return cls(**values)
+
+
+def parse_target(data: Mapping[str, Any], source: str, default_name: str | None = None) -> TargetSpec:
+    """Validate one target's table and build its :class:`TargetSpec`."""
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise ConfigError(
+                f"{source}: unknown key '{key}' (expected one of: {', '.join(sorted(_TOP_KEYS))})"
+            )
+    name = data.get("name", default_name)
+    if name is None:
+        raise ConfigError(f"{source}: missing key 'name' (the target's name, a string)")
+    if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(
+            f"{source}: key 'name' must be a non-empty string of letters, digits, '-' and '_', "
+            f"got {name!r}"
+        )
+    if default_name is not None and "name" in data and name != default_name:
+        raise ConfigError(f"{source}: key 'name' is {name!r} but must equal {default_name!r}")
+    if "kind" not in data:
+        raise ConfigError(f"{source}: missing key 'kind' (one of: {', '.join(KINDS)})")
+    kind = data["kind"]
+    if kind not in KINDS:
+        raise ConfigError(f"{source}: key 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    detect = False
+    if "tier" in data:
+        tier = data["tier"]
+        if isinstance(tier, bool) or not isinstance(tier, int) or not 1 <= tier <= 3:
+            raise ConfigError(f"{source}: key 'tier' must be an integer 1-3, got {tier!r}")
+    elif kind == "local":
+        tier, detect = 1, True
+    else:
+        raise ConfigError(f"{source}: missing key 'tier' (the tier the target serves, 1-3)")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{source}: key 'description' must be a string, got {description!r}")
+    sections: dict[str, Any] = {}
+    for sect, cls in _SECTIONS.items():
+        if sect in data:
+            allowed = _SECTION_KINDS.get(sect)
+            if allowed and kind not in allowed:
+                raise ConfigError(
+                    f"{source}: key '{sect}' is not allowed for kind '{kind}' "
+                    f"(only for: {', '.join(allowed)})"
+                )
+            sections[sect] = _section(source, sect, cls, data[sect])
+    if kind == "ssh":
+        ssh: SshSpec = sections.get("ssh", SshSpec())
+        if not ssh.host:
+            raise ConfigError(f"{source}: missing key 'ssh.host' (an ssh_config alias or host name)")
+        if not ssh.remote_dir:
+            raise ConfigError(
+                f"{source}: missing key 'ssh.remote_dir' (where the checkout goes on the board)"
+            )
+    env = _string_table(source, "env", data["env"]) if "env" in data else {}
+    return TargetSpec(
+        name=name,
+        kind=kind,
+        tier=tier,
+        source=source,
+        description=description,
+        env=env,
+        detect_tier=detect,
+        **sections,
+    )
+
+
+def _load_toml(path: Path, display: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        # tomllib messages end with "(at line L, column C)".
+        raise ConfigError(f"{display}: TOML syntax error: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{display}: cannot read: {err.strerror}") from None
+
+
+def _display(path: Path, rootdir: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(rootdir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """All declared targets, by name."""
+
+    targets: Mapping[str, TargetSpec]
+    sources: tuple[str, ...] = ()
+
+    def names(self) -> list[str]:
+        """Known target names, sorted."""
+        return sorted(self.targets)
+
+    def get(self, name: str) -> TargetSpec:
+        """The target called ``name``; an unknown name lists the known ones."""
+        try:
+            return self.targets[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown target '{name}'; known targets: {', '.join(self.names())}"
+            ) from None
+
+
+def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
+    """Read every declared target under ``rootdir`` (see the module docstring)."""
+    found: dict[str, TargetSpec] = {}
+    sources: list[str] = []
+
+    def add(spec: TargetSpec) -> None:
+        if spec.name in found:
+            raise ConfigError(
+                f"{spec.source}: duplicate target name '{spec.name}' "
+                f"(already declared in {found[spec.name].source})"
+            )
+        found[spec.name] = spec
+
+    folder: Path | None = targets_dir
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"--hil-targets: '{folder}' is not a directory")
+    pyproject = rootdir / "pyproject.toml"
+    if folder is None and pyproject.is_file():
+        tool = _load_toml(pyproject, "pyproject.toml").get("tool", {}).get("hil", {})
+        if not isinstance(tool, dict):
+            raise ConfigError("pyproject.toml: key 'tool.hil' must be a table")
+        for key in tool:
+            if key not in ("targets", "targets_dir"):
+                raise ConfigError(
+                    f"pyproject.toml: unknown key 'tool.hil.{key}' (expected: targets, targets_dir)"
+                )
+        declared = tool.get("targets", {})
+        if not isinstance(declared, dict):
+            raise ConfigError("pyproject.toml: key 'tool.hil.targets' must be a table of tables")
+        for name, table in declared.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"pyproject.toml: key 'tool.hil.targets.{name}' must be a table")
+            add(parse_target(table, f"pyproject.toml [tool.hil.targets.{name}]", default_name=name))
+        if declared:
+            sources.append("pyproject.toml")
+        if "targets_dir" in tool:
+            if not isinstance(tool["targets_dir"], str):
+                raise ConfigError("pyproject.toml: key 'tool.hil.targets_dir' must be a string")
+            folder = rootdir / tool["targets_dir"]
+    if folder is None:
+        folder = rootdir / "targets"
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.toml")):
+            display = _display(path, rootdir)
+            add(parse_target(_load_toml(path, display), display, default_name=path.stem))
+        sources.append(_display(folder, rootdir))
+    if DEFAULT_TARGET not in found:
+        found[DEFAULT_TARGET] = TargetSpec(
+            name=DEFAULT_TARGET, kind="local", tier=1, source="built-in", detect_tier=True,
+            description="this host, in-process; tier detected",
+        )
+    return Inventory(targets=found, sources=tuple(sources))

@@ -1,0 +1,189 @@
+"""The pytest plugin: options, markers and hook wiring only.
+
+The work lives elsewhere: the inventory in :mod:`hil.config`, tiers in
+:mod:`hil.tiers`, the controller of container targets in :mod:`hil.session`
+(registered only when a container target is chosen, so the local target never
+imports Docker or Fabric).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hil.config import DEFAULT_TARGET, TargetSpec, load_inventory
+from hil.errors import ConfigError, HilError, TargetUnhealthyError
+from hil.tiers import MARKERS, detect_local_tier, item_tier, tier_label
+from hil.worker import TierGate
+
+HELP_TARGET = "where to run the tests: a target name from targets/*.toml (default: $HIL_TARGET or 'local')"
+HELP_TARGETS = "folder of target TOML files (default: [tool.hil] in pyproject.toml, then targets/)"
+HELP_PLAN = "print, per test, the target it would run on or its skip reason; run nothing"
+HELP_REQUIRE = "fail with the target-unhealthy code unless the target serves at least tier N"
+HELP_KEEP = "keep earlier Allure results instead of cleaning the results folder"
+HELP_REBUILD = "rebuild the target's dependencies image even when its content hash is present"
+HELP_LEASE = "seconds to wait for a board's lease before exiting with the device-busy code"
+HELP_REPORTS = "folder for run output: reports/<run-id>/, allure-results/ (default: reports)"
+HELP_NO_ALLURE = "do not write Allure results"
+
+
+@dataclass(frozen=True)
+class HilSettings:
+    """What the plugin resolved at configure time (kept in the config's stash)."""
+
+    target: TargetSpec
+    tier: int
+    tier_how: str
+    reports: Path
+    allure_dir: Path | None
+    keep_results: bool
+    plan: bool
+
+
+SETTINGS_KEY = pytest.StashKey[HilSettings]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hil", "hardware-in-the-loop targets (pytest-hil)")
+    group.addoption("--target", dest="hil_target", metavar="NAME", default=None, help=HELP_TARGET)
+    group.addoption("--hil-targets", dest="hil_targets", metavar="DIR", default=None,
+                    help=HELP_TARGETS)
+    group.addoption("--hil-plan", dest="hil_plan", action="store_true", help=HELP_PLAN)
+    group.addoption("--hil-require-tier", dest="hil_require_tier", metavar="N", type=int,
+                    default=None, choices=(1, 2, 3), help=HELP_REQUIRE)
+    group.addoption("--hil-keep-results", dest="hil_keep_results", action="store_true",
+                    help=HELP_KEEP)
+    group.addoption("--hil-rebuild", dest="hil_rebuild", action="store_true", help=HELP_REBUILD)
+    group.addoption("--hil-lease-timeout", dest="hil_lease_timeout", metavar="SECONDS",
+                    type=float, default=None, help=HELP_LEASE)
+    group.addoption("--hil-reports", dest="hil_reports", metavar="DIR", default=None,
+                    help=HELP_REPORTS)
+    group.addoption("--hil-no-allure", dest="hil_no_allure", action="store_true",
+                    help=HELP_NO_ALLURE)
+
+
+def git_commit(root: Path) -> str:
+    """The checkout's commit (with ``-dirty``), or '' outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def _resolve_target(config: pytest.Config) -> TargetSpec:
+    folder = config.getoption("hil_targets")
+    try:
+        inventory = load_inventory(config.rootpath, Path(folder) if folder else None)
+        name = config.getoption("hil_target") or os.environ.get("HIL_TARGET") or DEFAULT_TARGET
+        return inventory.get(name)
+    except ConfigError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
+def _serves(spec: TargetSpec) -> tuple[int, str]:
+    if spec.kind != "local":
+        return spec.tier, "declared"
+    detected = detect_local_tier()
+    if spec.detect_tier:
+        return detected.tier, detected.how
+    if spec.tier >= 2 and detected.tier < 2:
+        raise TargetUnhealthyError(
+            f"declares {tier_label(spec.tier)} but no CUDA device is usable here "
+            f"({detected.how})", target=spec.name)
+    return spec.tier, "declared"
+
+
+def _exit_on(err: HilError) -> None:
+    pytest.exit(f"hil: {err}", returncode=int(err.exit_code))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS.values():
+        config.addinivalue_line("markers", marker)
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller resolved everything
+        return
+    spec = _resolve_target(config)
+    plan = bool(config.getoption("hil_plan"))
+    try:
+        tier, how = _serves(spec)
+        required = config.getoption("hil_require_tier")
+        if required and tier < required and not plan:
+            raise TargetUnhealthyError(
+                f"serves tier {tier} ({how}) but --hil-require-tier {required} was given",
+                target=spec.name)
+    except HilError as err:
+        _exit_on(err)
+        raise  # unreachable: pytest.exit raises
+    reports = Path(config.getoption("hil_reports") or config.rootpath / "reports")
+    allure_dir: Path | None = None
+    has_allure = config.pluginmanager.hasplugin("allure_pytest")
+    if has_allure and not config.getoption("hil_no_allure") and not plan:
+        given = config.getoption("allure_report_dir")
+        allure_dir = Path(given) if given else reports / "allure-results"
+        keep = config.getoption("hil_keep_results")
+        if spec.kind == "local":
+            config.option.allure_report_dir = str(allure_dir)
+            config.option.clean_alluredir = not keep
+        else:
+            # The container writes the results; session.py copies them here.
+            config.option.allure_report_dir = None
+    settings = HilSettings(
+        target=spec, tier=tier, tier_how=how, reports=reports, allure_dir=allure_dir,
+        keep_results=bool(config.getoption("hil_keep_results")), plan=plan,
+    )
+    config.stash[SETTINGS_KEY] = settings
+    os.environ["HIL_TARGET"] = spec.name
+    os.environ["HIL_TIER"] = str(tier)
+    environment = {"git.commit": git_commit(config.rootpath), "tier.detection": how}
+    gate_allure = str(allure_dir) if spec.kind == "local" and allure_dir else None
+    config.pluginmanager.register(
+        TierGate(spec.name, tier, gate_allure, environment), "hil-tiergate")
+    if spec.is_container and not plan:
+        from hil.session import RemoteSession
+
+        config.pluginmanager.register(RemoteSession(config, settings), "hil-session")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None:
+        return None
+    spec = settings.target
+    return f"hil target: {spec.name} ({spec.kind}, serves tier {settings.tier}: {settings.tier_how})"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    settings = session.config.stash.get(SETTINGS_KEY, None)
+    if settings is None or not settings.plan:
+        return None
+    _print_plan(session, settings)
+    return True
+
+
+def _print_plan(session: pytest.Session, settings: HilSettings) -> None:
+    write = session.config.get_terminal_writer().line
+    spec = settings.target
+    run = skipped = 0
+    write("")
+    write(f"hil plan: target '{spec.name}' ({spec.kind}, serves tier {settings.tier})")
+    for item in session.items:
+        skip = item.get_closest_marker("skip")
+        tier = item_tier(item)
+        if skip is not None:
+            reason = skip.kwargs.get("reason") or (skip.args[0] if skip.args else "unconditional")
+            write(f"  SKIP {item.nodeid}: {reason}")
+            skipped += 1
+        else:
+            write(f"  RUN  {item.nodeid} -> {spec.name} (tier{tier})")
+            run += 1
+    write(f"hil plan: {run} to run, {skipped} skipped; nothing was run")

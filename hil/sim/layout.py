@@ -1,0 +1,173 @@
+"""Where every part of the simulated rig lives: paths, names and addresses.
+
+Plain data.  The state dir (``/var/lib/hil-sim``, env ``HIL_SIM_ROOT``) keeps
+what survives a ``down``: keys, image cache, engine data.  The runtime dir
+(``/run/hil-sim``) keeps sockets and pid files.  Both locations, the engine
+sockets and the SSH alias are a contract with the rest of the project.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path("/var/lib/hil-sim")
+RUNTIME_DIR = Path("/run/hil-sim")
+
+
+@dataclass(frozen=True)
+class EngineLayout:
+    """The files of one Docker engine (dockerd) of the rig."""
+
+    name: str
+    socket: Path
+    data_root: Path
+    exec_root: Path
+    pidfile: Path
+    config_file: Path
+    log: Path
+
+    @property
+    def host(self) -> str:
+        """The engine's docker host URL (``unix://...``)."""
+        return f"unix://{self.socket}"
+
+
+@dataclass(frozen=True)
+class RigLayout:
+    """Every path, name and address of the rig; derived from the state dir."""
+
+    state_dir: Path
+    runtime_dir: Path = RUNTIME_DIR
+
+    netns: str = "hil-sim"
+    host_if: str = "hilsim-host"
+    board_if: str = "hilsim-board"
+    host_address: str = "10.213.0.1"
+    board_address: str = "10.213.0.2"
+    prefix_len: int = 24
+
+    user: str = "jetson"
+    docker_group: str = "docker"
+    ssh_alias: str = "hil-sim-jetson"
+    ssh_port: int = 22
+
+    suite: str = "bookworm"
+    base_image: str = "hil-sim/base:bookworm"
+    l4t_image: str = "hil-sim/l4t-base:r36.4.3"
+
+    #: Size of the sparse ext4 file holding the jetson engine's data root.
+    jetson_disk_gb: int = 24
+    netem_queue: int = 4213
+
+    @classmethod
+    def from_env(cls) -> RigLayout:
+        """The layout for ``HIL_SIM_ROOT`` (default ``/var/lib/hil-sim``)."""
+        return cls(state_dir=Path(os.environ.get("HIL_SIM_ROOT") or DEFAULT_STATE_DIR))
+
+    def _engine(self, name: str, data_root: Path) -> EngineLayout:
+        return EngineLayout(
+            name=name,
+            socket=self.runtime_dir / name / "docker.sock",
+            data_root=data_root,
+            exec_root=self.runtime_dir / "exec" / name,
+            pidfile=self.runtime_dir / "pids" / f"dockerd-{name}.pid",
+            config_file=self.state_dir / name / "daemon.json",
+            log=self.log_dir / f"dockerd-{name}.log",
+        )
+
+    @property
+    def colima(self) -> EngineLayout:
+        """The "colima" engine: the laptop's local engine."""
+        return self._engine("colima", self.state_dir / "colima" / "data")
+
+    @property
+    def jetson(self) -> EngineLayout:
+        """The "jetson" engine: the board's engine, data root on a loop-mounted ext4."""
+        return self._engine("jetson", self.jetson_disk_mount / "docker")
+
+    @property
+    def jetson_disk_image(self) -> Path:
+        """The sparse file holding the jetson engine's filesystem."""
+        return self.state_dir / "jetson" / "disk.ext4"
+
+    @property
+    def jetson_disk_mount(self) -> Path:
+        """Where the jetson engine's filesystem is mounted."""
+        return self.state_dir / "jetson" / "disk"
+
+    @property
+    def disk_balloon(self) -> Path:
+        """The file that eats free space when the engine's disk is limited."""
+        return self.jetson_disk_mount / "hil-sim-balloon"
+
+    @property
+    def log_dir(self) -> Path:
+        """Logs of the daemons (dockerd, sshd, netem)."""
+        return self.state_dir / "log"
+
+    @property
+    def image_cache(self) -> Path:
+        """Root filesystem tarballs keyed by the hash of the debootstrap inputs."""
+        return self.state_dir / "images"
+
+    @property
+    def ssh_dir(self) -> Path:
+        """Keys, ssh_config and known_hosts for reaching the board."""
+        return self.state_dir / "ssh"
+
+    @property
+    def ssh_config(self) -> Path:
+        """The ssh_config file defining the ``hil-sim-jetson`` alias."""
+        return self.ssh_dir / "config"
+
+    @property
+    def known_hosts(self) -> Path:
+        """The known_hosts file pinning the board's host key."""
+        return self.ssh_dir / "known_hosts"
+
+    @property
+    def client_key(self) -> Path:
+        """The private key the client logs in with."""
+        return self.ssh_dir / "id_ed25519"
+
+    @property
+    def host_key(self) -> Path:
+        """The board sshd's private host key."""
+        return self.ssh_dir / "ssh_host_ed25519_key"
+
+    @property
+    def sshd_config(self) -> Path:
+        """The board sshd's private configuration."""
+        return self.ssh_dir / "sshd_config"
+
+    @property
+    def sshd_pidfile(self) -> Path:
+        """The board sshd's pid file (written by sshd inside the namespace)."""
+        return self.runtime_dir / "sshd" / "sshd.pid"
+
+    @property
+    def sshd_log(self) -> Path:
+        """The board sshd's log."""
+        return self.log_dir / "sshd.log"
+
+    @property
+    def face_dir(self) -> Path:
+        """The Jetson face: files overlaid on /etc and /usr/local/bin on the board."""
+        return self.state_dir / "face"
+
+    @property
+    def board_run_staging(self) -> Path:
+        """Mount point used to prepare the board's private /run before moving it."""
+        return self.state_dir / "board-run"
+
+    @property
+    def netem_pidfile(self) -> Path:
+        """Pid file of the netfilter-queue delay/loss daemon."""
+        return self.runtime_dir / "pids" / "netem.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        """Serializes ``up`` and ``down`` between processes."""
+        return self.state_dir / "lock"

@@ -1,0 +1,307 @@
+"""The in-target side of pytest-hil: runs pytest and streams its reports.
+
+This module is the only part of ``hil`` loaded inside a container, where
+pytest-hil itself is not installed: it imports nothing else from ``hil`` and
+nothing beyond the standard library and pytest.  It is also the single home of
+the tier vocabulary (``hil.tiers`` re-exports it), so the skip reasons on a
+board and on the laptop are the same strings.
+
+Run as ``python3 -m hil.worker PYTEST_ARGS...`` with these variables:
+
+``HIL_TARGET`` / ``HIL_TIER``
+    the target's name and the tier it serves;
+``HIL_OUT``
+    the results folder (default ``/hil/out``): ``pytest.log`` (pytest's own
+    terminal output), ``junit.xml``, ``allure-results/``, ``events.jsonl``;
+``HIL_ENVIRONMENT``
+    extra ``key=value`` lines for Allure's ``environment.properties``.
+
+Channel: standard output carries nothing but events, one JSON object per line
+(``{"ev": "...", ...}``), pytest's terminal output is moved to ``pytest.log``,
+and standard error is left alone for the diagnostics a user must see.  Reports
+are serialized with pytest's own ``pytest_report_to_serializable`` hook.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import socket
+import sys
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+PROTOCOL = 1
+
+TIERS: dict[int, str] = {
+    1: "any host CPU",
+    2: "CUDA GPU",
+    3: "real airframe hardware",
+}
+
+
+def tier_label(tier: int) -> str:
+    """``'tier2 (CUDA GPU)'``."""
+    return f"tier{tier} ({TIERS.get(tier, 'unknown')})"
+
+
+def skip_reason(test_tier: int, target: str, target_tier: int) -> str:
+    """The reason a test above its target's tier is skipped with."""
+    return f"{tier_label(test_tier)} test; target '{target}' serves tier {target_tier}"
+
+
+def item_tier(item: pytest.Item) -> int:
+    """The tier a test needs: its highest ``tierN`` marker, 1 when unmarked."""
+    names = {m.name for m in item.iter_markers()}
+    return max((n for n in TIERS if f"tier{n}" in names), default=1)
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str]:
+    """Installed versions of ``names`` (distribution names), without importing them."""
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+#: Distributions whose versions go into Allure's environment.properties.
+RUNTIME_PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "pytest")
+
+
+class TierGate:
+    """Skips tests above the target's tier and labels every Allure result with the target.
+
+    Used in-process by the local target and inside containers by the worker.
+    """
+
+    def __init__(self, target: str, tier: int, allure_dir: str | None = None,
+                 environment: dict[str, str] | None = None) -> None:
+        self.target = target
+        self.tier = tier
+        self.allure_dir = allure_dir
+        self.environment = environment or {}
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            needed = item_tier(item)
+            if needed > self.tier:
+                item.add_marker(pytest.mark.skip(reason=skip_reason(needed, self.target, self.tier)))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if self.allure_dir:
+            _allure_target_parameter(self.target)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Tests skipped at setup never reach a test body; label them here.
+        if self.allure_dir and report.when == "setup" and report.skipped:
+            _allure_target_parameter(self.target)
+
+    def pytest_sessionfinish(self) -> None:
+        if self.allure_dir:
+            write_environment(Path(self.allure_dir), self.environment_lines())
+
+    def environment_lines(self) -> dict[str, str]:
+        """What Allure shows under Environment for this target."""
+        env = {
+            "target": self.target,
+            "tier": str(self.tier),
+            "host": socket.gethostname(),
+            "python": platform.python_version(),
+        }
+        env.update({f"{k}.version": v for k, v in package_versions(RUNTIME_PACKAGES).items()})
+        env.update(self.environment)
+        return env
+
+
+def _allure_target_parameter(target: str) -> None:
+    try:
+        import allure
+    except ImportError:
+        return
+    try:
+        allure.dynamic.parameter("target", target)
+    except Exception:  # no Allure test context (allure-pytest inactive)
+        return
+
+
+def write_environment(folder: Path, values: dict[str, str]) -> None:
+    """Write Allure's ``environment.properties`` (keys prefixed by nothing, one per line)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"{k}={v}".replace("\n", " ") for k, v in sorted(values.items())]
+    (folder / "environment.properties").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def parse_environment(text: str) -> dict[str, str]:
+    """``key=value`` lines -> dict (blank lines and ``#`` comments ignored)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+class EventStream:
+    """Sends pytest's hooks to the controller as JSON lines on a file object."""
+
+    def __init__(self, channel: IO[str], copy: IO[str] | None = None) -> None:
+        self.channel = channel
+        self.copy = copy
+        self.config: pytest.Config | None = None
+
+    def send(self, ev: str, **data: Any) -> None:
+        """Write one event line and flush it, so the controller sees it at once."""
+        data["ev"] = ev
+        line = json.dumps(data, separators=(",", ":"), default=str) + "\n"
+        self.channel.write(line)
+        self.channel.flush()
+        if self.copy is not None:
+            self.copy.write(line)
+
+    def _report(self, report: pytest.CollectReport | pytest.TestReport) -> dict[str, Any]:
+        assert self.config is not None
+        data: dict[str, Any] = self.config.hook.pytest_report_to_serializable(
+            config=self.config, report=report
+        )
+        return data
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        self.config = config
+        self.send("hello", protocol=PROTOCOL, pytest=pytest.__version__,
+                  python=platform.python_version(), host=socket.gethostname(), pid=os.getpid())
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        # Passed collect reports only carry counts, which collection_finish sends.
+        if not report.passed:
+            self.send("collectreport", report=self._report(report))
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.send("deselected", nodeids=[item.nodeid for item in items])
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.send("collection_finish", nodeids=[item.nodeid for item in session.items])
+
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        self.send("logstart", nodeid=nodeid, location=location)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.send("logreport", report=self._report(report))
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        self.send("logfinish", nodeid=nodeid, location=location)
+
+    def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str,
+                                nodeid: str, location: tuple[str, int, str] | None) -> None:
+        self.send("warning", message=str(warning_message.message),
+                  category=type(warning_message.message).__name__,
+                  filename=warning_message.filename, lineno=warning_message.lineno,
+                  when=when, nodeid=nodeid)
+
+    def pytest_internalerror(self, excrepr: object) -> None:
+        self.send("internalerror", text=str(excrepr))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.send("sessionfinish", exitstatus=int(exitstatus),
+                  shouldfail=str(session.shouldfail or ""),
+                  shouldstop=str(session.shouldstop or ""))
+
+
+def _prepare_cache(out: Path) -> list[str]:
+    """Point pytest's cache into ``out`` and seed it with the controller's last failures."""
+    cache = out / ".pytest_cache"
+    lastfailed = out / "lastfailed.json"
+    if lastfailed.is_file():
+        dest = cache / "v" / "cache"
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "lastfailed").write_text(lastfailed.read_text(encoding="utf-8"), encoding="utf-8")
+    return ["-o", f"cache_dir={cache}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run pytest with ``argv`` and stream its reports on standard output."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = Path(os.environ.get("HIL_OUT", "/hil/out"))
+    out.mkdir(parents=True, exist_ok=True)
+    target = os.environ.get("HIL_TARGET", "container")
+    tier = int(os.environ.get("HIL_TIER", "1"))
+
+    # Standard output becomes the event channel; pytest's terminal goes to the log.
+    sys.stdout.flush()
+    channel = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    log = open(out / "pytest.log", "w", buffering=1, encoding="utf-8")  # noqa: SIM115
+    os.dup2(log.fileno(), 1)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
+    copy = open(out / "events.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+
+    plugins: list[object] = [EventStream(channel, copy)]
+    extra = ["-p", "no:hil", "--junitxml", str(out / "junit.xml"), *_prepare_cache(out)]
+    allure_dir: str | None = None
+    if importlib.util.find_spec("allure_pytest") is not None:
+        allure_dir = str(out / "allure-results")
+        extra += ["--alluredir", allure_dir]
+    environment = parse_environment(os.environ.get("HIL_ENVIRONMENT", ""))
+    plugins.append(TierGate(target, tier, allure_dir, environment))
+    try:
+        code = int(pytest.main(extra + args, plugins=plugins))
+    finally:
+        copy.close()
+        sys.stdout.flush()
+    channel.write(json.dumps({"ev": "exit", "code": code}) + "\n")
+    channel.flush()
+    return code
+
+
+def probe() -> dict[str, Any]:
+    """What this environment offers: Python, packages, CUDA (for preflight)."""
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "host": socket.gethostname(),
+        "packages": package_versions(RUNTIME_PACKAGES),
+        "cuda": False,
+        "gpu": "",
+    }
+    release = Path("/etc/nv_tegra_release")
+    if release.is_file():
+        info["nv_tegra_release"] = release.read_text(encoding="utf-8", errors="replace").strip()
+    if "torch" in info["packages"]:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                info["cuda"] = True
+                info["gpu"] = torch.cuda.get_device_name(0)
+        except Exception as err:  # a broken torch is a finding, not a crash
+            info["torch_error"] = repr(err)
+    if not info["cuda"] and importlib.util.find_spec("onnxruntime") is not None:
+        try:
+            import onnxruntime
+
+            providers = onnxruntime.get_available_providers()
+            info["onnxruntime_providers"] = providers
+            info["cuda"] = "CUDAExecutionProvider" in providers
+        except Exception as err:
+            info["onnxruntime_error"] = repr(err)
+    return info
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--probe"]:
+        print(json.dumps(probe()))
+        sys.exit(0)
+    sys.exit(main())
