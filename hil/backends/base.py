@@ -1,0 +1,220 @@
+"""The Backend protocol every container target implements, and the plain data it trades in.
+
+A session drives one backend through four steps:
+
+    preflight() -> prepare() -> run(request, on_stdout, on_stderr) -> fetch()
+
+``run`` streams the container's standard output (the worker's event lines) and
+standard error to the callbacks as bytes arrive; the session decodes events
+and feeds pytest.  Everything a backend needs from the session arrives in a
+:class:`RunPlan`; the backend turns it into a :class:`RunRequest` with its own
+paths (local paths for the docker backend, paths on the board for ssh).
+"""
+
+from __future__ import annotations
+
+import abc
+import shlex
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from hil.config import TargetSpec
+
+#: Label put on every container pytest-hil starts; stale ones are removed at start.
+CONTAINER_LABEL = "io.pytest-hil.run"
+#: Where the results folder is mounted inside the container.
+CONTAINER_OUT = "/hil/out"
+
+ByteSink = Callable[[bytes], None]
+
+
+class Progress:
+    """Shows progress of long steps on the terminal and keeps a copy in a log file."""
+
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+
+    def step(self, message: str) -> None:
+        """One line saying what starts now."""
+        if not self.quiet:
+            self.stream.write(f"hil: {message}\n")
+            self.stream.flush()
+
+    def detail(self, message: str) -> None:
+        """A line of build or sync output (shown only when not quiet)."""
+        if not self.quiet:
+            self.stream.write(f"  | {message}\n")
+            self.stream.flush()
+
+
+@dataclass(frozen=True)
+class Check:
+    """One preflight check and its outcome."""
+
+    name: str
+    ok: bool
+    detail: str
+    #: False for checks that only inform (e.g. the board's hostname).
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    """All preflight checks of one target, plus facts for the report's environment."""
+
+    target: str
+    checks: tuple[Check, ...]
+    facts: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every required check passed."""
+        return all(c.ok for c in self.checks if c.required)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (saved as ``preflight.json``)."""
+        return {
+            "target": self.target,
+            "ok": self.ok,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail, "required": c.required}
+                       for c in self.checks],
+            "facts": dict(self.facts),
+        }
+
+    def table(self) -> str:
+        """A plain-text table, one check per line."""
+        width = max((len(c.name) for c in self.checks), default=4)
+        lines = [f"preflight of target '{self.target}':"]
+        for c in self.checks:
+            mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
+            lines.append(f"  {mark} {c.name:<{width}}  {c.detail}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the session asks a backend to run."""
+
+    run_id: str
+    #: Arguments for pytest inside the container (paths already relative to the checkout).
+    pytest_args: tuple[str, ...]
+    #: Working directory relative to the checkout root ("" = the root).
+    subdir: str
+    env: Mapping[str, str]
+    #: Local folder where this run's results must end up.
+    local_out: Path
+    #: Contents of ``lastfailed.json`` for ``--lf``/``--ff`` (None when absent).
+    lastfailed: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One test container, fully specified; turns into SDK kwargs or a docker CLI line."""
+
+    name: str
+    image: str
+    command: tuple[str, ...]
+    env: Mapping[str, str]
+    workdir: str
+    src: str
+    out: str
+    labels: Mapping[str, str]
+    runtime: str = ""
+    network: str = ""
+    memory: str = ""
+    src_mount: str = "/src"
+
+    def docker_cli(self, docker: str = "docker") -> list[str]:
+        """``docker run`` argument list (for engines reached through a shell)."""
+        args = [docker, "run", "--rm", "-i", "--name", self.name, "-w", self.workdir,
+                "-v", f"{self.src}:{self.src_mount}:ro", "-v", f"{self.out}:{CONTAINER_OUT}"]
+        for key, value in sorted(self.labels.items()):
+            args += ["--label", f"{key}={value}"]
+        for key, value in sorted(self.env.items()):
+            args += ["-e", f"{key}={value}"]
+        if self.runtime:
+            args += ["--runtime", self.runtime]
+        if self.network:
+            args += ["--network", self.network]
+        if self.memory:
+            args += ["--memory", self.memory, "--memory-swap", self.memory]
+        return [*args, self.image, *self.command]
+
+    def shell_line(self, docker: str = "docker") -> str:
+        """The CLI line quoted for a POSIX shell; arguments never go through a shell unquoted."""
+        return shlex.join(self.docker_cli(docker))
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How the container ended."""
+
+    exit_code: int | None
+    oom_killed: bool = False
+    #: Why the stream ended early, when it did (killed, connection lost...).
+    reason: str = ""
+
+
+class Backend(abc.ABC):
+    """A way of reaching a target's Docker engine (locally or over SSH)."""
+
+    def __init__(self, spec: TargetSpec, root: Path, progress: Progress, *,
+                 rebuild: bool = False, lease_timeout: float | None = None) -> None:
+        self.spec = spec
+        self.root = root
+        self.progress = progress
+        self.rebuild = rebuild
+        self.lease_timeout = spec.timeouts.lease if lease_timeout is None else lease_timeout
+        #: Lines of the image build, saved as build.log by the session.
+        self.build_log: list[str] = []
+        #: Name and digest of the image used, for the report's environment.
+        self.image_id: str = ""
+
+    @abc.abstractmethod
+    def preflight(self) -> PreflightReport:
+        """Check the target is ready; raises the matching HilError on a required failure."""
+
+    @abc.abstractmethod
+    def prepare(self, plan: RunPlan) -> str:
+        """Sync what needs syncing and build or reuse the image; returns the image tag."""
+
+    @abc.abstractmethod
+    def run(self, plan: RunPlan, image: str, on_stdout: ByteSink, on_stderr: ByteSink) -> RunEnd:
+        """Run the test container, streaming its output; always removes the container."""
+
+    @abc.abstractmethod
+    def fetch(self, plan: RunPlan) -> None:
+        """Bring the run's results into ``plan.local_out`` (also after a failure)."""
+
+    def close(self) -> None:
+        """Release connections and leases (idempotent)."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_backend(spec: TargetSpec) -> type[Backend]:
+    """The backend class for a target's kind, imported lazily with an install hint."""
+    try:
+        if spec.kind == "docker":
+            from hil.backends.docker import DockerBackend
+
+            return DockerBackend
+        if spec.kind == "ssh":
+            from hil.backends.ssh import SshBackend
+
+            return SshBackend
+    except ImportError as err:
+        from hil.errors import ConfigError
+
+        raise ConfigError(
+            f"target '{spec.name}' (kind {spec.kind}) needs {err.name}: pip install pytest-hil"
+        ) from err
+    raise AssertionError(f"no backend for kind {spec.kind}")
