@@ -1,0 +1,1 @@
+"""Backends: one module per way of reaching a target (local engine, SSH), imported lazily."""
