@@ -1,13 +1,432 @@
-"""Controller for container targets (placeholder until the execution core lands)."""
+"""Controller of container targets: drives a backend and feeds remote reports into pytest.
+
+Registered by the plugin only when a container target is chosen.  Collection
+happens in the container; each event the worker streams back (see
+:mod:`hil.worker`) is replayed into the local session's hooks as it arrives,
+so the terminal, ``--junitxml``, ``--lf`` and ``-x`` behave as if the tests
+ran here.  The exit code is the remote pytest's own, or an infrastructure
+code from :mod:`hil.errors`.
+"""
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import pytest
+
+from hil.backends.base import Progress, RunEnd, RunPlan, load_backend
+from hil.errors import ExitCode, HilError, RunLostError, TargetUnhealthyError
+from hil.plugin import HilSettings, git_commit
+
+#: Options that only make sense on the controller: (name, takes a value).
+HOST_ONLY_OPTIONS: dict[str, bool] = {
+    "--target": True, "--hil-targets": True, "--hil-require-tier": True,
+    "--hil-keep-results": False, "--hil-rebuild": False, "--hil-lease-timeout": True,
+    "--hil-reports": True, "--hil-no-allure": False, "--hil-plan": False,
+    "--junitxml": True, "--junit-xml": True, "--alluredir": True, "--clean-alluredir": False,
+    "--basetemp": True, "--result-log": True, "--resultlog": True, "--pastebin": True,
+}
+#: Options whose value is a path that must be rewritten to the container's view.
+PATH_OPTIONS = {"--rootdir", "-c", "--config-file", "--confcutdir", "--ignore", "--deselect",
+                "--ignore-glob"}
+
+
+def remote_args(args: list[str], root: Path, cwd: Path, mount: str = "/src") -> list[str]:
+    """The user's pytest arguments as the container's pytest must see them.
+
+    Host-only options are dropped, absolute paths under the checkout are
+    rewritten to the mount point; everything else passes unchanged as a list
+    (never through a shell), so ids with spaces and brackets survive.
+    """
+    out: list[str] = []
+    i = 0
+
+    def remap(value: str) -> str:
+        path = Path(value.split("::", 1)[0])
+        if path.is_absolute():
+            try:
+                rel = path.resolve().relative_to(root.resolve())
+            except ValueError:
+                return value
+            return (Path(mount) / rel).as_posix() + value[len(value.split("::", 1)[0]):]
+        return value
+
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if name in HOST_ONLY_OPTIONS:
+            i += 1 if eq or not HOST_ONLY_OPTIONS[name] else 2
+            continue
+        if name in PATH_OPTIONS:
+            if eq:
+                out.append(f"{name}={remap(value)}")
+            elif i + 1 < len(args):
+                out += [arg, remap(args[i + 1])]
+                i += 1
+            i += 1
+            continue
+        out.append(remap(arg) if not arg.startswith("-") else arg)
+        i += 1
+    return out
+
+
+@dataclass
+class _RemoteItem:
+    """Stands in for a deselected item in the terminal's statistics."""
+
+    nodeid: str
+
+
+class EventFeeder:
+    """Decodes the worker's JSON lines and replays them into the local hooks."""
+
+    def __init__(self, config: pytest.Config, session: pytest.Session) -> None:
+        self.config = config
+        self.session = session
+        self.buffer = b""
+        self.running: str | None = None
+        self.remote_exit: int | None = None
+        self.hello: dict[str, Any] | None = None
+        self.hello_at: float | None = None
+        self.deselected = 0
+        self.finished = 0
+        self.stray: list[str] = []
+
+    def feed(self, data: bytes) -> None:
+        """Take a chunk of the container's standard output."""
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            # Output printed around pytest (not by it) is kept, never lost.
+            self.stray.append(line.decode("utf-8", "replace"))
+            return
+        self.handle(event)
+
+    def handle(self, event: dict[str, Any]) -> None:
+        """Replay one event into pytest's hooks."""
+        hook = self.config.hook
+        kind = event.get("ev")
+        if kind == "logstart":
+            self.running = event["nodeid"]
+            hook.pytest_runtest_logstart(nodeid=event["nodeid"], location=tuple(event["location"]))
+        elif kind == "logreport":
+            report = hook.pytest_report_from_serializable(config=self.config, data=event["report"])
+            hook.pytest_runtest_logreport(report=report)
+        elif kind == "logfinish":
+            hook.pytest_runtest_logfinish(nodeid=event["nodeid"], location=tuple(event["location"]))
+            self.running = None
+            self.finished += 1
+        elif kind == "collectreport":
+            report = hook.pytest_report_from_serializable(config=self.config, data=event["report"])
+            hook.pytest_collectreport(report=report)
+        elif kind == "deselected":
+            self.deselected += len(event["nodeids"])
+            hook.pytest_deselected(items=[_RemoteItem(n) for n in event["nodeids"]])
+        elif kind == "collection_finish":
+            self.session.testscollected = len(event["nodeids"])
+            terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+            if terminal is not None:
+                # Items were collected remotely; give the terminal their count.
+                terminal._numcollected = self.session.testscollected + self.deselected
+            hook.pytest_collection_finish(session=self.session)
+        elif kind == "warning":
+            category = getattr(builtins, event["category"], UserWarning)
+            if not (isinstance(category, type) and issubclass(category, Warning)):
+                category = UserWarning
+            message = warnings.WarningMessage(
+                category(event["message"]), category, event["filename"], event["lineno"])
+            hook.pytest_warning_recorded.call_historic(kwargs={
+                "warning_message": message, "when": event["when"],
+                "nodeid": event["nodeid"], "location": None})
+        elif kind == "sessionfinish":
+            self.remote_exit = int(event["exitstatus"])
+        elif kind == "exit":
+            if self.remote_exit is None:
+                self.remote_exit = int(event["code"])
+        elif kind == "hello":
+            self.hello = event
+            self.hello_at = time.monotonic()
+        elif kind == "internalerror":
+            self.config.get_terminal_writer().line(f"remote INTERNALERROR> {event['text']}",
+                                                   red=True)
+
+    def close(self) -> None:
+        """Flush a last line that had no newline."""
+        if self.buffer.strip():
+            self._line(self.buffer)
+        self.buffer = b""
+
+
+class TerminalProgress(Progress):
+    """Progress lines on pytest's terminal (stdout), in order with test output."""
+
+    def __init__(self, config: pytest.Config, log: list[str]) -> None:
+        super().__init__(quiet=config.get_verbosity() < -1)
+        self.tw = config.get_terminal_writer()
+        self.log = log
+        self._at_line_start = True
+
+    def step(self, message: str) -> None:
+        self.log.append(f"hil: {message}")
+        if not self.quiet:
+            self.tw.line(f"hil: {message}", cyan=True)
+
+    def detail(self, message: str) -> None:
+        self.log.append(f"  | {message}")
+        if not self.quiet:
+            self.tw.line(f"  | {message}")
+
+
+def new_run_id(target: str) -> str:
+    """``20261122-103012-colima-1a2b``: sortable, unique, names the target."""
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{target}-{uuid.uuid4().hex[:4]}"
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt, so it cleans up as Ctrl-C does."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def write_infra_result(allure_dir: Path, target: str, err: HilError) -> None:
+    """One synthetic, broken Allure result that shows the fault in the report."""
+    allure_dir.mkdir(parents=True, exist_ok=True)
+    now = int(time.time() * 1000)
+    uid = str(uuid.uuid4())
+    result = {
+        "uuid": uid,
+        "historyId": f"hil-infrastructure-{target}",
+        "name": f"infrastructure: {target}",
+        "fullName": f"hil.infrastructure.{target}",
+        "status": "broken",
+        "statusDetails": {
+            "message": f"hil infrastructure fault [{err.kind}] (exit {int(err.exit_code)}): {err}",
+            "trace": err.details(40),
+        },
+        "stage": "finished",
+        "start": now,
+        "stop": now,
+        "labels": [{"name": "suite", "value": "hil infrastructure"},
+                   {"name": "framework", "value": "pytest-hil"}],
+        "parameters": [{"name": "target", "value": repr(target)}],
+    }
+    (allure_dir / f"{uid}-result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
 
 
 class RemoteSession:
     """Drives a container backend and feeds its reports into the local session."""
 
-    def __init__(self, config: Any, settings: Any) -> None:
+    def __init__(self, config: pytest.Config, settings: HilSettings) -> None:
         self.config = config
         self.settings = settings
+        self.spec = settings.target
+        self.run_id = new_run_id(self.spec.name)
+        self.run_dir = settings.reports / "runs" / self.run_id
+        self.timings: dict[str, float] = {}
+        self.exitstatus: int | None = None
+        self.error: HilError | None = None
+        self.log: list[str] = []
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection(self, session: pytest.Session) -> bool:
+        return True  # tests are collected inside the container
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.monotonic() - start, 3)
+
+    def _plan(self) -> RunPlan:
+        params = self.config.invocation_params
+        root = self.config.rootpath
+        cwd = Path(params.dir)
+        try:
+            subdir = cwd.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            subdir = ""
+        subdir = "" if subdir == "." else subdir
+        lastfailed = None
+        cache = self.config.cache
+        if cache is not None and (self.config.getoption("lf") or self.config.getoption("failedfirst")):
+            lastfailed = json.dumps(cache.get("cache/lastfailed", {}))
+        env = {**self.spec.env, "HIL_TARGET": self.spec.name, "HIL_TIER": str(self.settings.tier),
+               "HIL_RUN_ID": self.run_id,
+               "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}"}
+        return RunPlan(
+            run_id=self.run_id,
+            pytest_args=tuple(remote_args(list(params.args), root, cwd)),
+            subdir=subdir,
+            env=env,
+            local_out=self.run_dir,
+            lastfailed=lastfailed,
+        )
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        feeder = EventFeeder(self.config, session)
+        progress = TerminalProgress(self.config, self.log)
+        backend_cls = load_backend(self.spec)
+        plan = self._plan()
+        started = time.time()
+        stderr_log = (self.run_dir / "stderr.log").open("ab")
+        backend = backend_cls(self.spec, self.config.rootpath, progress,
+                              rebuild=bool(self.config.getoption("hil_rebuild")),
+                              lease_timeout=self.config.getoption("hil_lease_timeout"))
+        end: RunEnd | None = None
+        image = ""
+        try:
+            with sigterm_as_interrupt():
+                try:
+                    with self._phase("preflight"):
+                        report = backend.preflight()
+                    (self.run_dir / "preflight.json").write_text(
+                        json.dumps(report.as_dict(), indent=1), encoding="utf-8")
+                    with self._phase("image"):
+                        image = backend.prepare(plan)
+                    progress.step(f"running tests in {image} on '{self.spec.name}'")
+                    run_start = time.monotonic()
+
+                    def on_stderr(data: bytes) -> None:
+                        stderr_log.write(data)
+                        stderr_log.flush()
+                        text = data.decode("utf-8", "replace").rstrip("\n")
+                        if text:
+                            self.config.get_terminal_writer().line(text, yellow=True)
+
+                    end = backend.run(plan, image, feeder.feed, on_stderr)
+                    feeder.close()
+                    run_end = time.monotonic()
+                    hello = feeder.hello_at if feeder.hello_at is not None else run_end
+                    self.timings["container start"] = round(hello - run_start, 3)
+                    self.timings["tests"] = round(run_end - hello, 3)
+                    self.exitstatus = self._exit_code(feeder, end)
+                except HilError as err:
+                    if isinstance(err, RunLostError) and err.running_test is None and feeder.running:
+                        err = RunLostError(err.message, running_test=feeder.running,
+                                           target=err.target or self.spec.name, tail=err.tail)
+                    self._fail(err)
+                finally:
+                    with self._phase("fetch"):
+                        self._fetch(backend, plan)
+        finally:
+            backend.close()
+            stderr_log.close()
+            self._save(plan, image, started, feeder)
+        return True
+
+    def _exit_code(self, feeder: EventFeeder, end: RunEnd) -> int:
+        if feeder.remote_exit is not None and feeder.hello is not None:
+            return feeder.remote_exit
+        if feeder.hello is None and feeder.remote_exit is None:
+            raise TargetUnhealthyError(
+                f"the test container exited {end.exit_code} before pytest started"
+                + (f" ({end.reason})" if end.reason else ""),
+                target=self.spec.name, tail=(self.run_dir / "stderr.log").read_text(
+                    encoding="utf-8", errors="replace") if (self.run_dir / "stderr.log").exists()
+                else "")
+        if end.oom_killed:
+            why = "the test container was OOM-killed"
+            if self.spec.docker.memory:
+                why += f" (memory limit {self.spec.docker.memory})"
+        elif end.reason:
+            why = end.reason
+        else:
+            why = f"the test container ended (exit {end.exit_code}) without pytest's final report"
+        raise RunLostError(why, running_test=feeder.running, target=self.spec.name)
+
+    def _fail(self, err: HilError) -> None:
+        self.error = err
+        self.exitstatus = int(err.exit_code)
+        self.config.get_terminal_writer().line(f"hil: error: {err.details()}", red=True, bold=True)
+        (self.run_dir / "error.json").write_text(json.dumps({
+            "kind": err.kind, "exit_code": int(err.exit_code), "message": str(err),
+            "target": self.spec.name, "tail": err.tail}, indent=1), encoding="utf-8")
+
+    def _fetch(self, backend: Any, plan: RunPlan) -> None:
+        try:
+            backend.fetch(plan)
+        except HilError as err:
+            self.config.get_terminal_writer().line(f"hil: could not fetch results: {err}", red=True)
+            if self.error is None:
+                self._fail(err)
+        allure_dir = self.settings.allure_dir
+        if allure_dir is None:
+            return
+        if not self.settings.keep_results and allure_dir.exists():
+            shutil.rmtree(allure_dir)
+        allure_dir.mkdir(parents=True, exist_ok=True)
+        fetched = self.run_dir / "allure-results"
+        if fetched.is_dir():
+            for path in fetched.iterdir():
+                if path.is_file():
+                    shutil.copy2(path, allure_dir / path.name)
+        if self.error is not None:
+            write_infra_result(allure_dir, self.spec.name, self.error)
+
+    def _save(self, plan: RunPlan, image: str, started: float, feeder: EventFeeder) -> None:
+        if self.log:
+            (self.run_dir / "hil.log").write_text("\n".join(self.log) + "\n", encoding="utf-8")
+        (self.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=1),
+                                                   encoding="utf-8")
+        (self.run_dir / "run.json").write_text(json.dumps({
+            "target": self.spec.name, "kind": self.spec.kind, "tier": self.settings.tier,
+            "run_id": self.run_id, "exit_code": self.exitstatus, "image": image,
+            "pytest_args": list(plan.pytest_args), "started": started, "finished": time.time(),
+            "remote": feeder.hello or {}, "stray_output": feeder.stray[-50:],
+        }, indent=1), encoding="utf-8")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.exitstatus is not None:
+            session.exitstatus = self.exitstatus
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tr = terminalreporter
+        phases = ("preflight", "image", "container start", "tests", "fetch")
+        shown = [f"{name} {self.timings[name]:.2f}s" for name in phases if name in self.timings]
+        tr.write_sep("-", f"hil: {self.spec.name}")
+        if shown:
+            tr.write_line("phases: " + " | ".join(shown))
+        tr.write_line(f"results: {os.path.relpath(self.run_dir)}")
+        if self.settings.allure_dir is not None:
+            tr.write_line(f"allure results: {os.path.relpath(self.settings.allure_dir)}")
+        if self.error is not None:
+            tr.write_line(f"infrastructure fault [{self.error.kind}] "
+                          f"(exit {int(self.error.exit_code)}): {self.error}", red=True)
+
+
+__all__ = ["EventFeeder", "ExitCode", "RemoteSession", "remote_args", "write_infra_result"]

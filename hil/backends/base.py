@@ -190,7 +190,7 @@ class Backend(abc.ABC):
     def fetch(self, plan: RunPlan) -> None:
         """Bring the run's results into ``plan.local_out`` (also after a failure)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections and leases (idempotent)."""
 
     def __enter__(self) -> Backend:
@@ -208,9 +208,9 @@ def load_backend(spec: TargetSpec) -> type[Backend]:
 
             return DockerBackend
         if spec.kind == "ssh":
-            from hil.backends.ssh import SshBackend
+            from hil.backends.ssh import SshBackend  # type: ignore[import-not-found,unused-ignore]
 
-            return SshBackend
+            return SshBackend  # type: ignore[no-any-return,unused-ignore]
     except ImportError as err:
         from hil.errors import ConfigError
 

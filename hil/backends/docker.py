@@ -1,0 +1,351 @@
+"""The local-engine target (Colima, Docker Desktop, dockerd) through the Docker SDK.
+
+The checkout is bind-mounted read-only and the run folder is mounted at
+``/hil/out``, so there is nothing to sync and nothing to fetch: results land
+in ``reports/runs/<run-id>/`` as they are written, also when the run dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from hil.backends.base import (
+    CONTAINER_LABEL,
+    Backend,
+    ByteSink,
+    Check,
+    PreflightReport,
+    RunEnd,
+    RunPlan,
+    RunRequest,
+)
+from hil.errors import (
+    BuildFailedError,
+    EngineDownError,
+    HilError,
+    RunLostError,
+    RunTimedOutError,
+    RuntimeMissingError,
+    TargetUnhealthyError,
+)
+from hil.images import build_context, recipe
+
+OWNER_LABEL = "io.pytest-hil.owner"
+
+
+@dataclass(frozen=True)
+class EngineCandidate:
+    """One place a Docker engine may answer, and why it was tried."""
+
+    url: str
+    why: str
+
+
+def _context_host(name: str) -> str | None:
+    """The docker endpoint of a docker CLI context, read from its meta.json."""
+    import hashlib
+
+    meta = (Path.home() / ".docker" / "contexts" / "meta"
+            / hashlib.sha256(name.encode()).hexdigest() / "meta.json")
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        host = data["Endpoints"]["docker"]["Host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(host) if host else None
+
+
+def engine_candidates(engine: str, context: str) -> list[EngineCandidate]:
+    """Where to look for the engine, in order: target, DOCKER_HOST, context, Colima, default."""
+    found: list[EngineCandidate] = []
+    if engine:
+        return [EngineCandidate(engine, "the target's docker.engine")]
+    if context:
+        host = _context_host(context)
+        return [EngineCandidate(host or f"<docker context {context!r} not found>",
+                                f"the target's docker.context {context!r}")]
+    if os.environ.get("DOCKER_HOST"):
+        found.append(EngineCandidate(os.environ["DOCKER_HOST"], "DOCKER_HOST"))
+    try:
+        config = json.loads((Path.home() / ".docker" / "config.json").read_text(encoding="utf-8"))
+        current = os.environ.get("DOCKER_CONTEXT") or config.get("currentContext")
+    except (OSError, ValueError):
+        current = os.environ.get("DOCKER_CONTEXT")
+    if current and current != "default":
+        host = _context_host(current)
+        if host:
+            found.append(EngineCandidate(host, f"docker context {current!r}"))
+    profiles = [os.environ.get("COLIMA_PROFILE", "default")]
+    for base in (Path.home() / ".colima", Path.home() / ".config" / "colima"):
+        if base.is_dir():
+            profiles += sorted(p.name for p in base.iterdir() if p.is_dir())
+    for base in (Path.home() / ".colima", Path.home() / ".config" / "colima"):
+        for profile in dict.fromkeys(profiles):
+            sock = base / profile / "docker.sock"
+            found.append(EngineCandidate(f"unix://{sock}", f"Colima profile {profile!r}"))
+    found.append(EngineCandidate("unix:///var/run/docker.sock", "the default socket"))
+    unique: dict[str, EngineCandidate] = {}
+    for cand in found:
+        unique.setdefault(cand.url, cand)
+    return list(unique.values())
+
+
+class DockerBackend(Backend):
+    """Runs the suites in a container on a Docker engine this host reaches directly."""
+
+    client: Any = None
+    engine_url: str = ""
+
+    # -- engine ---------------------------------------------------------------
+    def connect(self) -> Any:
+        """The Docker SDK client of the first engine that answers."""
+        if self.client is not None:
+            return self.client
+        tried: list[str] = []
+        timeout = max(self.spec.timeouts.connect, 1.0)
+        for cand in engine_candidates(self.spec.docker.engine, self.spec.docker.context):
+            if cand.url.startswith("unix://") and not os.path.exists(cand.url[7:]):
+                tried.append(f"{cand.url} ({cand.why}: no such socket)")
+                continue
+            try:
+                client = docker.DockerClient(base_url=cand.url, timeout=int(timeout))
+                client.ping()
+            except (docker.errors.DockerException, requests.exceptions.RequestException,
+                    OSError) as err:
+                tried.append(f"{cand.url} ({cand.why}: {type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:120] if str(err) else ''})")
+                continue
+            self.client, self.engine_url = client, cand.url
+            return client
+        raise EngineDownError(
+            "no Docker engine answered; tried " + "; ".join(tried),
+            target=self.spec.name,
+            hint="start one (colima start) or set docker.engine in the target's TOML",
+        )
+
+    def _check_shared(self) -> Check:
+        """Colima's VM shares only the home directory unless told otherwise."""
+        if ".colima" not in self.engine_url and "colima" not in self.engine_url:
+            return Check("checkout visible to engine", True, "engine is not a Colima VM",
+                         required=False)
+        home = Path.home().resolve()
+        root = self.root.resolve()
+        if root == home or home in root.parents:
+            return Check("checkout visible to engine", True, f"{root} is under {home}")
+        raise TargetUnhealthyError(
+            f"the checkout {root} lies outside what Colima shares ({home})",
+            target=self.spec.name,
+            hint=f"restart Colima with: colima start --mount {root}:w (or move the checkout "
+                 "under your home directory)",
+        )
+
+    def remove_stale(self) -> list[str]:
+        """Remove labelled containers whose owning process on this host is gone."""
+        client = self.connect()
+        removed: list[str] = []
+        host = socket.gethostname()
+        for c in client.api.containers(all=True, filters={"label": CONTAINER_LABEL}):
+            owner = (c.get("Labels") or {}).get(OWNER_LABEL, "")
+            owner_host, _, pid = owner.rpartition(":")
+            if owner_host == host and pid.isdigit() and _pid_alive(int(pid)):
+                continue
+            client.api.remove_container(c["Id"], force=True)
+            removed.append(c["Names"][0].lstrip("/") if c.get("Names") else c["Id"][:12])
+        return removed
+
+    def preflight(self) -> PreflightReport:
+        client = self.connect()
+        try:
+            info = client.api.info()
+            version = client.api.version()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+            raise EngineDownError(f"the engine at {self.engine_url} failed: {err}",
+                                  target=self.spec.name) from err
+        checks = [Check("engine", True, f"{self.engine_url} (Docker {version.get('Version')})")]
+        runtime = self.spec.docker.runtime
+        runtimes = sorted((info.get("Runtimes") or {}).keys())
+        if runtime:
+            if runtime not in runtimes:
+                raise RuntimeMissingError(
+                    f"the engine has no '{runtime}' runtime (it has: {', '.join(runtimes)})",
+                    target=self.spec.name,
+                    hint="install nvidia-container-toolkit and run nvidia-ctk runtime configure",
+                )
+            checks.append(Check("runtime", True, f"'{runtime}' registered"))
+        checks.append(self._check_shared())
+        stale = self.remove_stale()
+        checks.append(Check("stale containers", True,
+                            f"removed {', '.join(stale)}" if stale else "none", required=False))
+        facts = {"engine": self.engine_url, "docker.version": str(version.get("Version")),
+                 "engine.host": str(info.get("Name")), "runtimes": ",".join(runtimes)}
+        return PreflightReport(self.spec.name, tuple(checks), facts)
+
+    # -- image ----------------------------------------------------------------
+    def prepare(self, plan: RunPlan) -> str:
+        client = self.connect()
+        rec = recipe(self.spec, self.root)
+        tag = rec.tag
+        if not self.rebuild:
+            try:
+                self.image_id = client.api.inspect_image(tag)["Id"]
+                self.progress.step(f"image {tag} is up to date (content hash)")
+                return tag
+            except docker.errors.ImageNotFound:
+                pass
+        self.progress.step(f"building {tag} from {rec.dockerfile} "
+                           f"({len(rec.inputs)} input file(s))")
+        (plan.local_out / "build.log").parent.mkdir(parents=True, exist_ok=True)
+        with (plan.local_out / "build.log").open("w", encoding="utf-8") as log:
+            error = ""
+            try:
+                stream = client.api.build(
+                    fileobj=build_context(rec, self.root), custom_context=True,
+                    dockerfile=rec.dockerfile, tag=tag, buildargs=dict(rec.build_args),
+                    network_mode=self.spec.docker.build_network or None, rm=True,
+                    forcerm=True, decode=True, timeout=int(self.spec.timeouts.build),
+                    nocache=False, labels={CONTAINER_LABEL: "image"},
+                )
+                for chunk in stream:
+                    text = chunk.get("stream") or chunk.get("status") or ""
+                    if "error" in chunk:
+                        error = str(chunk["error"])
+                        text = error
+                    for line in text.rstrip("\n").splitlines():
+                        if line.strip():
+                            self.build_log.append(line)
+                            log.write(line + "\n")
+                            self.progress.detail(line)
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+                error = str(err)
+        if error:
+            raise BuildFailedError(
+                f"building {tag} failed: {error.strip().splitlines()[-1][:200]}",
+                target=self.spec.name, command=f"docker build -f {rec.dockerfile}",
+                tail="\n".join(self.build_log[-30:]),
+            )
+        self.image_id = client.api.inspect_image(tag)["Id"]
+        return tag
+
+    # -- run ------------------------------------------------------------------
+    def request(self, plan: RunPlan, image: str) -> RunRequest:
+        """The test container for ``plan``."""
+        env = {**plan.env, "HIL_OUT": "/hil/out", "HOME": "/tmp"}
+        return RunRequest(
+            name=f"hil-{plan.run_id}",
+            image=image,
+            command=("python3", "-m", "hil.worker", *plan.pytest_args),
+            env=env,
+            workdir=f"{self.spec.docker.workdir}/{plan.subdir}".rstrip("/"),
+            src=str(self.root.resolve()),
+            out=str(plan.local_out.resolve()),
+            labels={CONTAINER_LABEL: plan.run_id,
+                    OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+            runtime=self.spec.docker.runtime,
+            network=self.spec.docker.network,
+            memory=self.spec.docker.memory,
+            src_mount=self.spec.docker.workdir,
+        )
+
+    def run(self, plan: RunPlan, image: str, on_stdout: ByteSink, on_stderr: ByteSink) -> RunEnd:
+        client = self.connect()
+        api = client.api
+        req = self.request(plan, image)
+        plan.local_out.mkdir(parents=True, exist_ok=True)
+        if plan.lastfailed is not None:
+            (plan.local_out / "lastfailed.json").write_text(plan.lastfailed, encoding="utf-8")
+        host_config = api.create_host_config(
+            binds={req.src: {"bind": req.src_mount, "mode": "ro"},
+                   req.out: {"bind": "/hil/out", "mode": "rw"}},
+            runtime=req.runtime or None,
+            network_mode=req.network or None,
+            mem_limit=req.memory or None,
+            memswap_limit=req.memory or None,
+        )
+        container = api.create_container(
+            image=req.image, command=list(req.command), environment=dict(req.env),
+            working_dir=req.workdir, labels=dict(req.labels), name=req.name,
+            host_config=host_config, user=f"{os.getuid()}:{os.getgid()}", stdin_open=False,
+        )
+        cid = container["Id"]
+        timed_out = threading.Event()
+
+        def kill_on_timeout() -> None:
+            timed_out.set()
+            with contextlib.suppress(docker.errors.DockerException):
+                api.kill(cid)
+
+        timer = threading.Timer(self.spec.timeouts.run, kill_on_timeout)
+        timer.daemon = True
+        try:
+            stream = api.attach(cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+            api.start(cid)
+            timer.start()
+            for out, err in stream:
+                if out:
+                    on_stdout(out)
+                if err:
+                    on_stderr(err)
+            result = api.wait(cid, timeout=max(self.spec.timeouts.connect, 30))
+            state = api.inspect_container(cid)["State"]
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+            if timed_out.is_set():
+                raise RunTimedOutError(f"the run exceeded {self.spec.timeouts.run:.0f} s",
+                                       target=self.spec.name) from err
+            raise RunLostError(f"lost the engine mid-run: {err}", target=self.spec.name) from err
+        finally:
+            timer.cancel()
+            _remove(api, cid)
+        if timed_out.is_set():
+            raise RunTimedOutError(f"the run exceeded {self.spec.timeouts.run:.0f} s and was "
+                                   "killed", target=self.spec.name)
+        code = int(result.get("StatusCode", state.get("ExitCode", -1)))
+        reason = ""
+        if code in (137, 143) or state.get("OOMKilled"):
+            reason = ("the test container was killed" + (" (OOM)" if state.get("OOMKilled") else
+                                                         f" (exit {code})"))
+        return RunEnd(exit_code=code, oom_killed=bool(state.get("OOMKilled")), reason=reason)
+
+    def fetch(self, plan: RunPlan) -> None:
+        """Nothing to copy: the run folder was mounted at /hil/out."""
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+def _remove(api: Any, cid: str) -> None:
+    """Remove the container, retrying briefly while the engine finishes with it."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            api.remove_container(cid, force=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as err:
+            if time.monotonic() > deadline:
+                raise HilError(f"could not remove container {cid[:12]}: {err}") from err
+            time.sleep(0.2)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
