@@ -55,6 +55,7 @@ def run(
     input: str | None = None,
     timeout: float = 120.0,
     env: Mapping[str, str] | None = None,
+    unset: Sequence[str] = (),
     error: type[HilError] = HilError,
     what: str = "",
 ) -> Result:
@@ -62,9 +63,11 @@ def run(
 
     Raises ``error`` (a :class:`HilError`) carrying the command, exit code and
     output tail when ``check`` is true and the command fails or times out.
+    ``env`` is added to ours; names in ``unset`` are removed.
     """
     argv = tuple(command)
-    full_env = None if env is None else {**os.environ, **env}
+    full_env = {k: v for k, v in os.environ.items() if k not in unset}
+    full_env.update(env or {})
     try:
         proc = subprocess.run(
             argv,

@@ -44,7 +44,9 @@ class DockerEngine:
         """True when the engine's API answers on its socket."""
         if not self.layout.socket.exists():
             return False
-        return self.docker(["version", "--format", "{{.Server.Version}}"], check=False, timeout=10).ok
+        return self.docker(
+            ["version", "--format", "{{.Server.Version}}"], check=False, timeout=10
+        ).ok
 
     def is_up(self) -> bool:
         """True when dockerd runs and answers."""
@@ -55,18 +57,24 @@ class DockerEngine:
         lay = self.layout
         argv = [
             which("dockerd") or "dockerd",
-            "--host", lay.host,
-            "--data-root", str(lay.data_root),
-            "--exec-root", str(lay.exec_root),
-            "--pidfile", str(lay.pidfile),
-            "--config-file", str(lay.config_file),
-            "--group", self.group,
+            "--host",
+            lay.host,
+            "--data-root",
+            str(lay.data_root),
+            "--exec-root",
+            str(lay.exec_root),
+            "--pidfile",
+            str(lay.pidfile),
+            "--config-file",
+            str(lay.config_file),
+            "--group",
+            self.group,
             "--iptables=false",
             "--ip-masq=false",
             "--ip-forward=false",
             "--bridge=none",
             "--userland-proxy=false",
-        ]  # fmt: skip
+        ]
         for runtime in self.runtimes:
             argv += ["--add-runtime", f"{runtime}=runc"]
         return argv
@@ -112,14 +120,13 @@ class DockerEngine:
         timeout: float = 300.0,
     ) -> Result:
         """Run the docker CLI against this engine."""
-        env = {"DOCKER_HOST": self.layout.host, "DOCKER_CONTEXT": "default"}
-        env.pop("DOCKER_CONTEXT")
         return run(
             ["docker", *args],
             check=check,
             input=input,
             timeout=timeout,
-            env={**env, "DOCKER_CONFIG": str(self.layout.config_file.parent / "cli")},
+            env={"DOCKER_HOST": self.layout.host, "DOCKER_BUILDKIT": "0"},
+            unset=("DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"),
             error=EngineDownError,
             what=f"docker {args[0]} on the {self.name} engine",
         )
@@ -131,7 +138,9 @@ class DockerEngine:
     def image_label(self, ref: str, label: str) -> str | None:
         """The value of ``label`` on image ``ref`` (None when absent or no image)."""
         res = self.docker(
-            ["image", "inspect", "--format", "{{json .Config.Labels}}", ref], check=False, timeout=30
+            ["image", "inspect", "--format", "{{json .Config.Labels}}", ref],
+            check=False,
+            timeout=30,
         )
         if not res.ok:
             return None

@@ -1,0 +1,93 @@
+"""The jetson engine's disk: a loop-mounted ext4 whose free space can be squeezed.
+
+The engine's data root lives on a sparse ext4 file, so the rig can make the
+engine see a nearly full disk without touching the host's: a "balloon" file,
+allocated with ``fallocate`` (instant, no data written), eats all but the
+requested free space; ``df`` of the data root then reports exactly that and
+writes by the engine really fail with ENOSPC.  Deleting the balloon restores it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hil.errors import DiskLowError, HilError
+from hil.sim._proc import run
+from hil.sim.engine import df_free_mb
+
+
+def is_mountpoint(path: Path) -> bool:
+    """True when ``path`` is a mount point in our mount namespace."""
+    target = str(path.resolve())
+    with open("/proc/self/mountinfo") as info:
+        return any(line.split()[4] == target for line in info)
+
+
+class EngineDisk:
+    """Creates, mounts, unmounts and squeezes the jetson engine's filesystem."""
+
+    def __init__(self, image: Path, mount: Path, balloon: Path, size_gb: int) -> None:
+        self.image = image
+        self.mount = mount
+        self.balloon = balloon
+        self.size_gb = size_gb
+
+    def mounted(self) -> bool:
+        """True when the filesystem is mounted."""
+        return is_mountpoint(self.mount)
+
+    def ensure_mounted(self) -> None:
+        """Create the sparse ext4 file if missing and mount it (idempotent)."""
+        if self.mounted():
+            return
+        self.image.parent.mkdir(parents=True, exist_ok=True)
+        self.mount.mkdir(parents=True, exist_ok=True)
+        if not self.image.exists():
+            partial = self.image.with_suffix(".partial")
+            with partial.open("wb") as fh:
+                fh.truncate(self.size_gb * 1024**3)
+            run(
+                ["mkfs.ext4", "-q", "-m", "0", "-L", "hil-sim-jetson", str(partial)],
+                what="mkfs.ext4 of the jetson engine disk",
+            )
+            partial.replace(self.image)
+        run(
+            ["mount", "-o", "loop", str(self.image), str(self.mount)],
+            what="mounting the jetson engine disk",
+        )
+
+    def unmount(self) -> None:
+        """Unmount the filesystem (the loop device goes with it); idempotent."""
+        if self.mounted():
+            run(["umount", str(self.mount)], what="unmounting the jetson engine disk")
+
+    def free_mb(self) -> int:
+        """Free space on the filesystem in MiB, as ``df`` reports it."""
+        return df_free_mb(self.mount)
+
+    def limited(self) -> bool:
+        """True while the balloon is in place."""
+        return self.balloon.exists()
+
+    def limit(self, free_mb: int) -> int:
+        """Leave only ``free_mb`` MiB free; returns the free space now reported."""
+        if free_mb < 0:
+            raise HilError(f"free space must be >= 0 MiB, not {free_mb}")
+        self.restore()
+        os.sync()
+        eat = (self.free_mb() - free_mb) * 1024 * 1024
+        if eat > 0:
+            fd = os.open(self.balloon, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, eat)
+            except OSError as exc:
+                self.balloon.unlink(missing_ok=True)
+                raise DiskLowError(f"could not fill the jetson engine disk: {exc}") from exc
+            finally:
+                os.close(fd)
+        return self.free_mb()
+
+    def restore(self) -> None:
+        """Remove the balloon: the engine sees its whole disk again."""
+        self.balloon.unlink(missing_ok=True)

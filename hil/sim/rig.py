@@ -1,0 +1,512 @@
+"""The simulated rig as one object: bring it up and down, inspect it, inject faults."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hil.errors import ExitCode, HilError, TargetUnhealthyError
+from hil.sim._proc import pid_alive, run, wait_until, which
+from hil.sim.board import Board
+from hil.sim.disk import EngineDisk
+from hil.sim.engine import DockerEngine
+from hil.sim.images import ImageCache, RootfsSpec
+from hil.sim.layout import RigLayout
+from hil.sim.network import BoardNetwork
+
+#: tool -> Debian package that ships it.
+REQUIRED_TOOLS: dict[str, str] = {
+    "dockerd": "docker.io",
+    "docker": "docker.io",
+    "sshd": "openssh-server",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "rsync": "rsync",
+    "debootstrap": "debootstrap",
+    "ip": "iproute2",
+    "tc": "iproute2",
+    "ss": "iproute2",
+    "nft": "nftables",
+    "unshare": "util-linux",
+    "setsid": "util-linux",
+    "flock": "util-linux",
+    "mount": "mount",
+    "mkfs.ext4": "e2fsprogs",
+    "useradd": "passwd",
+    "tar": "tar",
+}
+
+
+class RigUnsupportedError(HilError):
+    """The rig cannot run here: not Linux, not root, or tools missing (it says which)."""
+
+    exit_code = ExitCode.USAGE_ERROR
+    kind = "sim-unsupported"
+
+
+def _say(message: str) -> None:
+    print(f"hil sim: {message}", file=sys.stderr, flush=True)
+
+
+class Rig:
+    """The simulated Jetson + Colima rig.
+
+    Real in every part but the GPU: two dockerd engines ("colima" and
+    "jetson", the latter with an ``nvidia`` runtime mapped to runc), an
+    OpenSSH server in a network namespace behind a veth pair, a ``jetson``
+    user, base images made with debootstrap, and the Jetson face.  Every
+    method is safe to call in any state; ``up`` and ``down`` are idempotent.
+    """
+
+    def __init__(self, layout: RigLayout | None = None) -> None:
+        self.layout = layout or RigLayout.from_env()
+        lay = self.layout
+        self.colima = DockerEngine(lay.colima, group=lay.docker_group)
+        self.jetson = DockerEngine(lay.jetson, group=lay.docker_group, runtimes=("nvidia",))
+        self.board = Board(lay)
+        self.network = BoardNetwork(lay)
+        self.disk = EngineDisk(
+            lay.jetson_disk_image, lay.jetson_disk_mount, lay.disk_balloon, lay.jetson_disk_gb
+        )
+        self._injected: set[str] = set()
+
+    # -- the contract's locations -------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        """The state dir (``/var/lib/hil-sim`` or ``HIL_SIM_ROOT``)."""
+        return self.layout.state_dir
+
+    @property
+    def colima_host(self) -> str:
+        """Docker host URL of the "colima" engine."""
+        return self.layout.colima.host
+
+    @property
+    def colima_socket(self) -> Path:
+        """Socket of the "colima" engine."""
+        return self.layout.colima.socket
+
+    @property
+    def jetson_host(self) -> str:
+        """Docker host URL of the "jetson" engine (as seen on the host)."""
+        return self.layout.jetson.host
+
+    @property
+    def jetson_socket(self) -> Path:
+        """Socket of the "jetson" engine (as seen on the host)."""
+        return self.layout.jetson.socket
+
+    @property
+    def jetson_data_root(self) -> Path:
+        """The jetson engine's data root (on its own small filesystem)."""
+        return self.layout.jetson.data_root
+
+    @property
+    def ssh_config(self) -> Path:
+        """The generated ssh_config holding the board alias."""
+        return self.layout.ssh_config
+
+    @property
+    def ssh_alias(self) -> str:
+        """The board's host alias in :attr:`ssh_config`."""
+        return self.layout.ssh_alias
+
+    @property
+    def known_hosts(self) -> Path:
+        """The known_hosts file pinning the board's host key."""
+        return self.layout.known_hosts
+
+    @property
+    def board_address(self) -> str:
+        """The board's IP address (board end of the veth)."""
+        return self.layout.board_address
+
+    @property
+    def host_address(self) -> str:
+        """The host's IP address on the board link."""
+        return self.layout.host_address
+
+    @property
+    def user(self) -> str:
+        """The board's login user."""
+        return self.layout.user
+
+    @property
+    def base_image(self) -> str:
+        """The plain Debian image, in both engines."""
+        return self.layout.base_image
+
+    @property
+    def l4t_image(self) -> str:
+        """The L4T stand-in image, in the jetson engine."""
+        return self.layout.l4t_image
+
+    # -- support ----------------------------------------------------------
+
+    @staticmethod
+    def missing_packages() -> list[str]:
+        """The Debian packages whose tools are missing, sorted."""
+        return sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if which(tool) is None})
+
+    @classmethod
+    def unsupported_reason(cls) -> str | None:
+        """Why the rig cannot run on this machine, or None when it can."""
+        needs = "the simulated rig needs Linux, root and the Debian packages " + " ".join(
+            sorted(set(REQUIRED_TOOLS.values()))
+        )
+        if platform.system() != "Linux":
+            return f"{needs}; this is {platform.system()}"
+        problems = []
+        if os.geteuid() != 0:
+            problems.append("not running as root")
+        missing = cls.missing_packages()
+        if missing:
+            problems.append(f"missing: apt-get install -y {' '.join(missing)}")
+        return f"{needs}; {', '.join(problems)}" if problems else None
+
+    def check_supported(self) -> None:
+        """Raise :class:`RigUnsupportedError` when the rig cannot run here."""
+        reason = self.unsupported_reason()
+        if reason:
+            raise RigUnsupportedError(reason)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with self.layout.lock_file.open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @property
+    def _marker(self) -> Path:
+        return self.layout.runtime_dir / "up"
+
+    # -- up / down --------------------------------------------------------
+
+    def is_up(self) -> bool:
+        """True when the rig was brought up and not brought down (faults aside)."""
+        return self._marker.exists()
+
+    def ensure_up(self) -> Rig:
+        """Bring the rig up unless it already is; never disturbs a running rig's faults."""
+        if not self.is_up():
+            self.up()
+        return self
+
+    def up(self) -> bool:
+        """Bring every part up (idempotent). True when something was started or made.
+
+        Faults injected with ``set_netem`` or ``limit_engine_disk`` are left in place.
+        """
+        self.check_supported()
+        started = time.monotonic()
+        with self._locked():
+            done: list[str] = []
+            lay = self.layout
+            for directory in (lay.state_dir, lay.runtime_dir, lay.log_dir):
+                directory.mkdir(parents=True, exist_ok=True)
+            lay.state_dir.chmod(0o755)
+            self.board.prepare()
+            if self.colima.start():
+                done.append("colima engine")
+            if not self.disk.mounted():
+                self.disk.ensure_mounted()
+                done.append("jetson disk")
+            if self.jetson.start():
+                done.append("jetson engine")
+            if not (self.network.namespace_exists() and self.network.link_up()):
+                self.network.create()
+                done.append("board namespace and link")
+            if self.board.start_sshd():
+                done.append("board sshd")
+            cache = ImageCache(
+                lay.image_cache, RootfsSpec.for_host(lay.suite), lay.base_image, lay.l4t_image
+            )
+            needs_images = [
+                (engine, l4t)
+                for engine, l4t in ((self.colima, False), (self.jetson, True))
+                if cache.ensure_images_needed(engine, l4t=l4t)
+            ]
+            if needs_images:
+                cache.ensure_tarball()
+                for engine, l4t in needs_images:
+                    done += [
+                        f"{img} ({engine.name})" for img in cache.ensure_images(engine, l4t=l4t)
+                    ]
+            wait_until(self._ssh_works, 30, "ssh login to the board", error=TargetUnhealthyError)
+            self._marker.write_text(f"{os.getpid()}\n")
+        if done:
+            _say(f"up in {time.monotonic() - started:.1f} s: started {', '.join(done)}")
+        else:
+            _say("rig already up: nothing to do")
+        for fault in self.active_faults():
+            _say(f"note: fault still active: {fault} (`hil sim restore` clears faults)")
+        return bool(done)
+
+    def down(self) -> bool:
+        """Stop and remove every running part (idempotent). True when something was running.
+
+        Keeps the state dir: keys, the image cache and the engines' data.
+        """
+        with self._locked():
+            self._marker.unlink(missing_ok=True)
+            stopped: list[str] = []
+            self.network.clear_netem()
+            if self.disk.mounted():
+                self.disk.restore()
+            if self.board.stop_sshd():
+                stopped.append("board sshd")
+            if self.network.namespace_exists() and self._kill_board_processes():
+                stopped.append("board sessions")
+            for engine in (self.jetson, self.colima):
+                if engine.stop():
+                    stopped.append(f"{engine.name} engine")
+            if self.disk.mounted():
+                self.disk.unmount()
+                stopped.append("jetson disk")
+            if self.network.namespace_exists() or self.network.link_exists():
+                self.network.remove()
+                stopped.append("board namespace and link")
+            self._clean_runtime_dir()
+        _say(f"down: stopped {', '.join(stopped)}" if stopped else "rig already down")
+        return bool(stopped)
+
+    def _kill_board_processes(self) -> bool:
+        """Stop what still runs in the board namespace (open SSH sessions), by pid."""
+        res = run(["ip", "netns", "pids", self.layout.netns], check=False)
+        pids = [int(p) for p in res.stdout.split() if p.isdigit()]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            try:
+                wait_until(lambda: not any(pid_alive(p) for p in pids), 5, "board sessions to exit")
+                break
+            except HilError:
+                continue
+        return bool(pids)
+
+    def _clean_runtime_dir(self) -> None:
+        root = self.layout.runtime_dir
+        if not root.exists():
+            return
+        for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()
+
+    def _ssh_works(self) -> bool:
+        return (
+            self.board.ssh("true", timeout=15, options=("-o", "ConnectTimeout=5")).returncode == 0
+        )
+
+    # -- status -----------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Every part of the rig, up or down, with its details (JSON-ready)."""
+        lay = self.layout
+        colima_up = self.colima.is_up()
+        jetson_up = self.jetson.is_up()
+        disk_mounted = self.disk.mounted()
+        images: dict[str, dict[str, bool]] = {}
+        for engine, names, alive in (
+            (self.colima, [lay.base_image], colima_up),
+            (self.jetson, [lay.base_image, lay.l4t_image], jetson_up),
+        ):
+            images[engine.name] = {n: alive and engine.image_exists(n) for n in names}
+        parts: dict[str, dict[str, Any]] = {
+            "colima_engine": {"up": colima_up, "pid": self.colima.pid(), "host": self.colima_host},
+            "jetson_engine": {
+                "up": jetson_up,
+                "pid": self.jetson.pid(),
+                "host": self.jetson_host,
+                "runtimes": self.jetson.runtimes_registered() if jetson_up else [],
+                "data_root": str(self.jetson_data_root),
+            },
+            "jetson_disk": {
+                "up": disk_mounted,
+                "mount": str(lay.jetson_disk_mount),
+                "free_mb": self.disk.free_mb() if disk_mounted else None,
+                "limited": disk_mounted and self.disk.limited(),
+            },
+            "namespace": {"up": self.network.namespace_exists(), "name": lay.netns},
+            "link": {
+                "up": self.network.link_exists() and self.network.link_up(),
+                "host_if": lay.host_if,
+                "host_address": lay.host_address,
+                "board_address": lay.board_address,
+                "netem": self.network.netem(),
+            },
+            "sshd": {
+                "up": self.board.sshd_up(),
+                "pid": self.board.sshd_pid(),
+                "address": f"{lay.board_address}:{lay.ssh_port}",
+            },
+            "images": {"up": all(all(v.values()) for v in images.values()), **images},
+        }
+        return {
+            "up": self.is_up(),
+            "healthy": all(p["up"] for p in parts.values()) and not self.active_faults(),
+            "state_dir": str(lay.state_dir),
+            "ssh_config": str(lay.ssh_config),
+            "ssh_alias": lay.ssh_alias,
+            "faults": self.active_faults(),
+            "parts": parts,
+        }
+
+    def active_faults(self) -> list[str]:
+        """The faults in place now (stopped parts of an up rig, netem, disk limit)."""
+        if not self.is_up():
+            return []
+        faults = []
+        if not self.board.sshd_up():
+            faults.append("sshd stopped")
+        if self.network.link_exists() and not self.network.link_up():
+            faults.append("link cut")
+        netem = self.network.netem()
+        if netem:
+            faults.append(f"netem delay {netem['delay_ms']} ms loss {netem['loss_pct']} %")
+        if self.jetson.pid() is None:
+            faults.append("jetson engine stopped")
+        if self.disk.mounted() and self.disk.limited():
+            faults.append("jetson disk limited")
+        return faults
+
+    # -- faults -----------------------------------------------------------
+
+    def stop_sshd(self) -> None:
+        """Stop the board's sshd (open sessions survive, new connections are refused)."""
+        self._injected.add("sshd")
+        self.board.stop_sshd()
+
+    def start_sshd(self) -> None:
+        """Start the board's sshd again and wait until it listens."""
+        self.board.start_sshd()
+        self._injected.discard("sshd")
+
+    def cut_link(self) -> None:
+        """Cut the board's link: packets to the board vanish (connects time out)."""
+        self._injected.add("link")
+        self.network.cut()
+
+    def restore_link(self) -> None:
+        """Restore the board's link."""
+        self.network.restore()
+        self._injected.discard("link")
+
+    def set_netem(self, delay_ms: float = 0, loss_pct: float = 0) -> str:
+        """Delay packets ``delay_ms`` each way and drop ``loss_pct`` %; returns the mechanism.
+
+        ``tc netem`` on both veth ends where the kernel has it, else an
+        nftables queue served by :mod:`hil.sim.nfqueue` (same effect).
+        """
+        self._injected.add("netem")
+        return self.network.set_netem(delay_ms, loss_pct)
+
+    def clear_netem(self) -> None:
+        """Remove delay and loss from the board's link."""
+        self.network.clear_netem()
+        self._injected.discard("netem")
+
+    def stop_jetson_engine(self) -> None:
+        """Stop the jetson engine (the board's dockerd)."""
+        self._injected.add("engine")
+        self.jetson.stop()
+
+    def start_jetson_engine(self) -> None:
+        """Start the jetson engine again and wait until it answers."""
+        self.jetson.start()
+        self._injected.discard("engine")
+
+    def limit_engine_disk(self, free_mb: int) -> int:
+        """Leave the jetson engine's data root only ``free_mb`` MiB free; returns df's figure."""
+        self._injected.add("disk")
+        return self.disk.limit(free_mb)
+
+    def restore_engine_disk(self) -> None:
+        """Give the jetson engine its whole disk back."""
+        self.disk.restore()
+        self._injected.discard("disk")
+
+    def restore_injected(self) -> None:
+        """Undo every fault this Rig object injected and has not restored."""
+        restorers = {
+            "sshd": self.start_sshd,
+            "link": self.restore_link,
+            "netem": self.clear_netem,
+            "engine": self.start_jetson_engine,
+            "disk": self.restore_engine_disk,
+        }
+        for name in ("link", "netem", "disk", "engine", "sshd"):
+            if name in self._injected:
+                restorers[name]()
+
+    def restore_faults(self) -> None:
+        """Undo every fault on the rig, whoever injected it."""
+        self._injected.update({"sshd", "link", "netem", "engine", "disk"})
+        if not self.network.link_exists():
+            self._injected.discard("link")
+        if not self.disk.mounted():
+            self._injected.discard("disk")
+        self.restore_injected()
+
+    @contextlib.contextmanager
+    def sshd_stopped(self) -> Iterator[Rig]:
+        """Within the block the board's sshd is stopped."""
+        self.stop_sshd()
+        try:
+            yield self
+        finally:
+            self.start_sshd()
+
+    @contextlib.contextmanager
+    def link_cut(self) -> Iterator[Rig]:
+        """Within the block the board's link is cut."""
+        self.cut_link()
+        try:
+            yield self
+        finally:
+            self.restore_link()
+
+    @contextlib.contextmanager
+    def netem(self, delay_ms: float = 0, loss_pct: float = 0) -> Iterator[str]:
+        """Within the block the link has delay and loss; yields the mechanism used."""
+        via = self.set_netem(delay_ms, loss_pct)
+        try:
+            yield via
+        finally:
+            self.clear_netem()
+
+    @contextlib.contextmanager
+    def jetson_engine_stopped(self) -> Iterator[Rig]:
+        """Within the block the jetson engine is stopped."""
+        self.stop_jetson_engine()
+        try:
+            yield self
+        finally:
+            self.start_jetson_engine()
+
+    @contextlib.contextmanager
+    def engine_disk_limited(self, free_mb: int) -> Iterator[int]:
+        """Within the block the jetson engine sees ``free_mb`` MiB free; yields df's figure."""
+        free = self.limit_engine_disk(free_mb)
+        try:
+            yield free
+        finally:
+            self.restore_engine_disk()
