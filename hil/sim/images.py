@@ -36,7 +36,10 @@ IMAGE_ENV = (
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "LANG=C.UTF-8",
     f"PIP_CERT={CA_IN_IMAGE}",
+    # Real l4t-base (Ubuntu 22.04) has no PEP 668 marker: plain `pip install` works there.
+    "PIP_BREAK_SYSTEM_PACKAGES=1",
 )
+PIP_CONF = f"[global]\ncert = {CA_IN_IMAGE}\n"
 
 
 def _progress(message: str) -> None:
@@ -155,9 +158,10 @@ class ImageCache:
         return self.tarball
 
     def base_digest(self) -> str:
-        """What goes into the base image: the rootfs key and the host's CA bundle."""
+        """What goes into the base image: the rootfs key, the host's CA bundle, env, pip.conf."""
         ca = host_ca_bundle().read_bytes()
-        return hashlib.sha256(self.spec.key.encode() + ca).hexdigest()[:16]
+        extra = json.dumps([IMAGE_ENV, PIP_CONF]).encode()
+        return hashlib.sha256(self.spec.key.encode() + ca + extra).hexdigest()[:16]
 
     def l4t_digest(self) -> str:
         """What goes into the l4t image: the base digest and the Jetson face."""
@@ -197,7 +201,7 @@ class ImageCache:
         ca.parent.mkdir(parents=True)
         shutil.copyfile(host_ca_bundle(), ca)
         # Only the CA: the host's own indexes (file://...) mean nothing in the image.
-        (root / "etc" / "pip.conf").write_text(f"[global]\ncert = {CA_IN_IMAGE}\n")
+        (root / "etc" / "pip.conf").write_text(PIP_CONF)
 
     @staticmethod
     def _l4t_files(root: Path) -> None:
