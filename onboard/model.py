@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,14 +72,10 @@ def make_weights(seed: int = SEED) -> dict[str, np.ndarray]:
     weights: dict[str, np.ndarray] = {}
     for index, (cin, cout) in enumerate(itertools.pairwise(CHANNELS), start=1):
         std = np.sqrt(2.0 / (cin * 9))
-        weights[f"conv{index}.weight"] = (rng.standard_normal((cout, cin, 3, 3)) * std).astype(
-            np.float32
-        )
+        weights[f"conv{index}.weight"] = (rng.standard_normal((cout, cin, 3, 3)) * std).astype(np.float32)
         weights[f"conv{index}.bias"] = (rng.standard_normal(cout) * 0.05).astype(np.float32)
     std = np.sqrt(1.0 / CHANNELS[-1])
-    weights["fc.weight"] = (rng.standard_normal((EMBEDDING_DIM, CHANNELS[-1])) * std).astype(
-        np.float32
-    )
+    weights["fc.weight"] = (rng.standard_normal((EMBEDDING_DIM, CHANNELS[-1])) * std).astype(np.float32)
     weights["fc.bias"] = (rng.standard_normal(EMBEDDING_DIM) * 0.05).astype(np.float32)
     return weights
 
@@ -181,16 +178,19 @@ def export_torch_onnx(path: Path | str, batch: int = 1, seed: int = SEED) -> Mod
     example = torch.from_numpy(make_input(batch))
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # The TorchScript exporter needs no onnxscript and writes a single file.
-    torch.onnx.export(
-        module,
-        (example,),
-        str(target),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    # The TorchScript exporter needs no onnxscript and writes a single file; torch >= 2.9
+    # warns that it is the legacy path, which is no news to the suites.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(target),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=OPSET,
+            dynamo=False,
+        )
     return ModelSpec(
         name="hil_embedder_torch",
         onnx_path=target,
@@ -218,8 +218,6 @@ def reference_forward(image: np.ndarray, seed: int = SEED) -> np.ndarray:
     weights = {k: v.astype(np.float64) for k, v in make_weights(seed).items()}
     x = image.astype(np.float64)
     for index in range(1, len(CHANNELS)):
-        x = np.maximum(
-            _conv2d_stride2(x, weights[f"conv{index}.weight"], weights[f"conv{index}.bias"]), 0.0
-        )
+        x = np.maximum(_conv2d_stride2(x, weights[f"conv{index}.weight"], weights[f"conv{index}.bias"]), 0.0)
     pooled = x.mean(axis=(2, 3))
     return pooled @ weights["fc.weight"].T + weights["fc.bias"]

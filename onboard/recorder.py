@@ -51,8 +51,7 @@ class FieldSpec:
             allowed = ()
         if not isinstance(value, allowed):
             raise RecordSchemaError(
-                f"record {kind!r}: field {name!r} must be {self.type}, "
-                f"got {type(value).__name__} {value!r}"
+                f"record {kind!r}: field {name!r} must be {self.type}, got {type(value).__name__} {value!r}"
             )
 
 
@@ -213,9 +212,7 @@ def validate(kind: str, data: Mapping[str, Any]) -> None:
     """Validate ``data`` against the schema of ``kind``; raise :class:`RecordSchemaError`."""
     schema = SCHEMAS.get(kind)
     if schema is None:
-        raise RecordSchemaError(
-            f"unknown record kind {kind!r}; known: {', '.join(sorted(SCHEMAS))}"
-        )
+        raise RecordSchemaError(f"unknown record kind {kind!r}; known: {', '.join(sorted(SCHEMAS))}")
     schema.validate(data)
     try:
         json.dumps(dict(data))

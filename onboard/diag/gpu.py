@@ -58,9 +58,7 @@ def parse_nvidia_smi_csv(text: str) -> list[GpuInfo]:
             continue
         cells = [cell.strip() for cell in line.split(",")]
         if len(cells) != len(SMI_FIELDS):
-            raise ParseError(
-                "nvidia-smi CSV", line, f"expected {len(SMI_FIELDS)} fields, got {len(cells)}"
-            )
+            raise ParseError("nvidia-smi CSV", line, f"expected {len(SMI_FIELDS)} fields, got {len(cells)}")
         try:
             gpus.append(
                 GpuInfo(
@@ -133,9 +131,7 @@ def query_nvml() -> list[GpuInfo]:
                     utilization_pct=_nvml_optional(
                         lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h).gpu
                     ),
-                    power_w=_nvml_optional(
-                        lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0
-                    ),
+                    power_w=_nvml_optional(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
                     source="nvml",
                 )
             )
@@ -158,11 +154,7 @@ def query_gpus() -> list[GpuInfo]:
 
 def nvml_temperatures() -> dict[str, float]:
     """``{"gpu0": celsius, ...}`` from NVML; empty without pynvml or a driver."""
-    return {
-        f"gpu{gpu.index}": gpu.temperature_c
-        for gpu in query_nvml()
-        if gpu.temperature_c is not None
-    }
+    return {f"gpu{gpu.index}": gpu.temperature_c for gpu in query_nvml() if gpu.temperature_c is not None}
 
 
 def host_gpu_identity(device_index: int = 0) -> tuple[str, str]:

@@ -273,9 +273,7 @@ def parse_line(line: str) -> TegrastatsSample:
             and match["name"] != "IRAM"
         ):
             off = match["mhz"] == "off"
-            engines[match["name"]] = EngineLoad(
-                None, () if off else (int(match["mhz"]),), online=not off
-            )
+            engines[match["name"]] = EngineLoad(None, () if off else (int(match["mhz"]),), online=not off)
             pos = match.end()
             continue
         end = pos

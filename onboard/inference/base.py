@@ -104,9 +104,7 @@ class InferenceRuntime(Protocol):
         """Load a compiled engine; refuse one built for another host."""
         ...
 
-    def infer(
-        self, handle: EngineHandle, inputs: Mapping[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
+    def infer(self, handle: EngineHandle, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named inputs; return named float32 numpy outputs."""
         ...
 
@@ -159,9 +157,7 @@ class FallbackNotice:
             )
 
 
-def check_inputs(
-    runtime: str, model: ModelSpec, inputs: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
+def check_inputs(runtime: str, model: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Check the input names against the model and return them as contiguous float32 arrays."""
     from onboard.errors import InferenceError
 

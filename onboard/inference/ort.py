@@ -71,6 +71,40 @@ def tensorrt_version() -> str:
     return str(tensorrt.__version__)
 
 
+def build_provider_options(
+    providers: tuple[str, ...], config: RuntimeConfig, trt_cache_dir: Path
+) -> list[tuple[str, dict[str, Any]]]:
+    """The ``(provider, options)`` pairs for an ``InferenceSession``, in the given order.
+
+    The TensorRT EP keeps its engine and timing caches in ``trt_cache_dir``,
+    builds FP16 engines when the precision is fp16, and gets a workspace of
+    ``config.workspace_fraction`` of the GPU memory budget.
+    """
+    options: list[tuple[str, dict[str, Any]]] = []
+    for provider in providers:
+        if provider == TRT_EP:
+            cache = str(trt_cache_dir)
+            options.append(
+                (
+                    provider,
+                    {
+                        "device_id": config.device_index,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": cache,
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": cache,
+                        "trt_fp16_enable": config.precision == "fp16",
+                        "trt_max_workspace_size": config.workspace_bytes,
+                    },
+                )
+            )
+        elif provider == CUDA_EP:
+            options.append((provider, {"device_id": config.device_index}))
+        else:
+            options.append((provider, {}))
+    return options
+
+
 class OnnxRuntimeRuntime:
     """Runs ONNX models with ONNX Runtime on the best available execution provider."""
 
@@ -92,9 +126,7 @@ class OnnxRuntimeRuntime:
             raise ValueError(f"unknown execution provider(s) {unknown}; known: {KNOWN_PROVIDERS}")
         available = set(self._ort.get_available_providers())
         self.requested_providers: tuple[str, ...] = tuple(self.config.providers)
-        self.providers: tuple[str, ...] = tuple(
-            p for p in self.requested_providers if p in available
-        )
+        self.providers: tuple[str, ...] = tuple(p for p in self.requested_providers if p in available)
         self.active_providers: tuple[str, ...] = ()
         self._cpu_fallback_recorded = False
         if not self.providers:
@@ -134,30 +166,7 @@ class OnnxRuntimeRuntime:
 
     def provider_options(self) -> list[tuple[str, dict[str, Any]]]:
         """Each available provider with its options, in order of preference."""
-        device = self.config.device_index
-        options: list[tuple[str, dict[str, Any]]] = []
-        for provider in self.providers:
-            if provider == TRT_EP:
-                cache = str(self.trt_cache_dir())
-                options.append(
-                    (
-                        provider,
-                        {
-                            "device_id": device,
-                            "trt_engine_cache_enable": True,
-                            "trt_engine_cache_path": cache,
-                            "trt_timing_cache_enable": True,
-                            "trt_timing_cache_path": cache,
-                            "trt_fp16_enable": self.config.precision == "fp16",
-                            "trt_max_workspace_size": self.config.workspace_bytes,
-                        },
-                    )
-                )
-            elif provider == CUDA_EP:
-                options.append((provider, {"device_id": device}))
-            else:
-                options.append((provider, {}))
-        return options
+        return build_provider_options(self.providers, self.config, self.trt_cache_dir())
 
     def host_key(self, model: ModelSpec) -> EngineCacheKey:
         """The key of ``model``'s compiled form on this host with these providers."""
@@ -190,9 +199,7 @@ class OnnxRuntimeRuntime:
             )
         except Exception as exc:  # ORT raises its own pybind11 exception types
             self._record_error("session", exc)
-            raise InferenceError(
-                self.name, f"cannot create a session for {model.onnx_path}: {exc}"
-            ) from exc
+            raise InferenceError(self.name, f"cannot create a session for {model.onnx_path}: {exc}") from exc
         self.active_providers = tuple(session.get_providers())
         if self.active_providers[:1] == (CPU_EP,):
             if self.config.disallow_cpu_fallback:
@@ -220,9 +227,7 @@ class OnnxRuntimeRuntime:
         del session
         cache_dir = self.trt_cache_dir() if TRT_EP in self.active_providers else None
         if cache_hit:
-            self._record(
-                "engine cache hit", runtime=self.name, path=str(cache_dir), key=key.to_dict()
-            )
+            self._record("engine cache hit", runtime=self.name, path=str(cache_dir), key=key.to_dict())
         else:
             self._record(
                 "engine built",
@@ -231,9 +236,7 @@ class OnnxRuntimeRuntime:
                 key=key.to_dict(),
                 seconds=seconds,
             )
-        return EngineEntry(
-            self.name, model, model.onnx_path, key, cache_hit, seconds, cache_dir=cache_dir
-        )
+        return EngineEntry(self.name, model, model.onnx_path, key, cache_hit, seconds, cache_dir=cache_dir)
 
     def deserialize(self, entry: EngineEntry) -> EngineHandle:
         """Create the inference session (the TensorRT EP loads its cached engine here)."""
@@ -245,9 +248,7 @@ class OnnxRuntimeRuntime:
             extra={"providers": list(self.active_providers)},
         )
 
-    def infer(
-        self, handle: EngineHandle, inputs: Mapping[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
+    def infer(self, handle: EngineHandle, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the session; ORT errors come back as :class:`InferenceError` with the cause."""
         if handle.released or handle.native is None:
             raise InferenceError(self.name, "infer on a released handle")

@@ -105,9 +105,7 @@ class TensorRTRuntime:
         payload = self._build(model)
         path = self._cache.store(key, payload)
         seconds = time.perf_counter() - started
-        self._record(
-            "engine built", runtime=self.name, path=str(path), key=key.to_dict(), seconds=seconds
-        )
+        self._record("engine built", runtime=self.name, path=str(path), key=key.to_dict(), seconds=seconds)
         return EngineEntry(self.name, model, path, key, cache_hit=False, build_seconds=seconds)
 
     def _build(self, model: ModelSpec) -> bytes:
@@ -189,9 +187,7 @@ class TensorRTRuntime:
             raise InferenceError(self.name, f"unsupported tensor dtype {trt_dtype}")
         return table[trt_dtype]
 
-    def infer(
-        self, handle: EngineHandle, inputs: Mapping[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
+    def infer(self, handle: EngineHandle, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Bind torch CUDA tensors by name and run ``execute_async_v3`` on the handle's stream."""
         if handle.released or handle.native is None:
             raise InferenceError(self.name, "infer on a released handle")
@@ -205,9 +201,7 @@ class TensorRTRuntime:
             dtype = self._torch_dtype(engine.get_tensor_dtype(name))
             tensor = torch.from_numpy(arrays[name]).to(self._device).to(dtype).contiguous()
             if not context.set_input_shape(name, tuple(tensor.shape)):
-                raise InferenceError(
-                    self.name, f"input {name}: shape {tuple(tensor.shape)} refused"
-                )
+                raise InferenceError(self.name, f"input {name}: shape {tuple(tensor.shape)} refused")
             context.set_tensor_address(name, tensor.data_ptr())
             keep.append(tensor)
         results: dict[str, Any] = {}

@@ -84,9 +84,7 @@ class TorchFp16Runtime:
         self._torch.save(module.state_dict(), buffer)
         path = self._cache.store(key, buffer.getvalue(), ".pt")
         seconds = time.perf_counter() - started
-        self._record(
-            "engine built", runtime=self.name, path=str(path), key=key.to_dict(), seconds=seconds
-        )
+        self._record("engine built", runtime=self.name, path=str(path), key=key.to_dict(), seconds=seconds)
         return EngineEntry(self.name, model, path, key, cache_hit=False, build_seconds=seconds)
 
     def deserialize(self, entry: EngineEntry) -> EngineHandle:
@@ -108,9 +106,7 @@ class TorchFp16Runtime:
         module = module.half().cuda(self._device).eval()
         return EngineHandle(runtime=self.name, entry=entry, native=module)
 
-    def infer(
-        self, handle: EngineHandle, inputs: Mapping[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
+    def infer(self, handle: EngineHandle, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the FP16 module; inputs are cast to FP16 on the GPU, outputs come back FP32."""
         if handle.released or handle.native is None:
             raise InferenceError(self.name, "infer on a released handle")
@@ -126,8 +122,7 @@ class TorchFp16Runtime:
             result: Any = handle.native(*tensors)
             outputs = result if isinstance(result, (tuple, list)) else (result,)
             return {
-                name: out.float().cpu().numpy()
-                for name, out in zip(model.output_names, outputs, strict=True)
+                name: out.float().cpu().numpy() for name, out in zip(model.output_names, outputs, strict=True)
             }
 
     def release(self, handle: EngineHandle) -> None:
