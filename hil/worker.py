@@ -6,7 +6,9 @@ nothing beyond the standard library and pytest.  It is also the single home of
 the tier vocabulary (``hil.tiers`` re-exports it), so the skip reasons on a
 board and on the laptop are the same strings.
 
-Run as ``python3 -m hil.worker PYTEST_ARGS...`` with these variables:
+Run as ``python3 worker.py PYTEST_ARGS...`` (it is mounted into containers as
+``/hil/worker.py``, so projects need not install pytest-hil in their image)
+with these variables:
 
 ``HIL_TARGET`` / ``HIL_TIER``
     the target's name and the tier it serves;
@@ -301,6 +303,9 @@ def probe() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    # Run as a mounted script: give pytest the import path ``python -m pytest`` would have.
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path[0] = os.getcwd()
     if sys.argv[1:2] == ["--probe"]:
         print(json.dumps(probe()))
         sys.exit(0)

@@ -27,6 +27,20 @@ from hil.config import TargetSpec
 CONTAINER_LABEL = "io.pytest-hil.run"
 #: Where the results folder is mounted inside the container.
 CONTAINER_OUT = "/hil/out"
+#: Where hil/worker.py (self-contained) is mounted: the project need not ship pytest-hil.
+CONTAINER_WORKER = "/hil/worker.py"
+
+
+def worker_source() -> Path:
+    """The worker module's file on this host, mounted or copied into every target."""
+    from hil import worker
+
+    return Path(worker.__file__)
+
+
+def worker_command(pytest_args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The container's command: the mounted worker, then the user's pytest arguments."""
+    return ("python3", CONTAINER_WORKER, *pytest_args)
 
 ByteSink = Callable[[bytes], None]
 
@@ -127,11 +141,19 @@ class RunRequest:
     network: str = ""
     memory: str = ""
     src_mount: str = "/src"
+    #: Path of worker.py on the engine's host, mounted at CONTAINER_WORKER ("" = none).
+    worker: str = ""
+    #: ``uid:gid`` to run as ("" = the image's user).
+    user: str = ""
 
     def docker_cli(self, docker: str = "docker") -> list[str]:
         """``docker run`` argument list (for engines reached through a shell)."""
         args = [docker, "run", "--rm", "-i", "--name", self.name, "-w", self.workdir,
                 "-v", f"{self.src}:{self.src_mount}:ro", "-v", f"{self.out}:{CONTAINER_OUT}"]
+        if self.worker:
+            args += ["-v", f"{self.worker}:{CONTAINER_WORKER}:ro"]
+        if self.user:
+            args += ["--user", self.user]
         for key, value in sorted(self.labels.items()):
             args += ["--label", f"{key}={value}"]
         for key, value in sorted(self.env.items()):

@@ -23,6 +23,8 @@ import requests.exceptions
 
 from hil.backends.base import (
     CONTAINER_LABEL,
+    CONTAINER_OUT,
+    CONTAINER_WORKER,
     Backend,
     ByteSink,
     Check,
@@ -30,6 +32,8 @@ from hil.backends.base import (
     RunEnd,
     RunPlan,
     RunRequest,
+    worker_command,
+    worker_source,
 )
 from hil.errors import (
     BuildFailedError,
@@ -245,7 +249,7 @@ class DockerBackend(Backend):
         return RunRequest(
             name=f"hil-{plan.run_id}",
             image=image,
-            command=("python3", "-m", "hil.worker", *plan.pytest_args),
+            command=worker_command(plan.pytest_args),
             env=env,
             workdir=f"{self.spec.docker.workdir}/{plan.subdir}".rstrip("/"),
             src=str(self.root.resolve()),
@@ -256,6 +260,8 @@ class DockerBackend(Backend):
             network=self.spec.docker.network,
             memory=self.spec.docker.memory,
             src_mount=self.spec.docker.workdir,
+            worker=str(worker_source()),
+            user=f"{os.getuid()}:{os.getgid()}",
         )
 
     def run(self, plan: RunPlan, image: str, on_stdout: ByteSink, on_stderr: ByteSink) -> RunEnd:
@@ -267,7 +273,8 @@ class DockerBackend(Backend):
             (plan.local_out / "lastfailed.json").write_text(plan.lastfailed, encoding="utf-8")
         host_config = api.create_host_config(
             binds={req.src: {"bind": req.src_mount, "mode": "ro"},
-                   req.out: {"bind": "/hil/out", "mode": "rw"}},
+                   req.out: {"bind": CONTAINER_OUT, "mode": "rw"},
+                   req.worker: {"bind": CONTAINER_WORKER, "mode": "ro"}},
             runtime=req.runtime or None,
             network_mode=req.network or None,
             mem_limit=req.memory or None,
@@ -276,7 +283,7 @@ class DockerBackend(Backend):
         container = api.create_container(
             image=req.image, command=list(req.command), environment=dict(req.env),
             working_dir=req.workdir, labels=dict(req.labels), name=req.name,
-            host_config=host_config, user=f"{os.getuid()}:{os.getgid()}", stdin_open=False,
+            host_config=host_config, user=req.user, stdin_open=False,
         )
         cid = container["Id"]
         timed_out = threading.Event()
