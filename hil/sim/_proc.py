@@ -79,16 +79,12 @@ def run(
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise error(
-            f"{what or argv[0]} did not finish within {timeout:.0f} s", command=argv
-        ) from exc
+        raise error(f"{what or argv[0]} did not finish within {timeout:.0f} s", command=argv) from exc
     except FileNotFoundError as exc:
         raise error(f"{argv[0]} is not installed", command=argv) from exc
     result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
     if check and not result.ok:
-        raise error(
-            f"{what or argv[0]} failed", command=argv, exited=result.exited, tail=result.tail()
-        )
+        raise error(f"{what or argv[0]} failed", command=argv, exited=result.exited, tail=result.tail())
     return result
 
 
@@ -107,9 +103,7 @@ def run_streaming(
             print(f"{prefix}{line.rstrip()}", file=sys.stderr, flush=True)
         exited = proc.wait()
     if exited != 0:
-        raise error(
-            f"{what or argv[0]} failed", command=argv, exited=exited, tail="".join(lines[-20:])
-        )
+        raise error(f"{what or argv[0]} failed", command=argv, exited=exited, tail="".join(lines[-20:]))
 
 
 class NotReadyError(HilError):

@@ -95,9 +95,7 @@ class Board:
     def _write_ssh_files(self) -> None:
         lay = self.layout
         host_pub = lay.host_key.with_suffix(".pub").read_text().split()
-        lay.known_hosts.write_text(
-            f"{lay.ssh_alias},{lay.board_address} {host_pub[0]} {host_pub[1]}\n"
-        )
+        lay.known_hosts.write_text(f"{lay.ssh_alias},{lay.board_address} {host_pub[0]} {host_pub[1]}\n")
         lay.ssh_config.write_text(
             f"# Written by `hil sim up`: the simulated Jetson board.\n"
             f"Host {lay.ssh_alias}\n"
@@ -164,8 +162,7 @@ class Board:
             [
                 "set -e",
                 # The Jetson face, seen by sshd and its sessions only (read-only overlays).
-                "mount -n -t overlay hil-sim-etc -o "
-                f"lowerdir={q(str(lay.face_dir / 'etc'))}:/etc /etc",
+                f"mount -n -t overlay hil-sim-etc -o lowerdir={q(str(lay.face_dir / 'etc'))}:/etc /etc",
                 "mount -n -t overlay hil-sim-bin -o "
                 f"lowerdir={q(str(lay.face_dir / 'bin'))}:/usr/local/bin /usr/local/bin",
                 # The board's own /run: sshd's privsep dir, the engine socket, sshd's pid file.

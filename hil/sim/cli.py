@@ -27,9 +27,7 @@ def _render(status: dict[str, Any]) -> str:
         + f"   state: {status['state_dir']}   ssh: -F {status['ssh_config']} {status['ssh_alias']}"
     ]
     for name, part in status["parts"].items():
-        details = ", ".join(
-            f"{k}={v}" for k, v in part.items() if k != "up" and v not in (None, "", [], {})
-        )
+        details = ", ".join(f"{k}={v}" for k, v in part.items() if k != "up" and v not in (None, "", [], {}))
         lines.append(f"  {name:<14} {'up' if part['up'] else 'DOWN':<5} {details}")
     for fault in status["faults"]:
         lines.append(f"  fault: {fault}")

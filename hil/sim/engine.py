@@ -44,9 +44,7 @@ class DockerEngine:
         """True when the engine's API answers on its socket."""
         if not self.layout.socket.exists():
             return False
-        return self.docker(
-            ["version", "--format", "{{.Server.Version}}"], check=False, timeout=10
-        ).ok
+        return self.docker(["version", "--format", "{{.Server.Version}}"], check=False, timeout=10).ok
 
     def is_up(self) -> bool:
         """True when dockerd runs and answers."""

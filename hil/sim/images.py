@@ -60,9 +60,7 @@ def host_ca_bundle() -> Path:
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
-    raise BuildFailedError(
-        "no CA bundle found on this host (looked for PIP_CERT, pip.conf, Debian's)"
-    )
+    raise BuildFailedError("no CA bundle found on this host (looked for PIP_CERT, pip.conf, Debian's)")
 
 
 @dataclass(frozen=True)
@@ -79,16 +77,12 @@ class RootfsSpec:
     def for_host(cls, suite: str) -> RootfsSpec:
         """The spec for this host's architecture and mirror (env ``HIL_SIM_MIRROR``)."""
         arch = run(["dpkg", "--print-architecture"], check=False).stdout.strip() or "amd64"
-        return cls(
-            suite=suite, mirror=os.environ.get("HIL_SIM_MIRROR") or DEFAULT_MIRROR, arch=arch
-        )
+        return cls(suite=suite, mirror=os.environ.get("HIL_SIM_MIRROR") or DEFAULT_MIRROR, arch=arch)
 
     @property
     def key(self) -> str:
         """The hash of the inputs (hex, 16 chars)."""
-        text = json.dumps(
-            [self.suite, self.variant, sorted(self.packages), self.mirror, self.arch]
-        ).encode()
+        text = json.dumps([self.suite, self.variant, sorted(self.packages), self.mirror, self.arch]).encode()
         return hashlib.sha256(text).hexdigest()[:16]
 
 

@@ -2,7 +2,7 @@
 
 Delay and loss use ``tc netem`` on both ends of the veth where the kernel has
 it.  Where it does not (``sch_netem`` is not built into our CI kernels), the
-same faults are made by nftables rules that queue the veth's packets, both
+same faults are made by iptables NFQUEUE rules that queue the veth's packets, both
 directions, to :mod:`hil.sim.nfqueue`, which holds or drops them.
 """
 
@@ -16,7 +16,7 @@ from hil.errors import HilError
 from hil.sim._proc import pidfile_alive, run, spawn_detached, stop_pidfile, wait_until
 from hil.sim.layout import RigLayout
 
-_NFT_TABLE = "hil_sim_netem"
+_RULE_COMMENT = "hil-sim-netem"
 
 
 class BoardNetwork:
@@ -111,9 +111,13 @@ class BoardNetwork:
         self.clear_netem()
         if delay_ms == 0 and loss_pct == 0:
             return "none"
-        via = "tc-netem" if self._try_tc(delay_ms, loss_pct) else "nfqueue"
-        if via == "nfqueue":
-            self._start_nfqueue(delay_ms, loss_pct)
+        try:
+            via = "tc-netem" if self._try_tc(delay_ms, loss_pct) else "nfqueue"
+            if via == "nfqueue":
+                self._start_nfqueue(delay_ms, loss_pct)
+        except BaseException:
+            self.clear_netem()
+            raise
         state = {"delay_ms": delay_ms, "loss_pct": loss_pct, "via": via}
         self._netem_state_file().write_text(json.dumps(state) + "\n")
         return via
@@ -139,7 +143,10 @@ class BoardNetwork:
                 ],
                 check=False,
             )
-        run(["nft", "delete", "table", "inet", _NFT_TABLE], check=False)
+        for rule in self._iptables_rules():
+            # -D removes one copy per call; repeat until none is left.
+            while run(["iptables", "-w", "-t", "mangle", "-D", *rule], check=False).ok:
+                pass
         stop_pidfile(lay.netem_pidfile, "hil.sim.nfqueue", "netem daemon", timeout=5)
         self._netem_state_file().unlink(missing_ok=True)
 
@@ -152,6 +159,22 @@ class BoardNetwork:
     def _netem_state_file(self) -> Path:
         return self.layout.runtime_dir / "netem.json"
 
+    def _iptables_rules(self) -> list[list[str]]:
+        # NFQUEUE via xtables: kernels without nft's queue expression still have it.
+        lay = self.layout
+        target = [
+            "-m",
+            "comment",
+            "--comment",
+            _RULE_COMMENT,
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            str(lay.netem_queue),
+            "--queue-bypass",
+        ]
+        return [["PREROUTING", "-i", lay.host_if, *target], ["POSTROUTING", "-o", lay.host_if, *target]]
+
     def _try_tc(self, delay_ms: float, loss_pct: float) -> bool:
         lay = self.layout
         spec = ["netem", "delay", f"{delay_ms}ms", "loss", f"{loss_pct}%"]
@@ -159,9 +182,7 @@ class BoardNetwork:
         if not res.ok:
             if "unknown" in res.stderr.lower():
                 return False
-            raise HilError(
-                "tc netem failed", command=res.command, exited=res.exited, tail=res.tail()
-            )
+            raise HilError("tc netem failed", command=res.command, exited=res.exited, tail=res.tail())
         run(
             [
                 "ip",
@@ -203,13 +224,5 @@ class BoardNetwork:
             env={"PYTHONPATH": package_parent},
         )
         wait_until(self.netem_daemon_running, 10, "the netem (nfqueue) daemon")
-        queue = f"queue num {lay.netem_queue} bypass"
-        rules = (
-            f"table inet {_NFT_TABLE} {{\n"
-            f"  chain pre {{ type filter hook prerouting priority -300; "
-            f'iifname "{lay.host_if}" {queue}; }}\n'
-            f"  chain post {{ type filter hook postrouting priority 300; "
-            f'oifname "{lay.host_if}" {queue}; }}\n'
-            "}\n"
-        )
-        run(["nft", "-f", "-"], input=rules, what="installing the netem nftables rules")
+        for rule in self._iptables_rules():
+            run(["iptables", "-w", "-t", "mangle", "-A", *rule], what="installing the netem iptables rules")

@@ -1,6 +1,6 @@
 """A netfilter-queue daemon that delays and drops packets: ``tc netem`` in user space.
 
-Used when the kernel lacks ``sch_netem`` (as on our CI VMs).  nftables rules
+Used when the kernel lacks ``sch_netem`` (as on our CI VMs).  iptables NFQUEUE rules
 send the veth's packets, both directions, to queue N; this daemon holds each
 one for ``--delay-ms`` before accepting it, and drops ``--loss-pct`` percent.
 Pure stdlib: it speaks nfnetlink over a raw netlink socket.
@@ -88,9 +88,7 @@ class PacketDelayer:
 
     def verdict(self, packet_id: int, verdict: int) -> None:
         """Accept or drop the queued packet ``packet_id``."""
-        self._send(
-            NFQNL_MSG_VERDICT, _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
-        )
+        self._send(NFQNL_MSG_VERDICT, _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id)))
 
     def _receive(self) -> None:
         data = self.sock.recv(1 << 20)

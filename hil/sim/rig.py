@@ -34,7 +34,7 @@ REQUIRED_TOOLS: dict[str, str] = {
     "ip": "iproute2",
     "tc": "iproute2",
     "ss": "iproute2",
-    "nft": "nftables",
+    "iptables": "iptables",
     "unshare": "util-linux",
     "setsid": "util-linux",
     "flock": "util-linux",
@@ -231,9 +231,7 @@ class Rig:
                 done.append("board namespace and link")
             if self.board.start_sshd():
                 done.append("board sshd")
-            cache = ImageCache(
-                lay.image_cache, RootfsSpec.for_host(lay.suite), lay.base_image, lay.l4t_image
-            )
+            cache = ImageCache(lay.image_cache, RootfsSpec.for_host(lay.suite), lay.base_image, lay.l4t_image)
             needs_images = [
                 (engine, l4t)
                 for engine, l4t in ((self.colima, False), (self.jetson, True))
@@ -242,9 +240,7 @@ class Rig:
             if needs_images:
                 cache.ensure_tarball()
                 for engine, l4t in needs_images:
-                    done += [
-                        f"{img} ({engine.name})" for img in cache.ensure_images(engine, l4t=l4t)
-                    ]
+                    done += [f"{img} ({engine.name})" for img in cache.ensure_images(engine, l4t=l4t)]
             wait_until(self._ssh_works, 30, "ssh login to the board", error=TargetUnhealthyError)
             self._marker.write_text(f"{os.getpid()}\n")
         if done:
@@ -312,9 +308,7 @@ class Rig:
             root.rmdir()
 
     def _ssh_works(self) -> bool:
-        return (
-            self.board.ssh("true", timeout=15, options=("-o", "ConnectTimeout=5")).returncode == 0
-        )
+        return self.board.ssh("true", timeout=15, options=("-o", "ConnectTimeout=5")).returncode == 0
 
     # -- status -----------------------------------------------------------
 
@@ -414,7 +408,7 @@ class Rig:
         """Delay packets ``delay_ms`` each way and drop ``loss_pct`` %; returns the mechanism.
 
         ``tc netem`` on both veth ends where the kernel has it, else an
-        nftables queue served by :mod:`hil.sim.nfqueue` (same effect).
+        iptables NFQUEUE served by :mod:`hil.sim.nfqueue` (same effect).
         """
         self._injected.add("netem")
         return self.network.set_netem(delay_ms, loss_pct)
