@@ -13,6 +13,7 @@ test starts, green/red/orange where it passed/failed/broke.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -287,7 +288,7 @@ def render_chart(panels: Sequence[Panel], markers: Iterable[Marker] = (), *,
         for j, series in enumerate(panel.series):
             colour = PALETTE[j % len(PALETTE)]
             pts = sorted(series.points)
-            for (ta, va), (tb, vb) in zip(pts, pts[1:]):
+            for (ta, va), (tb, vb) in itertools.pairwise(pts):
                 canvas.line(x_of(ta), y_of(va), x_of(tb), y_of(vb), colour, width=2)
             if len(pts) == 1:
                 canvas.rect(x_of(pts[0][0]) - 1, y_of(pts[0][1]) - 1,

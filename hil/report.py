@@ -1,0 +1,782 @@
+"""``hil report``: Allure results of one or many targets -> one HTML report.
+
+Steps (each shown as a progress line):
+
+1. **stage**: copy every results folder into one staging folder, and lay over
+   what pytest-hil knows about each run (``reports/runs/<run-id>/``): a merged
+   ``environment.properties`` with one block per target, ``executor.json``
+   from the CI's variables, the checked-in ``categories.json``, per failing
+   test the tail of its remote log, and per run one "hil run" fixture
+   carrying the build log, the preflight table, the phase timings and the
+   telemetry (CSV and a PNG chart);
+2. **generate** with Allure 3 (npm, pinned, installed on demand) or Allure 2's
+   commandline, carrying the history (trends) from the history folder;
+3. optionally **serve** the report on localhost (``--open``).
+
+The same :func:`build_report` is used by ``hil nightly``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+import webbrowser
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hil.allure3 import (
+    Engine,
+    ReportToolError,
+    allure3_config,
+    generate_allure2,
+    generate_allure3,
+    history_lines,
+    select_engine,
+    trim_allure2_history,
+)
+from hil.backends.base import Progress
+from hil.chart import Marker, panels_from_samples, render_chart, telemetry_csv
+
+#: Where the checked-in report configuration lives, relative to the project root.
+CONFIG_DIR = Path("reports") / "allure"
+DEFAULT_HISTORY_LIMIT = 20
+#: Lines of remote log attached to a failing test.
+LOG_TAIL_LINES = 120
+INFRA_PREFIX = "hil infrastructure fault"
+
+HELP_RESULTS = "Allure results folders (default: reports/allure-results); several merge into one"
+HELP_OUTPUT = "folder the HTML report is written to (default: reports/allure-report)"
+HELP_HISTORY = ("folder keeping the trend history between runs, e.g. cached by CI "
+                "(default: $HIL_REPORT_HISTORY or reports/history)")
+HELP_LIMIT = f"runs kept in the history (default: {DEFAULT_HISTORY_LIMIT})"
+HELP_ENGINE = "auto (Allure 3 when Node.js is there, else Allure 2 on PATH), allure3 or allure2"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON of ``path``, or None when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (bad lines skipped; missing file: [])."""
+    out: list[dict[str, Any]] = []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            item = json.loads(line)
+            if isinstance(item, dict):
+                out.append(item)
+    return out
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """``key=value`` lines (Allure's environment.properties) -> dict."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith(("#", "!")) and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def result_target(result: Mapping[str, Any]) -> str | None:
+    """The value of a result's ``target`` parameter, without allure-pytest's quotes."""
+    for param in result.get("parameters") or ():
+        if isinstance(param, dict) and param.get("name") == "target":
+            value = str(param.get("value", ""))
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            return value
+    return None
+
+
+def is_infrastructure_result(result: Mapping[str, Any]) -> bool:
+    """Whether a result is the synthetic one written for an infrastructure fault."""
+    message = str((result.get("statusDetails") or {}).get("message", ""))
+    return message.startswith(INFRA_PREFIX)
+
+
+@dataclass
+class RunFolder:
+    """One container-target run folder, ``reports/runs/<run-id>/``, as read back."""
+
+    path: Path
+    target: str
+    run_id: str
+    run: dict[str, Any] = field(default_factory=dict)
+    preflight: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> RunFolder:
+        """Read ``run.json``, ``preflight.json``, ``timings.json`` and ``error.json``."""
+        run = read_json(path / "run.json")
+        run = run if isinstance(run, dict) else {}
+        error = read_json(path / "error.json")
+        preflight = read_json(path / "preflight.json")
+        timings = read_json(path / "timings.json")
+        name = path.name
+        target = str(run.get("target") or (error or {}).get("target") or
+                     (name.split("-", 2)[2] if name.count("-") >= 2 else name))
+        return cls(path=path, target=target, run_id=str(run.get("run_id") or name), run=run,
+                   preflight=preflight if isinstance(preflight, dict) else None,
+                   timings=timings if isinstance(timings, dict) else None,
+                   error=error if isinstance(error, dict) else None)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The worker's events (``events.jsonl``)."""
+        return read_jsonl(self.path / "events.jsonl")
+
+    def telemetry(self) -> list[dict[str, Any]]:
+        """Telemetry samples (``telemetry.jsonl``), each with ``t`` in epoch seconds."""
+        return [s for s in read_jsonl(self.path / "telemetry.jsonl")
+                if isinstance(s.get("t"), (int, float))]
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` looks like a ``reports/runs/<run-id>/`` folder."""
+    return path.is_dir() and any((path / n).is_file() for n in
+                                 ("run.json", "error.json", "events.jsonl", "preflight.json"))
+
+
+def runs_for(results: Path, targets: Iterable[str]) -> list[RunFolder]:
+    """The run folders that produced ``results``.
+
+    ``reports/runs/<id>/allure-results`` -> its parent; ``<reports>/allure-results``
+    -> per target, the newest ``<reports>/runs/*`` run of that target.
+    """
+    if is_run_folder(results.parent) and results.name == "allure-results":
+        return [RunFolder.load(results.parent)]
+    runs_dir = results.parent / "runs"
+    if not runs_dir.is_dir():
+        return []
+    newest: dict[str, RunFolder] = {}
+    for path in sorted(p for p in runs_dir.iterdir() if is_run_folder(p)):
+        run = RunFolder.load(path)
+        newest[run.target] = run  # sorted by run id = by time
+    wanted = set(targets)
+    return [run for name, run in sorted(newest.items()) if name in wanted]
+
+
+# --------------------------------------------------------------------------- environment
+
+#: Preflight fact names (lower-cased) -> the key shown in the report.
+FACT_KEYS: dict[str, str] = {
+    "l4t": "L4T", "l4t release": "L4T", "nv_tegra_release": "L4T", "jetpack": "JetPack",
+    "cuda": "CUDA", "cuda version": "CUDA", "tensorrt": "TensorRT", "tensorrt version": "TensorRT",
+    "gpu": "GPU", "gpu name": "GPU", "hostname": "board.hostname", "host": "board.hostname",
+    "board": "board.model", "model": "board.model", "docker": "docker.version",
+    "docker version": "docker.version", "engine": "docker.version", "kernel": "kernel",
+    "arch": "arch", "machine": "arch", "onnxruntime": "onnxruntime.version",
+    "torch": "torch.version",
+}
+
+
+def _fact_key(name: str) -> str:
+    return FACT_KEYS.get(name.strip().lower(), re.sub(r"\s+", ".", name.strip()))
+
+
+def target_environment(properties: Mapping[str, str], run: RunFolder | None) -> dict[str, str]:
+    """What the report shows for one target: environment.properties + preflight + run."""
+    env = {k: v for k, v in properties.items() if v != ""}
+    if run is not None:
+        facts = (run.preflight or {}).get("facts") or {}
+        for name, value in facts.items():
+            if value not in (None, ""):
+                env.setdefault(_fact_key(str(name)), str(value))
+        image = run.run.get("image")
+        if image:
+            env["image"] = str(image)
+        for key in ("image_digest", "digest", "image_id"):
+            if run.run.get(key):
+                env["image.digest"] = str(run.run[key])
+        env["run.id"] = run.run_id
+        if "exit_code" in run.run:
+            env["exit.code"] = str(run.run["exit_code"])
+    return env
+
+
+def merge_environments(per_target: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """One environment.properties for all targets: ``<target>.<key>`` when there are several.
+
+    Keys stay free of spaces and colons, which Java's properties format (Allure 2)
+    would take as separators.
+    """
+    def clean(text: str) -> str:
+        return re.sub(r"[\s:=]+", "_", text)
+
+    if len(per_target) == 1:
+        ((_, env),) = per_target.items()
+        return {clean(k): v for k, v in env.items()}
+    merged: dict[str, str] = {"targets": ", ".join(sorted(per_target))}
+    for target, env in sorted(per_target.items()):
+        for key, value in env.items():
+            if key != "target":
+                merged[f"{clean(target)}.{clean(key)}"] = value
+    return merged
+
+
+def write_properties(path: Path, values: Mapping[str, str]) -> None:
+    """Write ``environment.properties`` (values on one line each)."""
+    lines = [f"{k}={' '.join(str(v).split())}" for k, v in sorted(values.items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def executor_from_env(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """Allure's ``executor.json`` from GitHub Actions, GitLab CI or Jenkins variables."""
+    if env.get("GITHUB_ACTIONS") == "true":
+        server = env.get("GITHUB_SERVER_URL", "https://github.com")
+        repo = env.get("GITHUB_REPOSITORY", "")
+        run_id = env.get("GITHUB_RUN_ID", "")
+        number = env.get("GITHUB_RUN_NUMBER", "")
+        return {"name": "GitHub Actions", "type": "github", "url": f"{server}/{repo}",
+                "buildOrder": int(number) if number.isdigit() else None,
+                "buildName": f"{env.get('GITHUB_WORKFLOW', 'workflow')} #{number}",
+                "buildUrl": f"{server}/{repo}/actions/runs/{run_id}",
+                "reportName": "pytest-hil nightly"}
+    if env.get("GITLAB_CI") == "true":
+        iid = env.get("CI_PIPELINE_IID", "")
+        return {"name": "GitLab CI", "type": "gitlab", "url": env.get("CI_PROJECT_URL", ""),
+                "buildOrder": int(iid) if iid.isdigit() else None,
+                "buildName": f"{env.get('CI_JOB_NAME', 'job')} #{iid}",
+                "buildUrl": env.get("CI_JOB_URL") or env.get("CI_PIPELINE_URL", ""),
+                "reportName": "pytest-hil nightly"}
+    if env.get("JENKINS_URL"):
+        number = env.get("BUILD_NUMBER", "")
+        return {"name": "Jenkins", "type": "jenkins", "url": env.get("JENKINS_URL", ""),
+                "buildOrder": int(number) if number.isdigit() else None,
+                "buildName": env.get("BUILD_TAG") or f"{env.get('JOB_NAME', 'job')} #{number}",
+                "buildUrl": env.get("BUILD_URL", ""), "reportName": "pytest-hil nightly"}
+    return None
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def nodeid_key(nodeid: str) -> tuple[str, str]:
+    """(Allure ``fullName``, parameter suffix) of a pytest node id, as allure-pytest builds it."""
+    filepath, *rest = nodeid.split("::")
+    parts = filepath.split("/")
+    module = parts[-1].rsplit(".", 1)[0]
+    package = ".".join(filter(None, [".".join(parts[:-1]), module]))
+    func = rest[-1] if rest else ""
+    classes = rest[:-1]
+    name, bracket, params = func.partition("[")
+    class_part = ("." + ".".join(classes)) if classes else ""
+    return f"{package}{class_part}#{name}", (bracket + params)
+
+
+def result_key(result: Mapping[str, Any]) -> tuple[str, str]:
+    """(``fullName``, parameter suffix of ``name``) of an Allure result."""
+    name = str(result.get("name", ""))
+    suffix = name[name.index("[") :] if "[" in name and name.endswith("]") else ""
+    return str(result.get("fullName", "")), suffix
+
+
+def _report_text(report: Mapping[str, Any]) -> str:
+    """Failure text and captured sections of one serialized TestReport."""
+    import pytest  # only here: report rendering needs pytest's deserializer
+
+    try:
+        rep = pytest.TestReport._from_json(dict(report))
+        text = rep.longreprtext
+        for title, content in rep.sections:
+            text += f"\n----- {title} -----\n{content}"
+        return text
+    except Exception:  # an unexpected shape still shows something
+        longrepr = report.get("longrepr")
+        return longrepr if isinstance(longrepr, str) else json.dumps(longrepr, indent=1)
+
+
+def pytest_log_block(log: str, nodeid: str) -> str:
+    """The ``____ test_name ____`` failure block of ``nodeid`` in a pytest terminal log."""
+    name = nodeid.split("::", 1)[1].replace("::", ".") if "::" in nodeid else nodeid
+    header = re.compile(r"^_{3,} (.+?) _{3,}$")
+    lines = log.splitlines()
+    out: list[str] = []
+    inside = False
+    for line in lines:
+        match = header.match(line)
+        if match:
+            inside = match.group(1) in (name, f"ERROR at setup of {name}",
+                                        f"ERROR at teardown of {name}")
+        elif line.startswith("====") and inside:
+            inside = False
+        if inside:
+            out.append(line)
+    return "\n".join(out)
+
+
+def failure_logs(run: RunFolder) -> dict[tuple[str, str], str]:
+    """Per failing test of a run: the tail of its remote log, keyed by :func:`nodeid_key`."""
+    try:
+        log = (run.path / "pytest.log").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        log = ""
+    texts: dict[str, list[str]] = {}
+    for event in run.events():
+        report = event.get("report")
+        if event.get("ev") != "logreport" or not isinstance(report, dict):
+            continue
+        if report.get("outcome") != "failed":
+            continue
+        nodeid = str(report.get("nodeid", ""))
+        texts.setdefault(nodeid, []).append(
+            f"===== {nodeid} ({report.get('when')}: failed) =====\n{_report_text(report)}")
+    out: dict[tuple[str, str], str] = {}
+    for nodeid, parts in texts.items():
+        block = pytest_log_block(log, nodeid)
+        text = "\n\n".join(parts)
+        if block:
+            text += f"\n\n===== pytest.log on target '{run.target}' =====\n{block}"
+        lines = text.splitlines()
+        if len(lines) > LOG_TAIL_LINES:
+            lines = [f"[... {len(lines) - LOG_TAIL_LINES} earlier lines cut]",
+                     *lines[-LOG_TAIL_LINES:]]
+        out[nodeid_key(nodeid)] = "\n".join(lines) + "\n"
+    return out
+
+
+def find_log(logs: Mapping[tuple[str, str], str], key: tuple[str, str]) -> str | None:
+    """The log of ``key``; tolerates a rootdir that differs by leading packages."""
+    if key in logs:
+        return logs[key]
+    full, params = key
+    for (other, other_params), text in logs.items():
+        if other_params == params and (full.endswith("." + other) or other.endswith("." + full)):
+            return text
+    return None
+
+
+# --------------------------------------------------------------------------- run attachments
+
+
+def preflight_table(preflight: Mapping[str, Any]) -> str:
+    """``preflight.json`` as a plain-text table (like ``hil doctor``)."""
+    checks = [c for c in preflight.get("checks") or () if isinstance(c, dict)]
+    width = max((len(str(c.get("name", ""))) for c in checks), default=4)
+    ok = "ok" if preflight.get("ok") else "FAILED"
+    lines = [f"preflight of target '{preflight.get('target', '?')}': {ok}", ""]
+    for c in checks:
+        mark = "ok  " if c.get("ok") else ("FAIL" if c.get("required", True) else "warn")
+        lines.append(f"  {mark} {c.get('name', '')!s:<{width}}  {c.get('detail', '')}")
+    facts = preflight.get("facts") or {}
+    if facts:
+        lines += ["", "facts:"]
+        lines += [f"  {k}: {v}" for k, v in sorted(facts.items())]
+    return "\n".join(lines) + "\n"
+
+
+def timings_table(timings: Mapping[str, Any]) -> str:
+    """``timings.json`` as a table with each phase's share of the total and a bar."""
+    phases = [(str(k), float(v)) for k, v in timings.items() if isinstance(v, (int, float))]
+    total = sum(v for _, v in phases) or 1.0
+    width = max((len(k) for k, _ in phases), default=5)
+    lines = [f"{'phase':<{width}}  seconds  share"]
+    for name, value in phases:
+        share = value / total
+        lines.append(f"{name:<{width}}  {value:7.2f}  {share:5.0%}  {'#' * round(share * 40)}")
+    lines.append(f"{'total':<{width}}  {sum(v for _, v in phases):7.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def test_markers(run: RunFolder, results: Sequence[Mapping[str, Any]]) -> list[Marker]:
+    """Test boundaries on the telemetry time axis.
+
+    From ``events.jsonl`` when its events carry a wall-clock ``t``; otherwise
+    from the Allure results' own start/stop (epoch milliseconds).
+    """
+    markers: list[Marker] = []
+    for event in run.events():
+        t = event.get("t")
+        if not isinstance(t, (int, float)):
+            continue
+        if event.get("ev") == "logstart":
+            markers.append(Marker(float(t), "start", str(event.get("nodeid", ""))))
+        elif event.get("ev") == "logreport":
+            report = event.get("report") or {}
+            when, outcome = report.get("when"), report.get("outcome")
+            if when == "call" or (when == "setup" and outcome != "passed"):
+                markers.append(Marker(float(t), str(outcome), str(report.get("nodeid", ""))))
+    if markers:
+        return markers
+    for result in results:
+        start, stop = result.get("start"), result.get("stop")
+        if isinstance(start, (int, float)) and isinstance(stop, (int, float)):
+            markers.append(Marker(start / 1000.0, "start", str(result.get("name", ""))))
+            markers.append(Marker(stop / 1000.0, str(result.get("status", "")),
+                                  str(result.get("name", ""))))
+    return markers
+
+
+# --------------------------------------------------------------------------- staging
+
+
+@dataclass
+class StagedTarget:
+    """What staging learned about one target."""
+
+    name: str
+    statuses: dict[str, int] = field(default_factory=dict)
+    runs: list[str] = field(default_factory=list)
+    infrastructure: list[str] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Staged:
+    """The staging folder and a summary of its content."""
+
+    folder: Path
+    targets: dict[str, StagedTarget]
+    results: int = 0
+    attachments: int = 0
+
+
+class Stager:
+    """Copies results folders into one staging folder and adds pytest-hil's extras."""
+
+    def __init__(self, folder: Path, progress: Progress) -> None:
+        self.folder = folder
+        self.progress = progress
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self.staged = Staged(folder=folder, targets={})
+
+    def attach(self, name: str, content: bytes | str, mime: str, ext: str) -> dict[str, str]:
+        """Write one attachment file; returns its Allure attachment entry."""
+        source = f"{uuid.uuid4()}-attachment.{ext}"
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        (self.folder / source).write_bytes(data)
+        self.staged.attachments += 1
+        return {"name": name, "source": source, "type": mime}
+
+    def add_folder(self, results: Path) -> None:
+        """Stage one results folder with its run folders' extras."""
+        if not results.is_dir():
+            raise ReportToolError(f"no Allure results folder at {results}")
+        props_file = results / "environment.properties"
+        properties = (parse_properties(props_file.read_text(encoding="utf-8"))
+                      if props_file.is_file() else {})
+        loaded: list[tuple[Path, dict[str, Any]]] = []
+        for path in sorted(results.iterdir()):
+            if not path.is_file() or path.name in ("environment.properties", "categories.json",
+                                                   "executor.json"):
+                continue
+            if path.name.endswith("-result.json"):
+                data = read_json(path)
+                if isinstance(data, dict):
+                    loaded.append((path, data))
+                    continue
+            shutil.copy2(path, self.folder / path.name)
+        default_target = properties.get("target") or results.parent.name
+        by_target: dict[str, list[dict[str, Any]]] = {}
+        for _, result in loaded:
+            target = result_target(result)
+            if target is None:
+                target = default_target
+                result.setdefault("parameters", []).append(
+                    {"name": "target", "value": repr(target)})
+            labels = result.setdefault("labels", [])
+            if not any(label.get("name") == "target" for label in labels):
+                labels.append({"name": "target", "value": target})
+            by_target.setdefault(target, []).append(result)
+        targets = set(by_target) or ({properties["target"]} if "target" in properties else set())
+        runs = runs_for(results, targets)
+        for run in runs:
+            self._add_run(run, by_target.get(run.target, []))
+        for target in targets:
+            found = next((r for r in runs if r.target == target), None)
+            info = self.staged.targets.setdefault(target, StagedTarget(target))
+            own = properties.get("target") in (None, target)
+            env = target_environment({**properties, "target": target} if own
+                                     else {"target": target}, found)
+            info.environment.update(env)
+        for path, result in loaded:
+            target = result_target(result) or default_target
+            info = self.staged.targets.setdefault(target, StagedTarget(target))
+            status = str(result.get("status", "unknown"))
+            info.statuses[status] = info.statuses.get(status, 0) + 1
+            if is_infrastructure_result(result):
+                info.infrastructure.append(str(result["statusDetails"]["message"]))
+            (self.folder / path.name).write_text(json.dumps(result), encoding="utf-8")
+            self.staged.results += 1
+
+    def _add_run(self, run: RunFolder, results: list[dict[str, Any]]) -> None:
+        """Failing tests get their log tail; the run gets a fixture with its artifacts."""
+        self.staged.targets.setdefault(run.target, StagedTarget(run.target)).runs.append(
+            run.run_id)
+        logs = failure_logs(run)
+        for result in results:
+            if result.get("status") not in ("failed", "broken") or is_infrastructure_result(result):
+                continue
+            text = find_log(logs, result_key(result))
+            if text:
+                result.setdefault("attachments", []).append(
+                    self.attach(f"remote log tail ({run.target})", text, "text/plain", "txt"))
+        attachments: list[dict[str, str]] = []
+        for name, title in (("build.log", "build log"), ("pytest.log", "pytest.log (in target)"),
+                            ("hil.log", "hil log")):
+            path = run.path / name
+            if path.is_file():
+                text = path.read_text(encoding="utf-8", errors="replace")
+                lines = text.splitlines()
+                if len(lines) > 3000:
+                    text = "\n".join([f"[... {len(lines) - 3000} earlier lines cut]",
+                                      *lines[-3000:]])
+                attachments.append(self.attach(title, text, "text/plain", "txt"))
+        if run.preflight:
+            attachments.append(self.attach("preflight", preflight_table(run.preflight),
+                                           "text/plain", "txt"))
+        if run.timings:
+            attachments.append(self.attach("phase timings", timings_table(run.timings),
+                                           "text/plain", "txt"))
+        samples = run.telemetry()
+        if samples:
+            attachments.append(self.attach("telemetry (CSV)", telemetry_csv(samples),
+                                           "text/csv", "csv"))
+            png = render_chart(panels_from_samples(samples), test_markers(run, results),
+                               title=f"{run.target}  {run.run_id}")
+            attachments.append(self.attach("telemetry chart", png, "image/png", "png"))
+        for name in ("run.json", "error.json"):
+            if (run.path / name).is_file():
+                attachments.append(self.attach(name, (run.path / name).read_bytes(),
+                                               "application/json", "json"))
+        started = run.run.get("started")
+        finished = run.run.get("finished")
+        start_ms = int(float(started) * 1000) if isinstance(started, (int, float)) else 0
+        stop_ms = int(float(finished) * 1000) if isinstance(finished, (int, float)) else start_ms
+        fixture: dict[str, Any] = {
+            "name": f"hil run {run.run_id} on {run.target}",
+            "status": "broken" if run.error else "passed",
+            "stage": "finished", "start": start_ms, "stop": stop_ms,
+            "attachments": attachments, "steps": [], "parameters": [],
+        }
+        if run.error:
+            fixture["statusDetails"] = {
+                "message": f"{INFRA_PREFIX} [{run.error.get('kind')}] "
+                           f"(exit {run.error.get('exit_code')}): {run.error.get('message')}"}
+        container = {"uuid": str(uuid.uuid4()), "name": f"hil run {run.run_id}",
+                     "children": [r["uuid"] for r in results if "uuid" in r],
+                     "befores": [fixture], "afters": [], "start": start_ms, "stop": stop_ms}
+        (self.folder / f"{container['uuid']}-container.json").write_text(
+            json.dumps(container), encoding="utf-8")
+
+    def finish(self, categories: Sequence[Mapping[str, Any]],
+               executor: Mapping[str, Any] | None) -> Staged:
+        """Write the merged environment, categories and executor files."""
+        per_target = {name: t.environment for name, t in self.staged.targets.items()}
+        if per_target:
+            write_properties(self.folder / "environment.properties",
+                             merge_environments(per_target))
+        (self.folder / "categories.json").write_text(json.dumps(list(categories), indent=1),
+                                                    encoding="utf-8")
+        if executor:
+            (self.folder / "executor.json").write_text(json.dumps(executor, indent=1),
+                                                      encoding="utf-8")
+        return self.staged
+
+
+# --------------------------------------------------------------------------- config
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The project root: the nearest folder upwards with ``pyproject.toml`` or ``.git``."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() or (folder / ".git").exists():
+            return folder
+    return here
+
+
+def load_categories(root: Path) -> list[dict[str, Any]]:
+    """The checked-in categories (``reports/allure/categories.json``, Allure 2's format)."""
+    path = root / CONFIG_DIR / "categories.json"
+    if not path.is_file():
+        path = Path(__file__).resolve().parent.parent / CONFIG_DIR / "categories.json"
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise ReportToolError(f"{path}: expected a JSON list of categories")
+    return [c for c in data if isinstance(c, dict)]
+
+
+def load_allurerc(root: Path) -> dict[str, Any]:
+    """The checked-in Allure 3 configuration (``reports/allure/allurerc.json``)."""
+    for path in (root / CONFIG_DIR / "allurerc.json",
+                 Path(__file__).resolve().parent.parent / CONFIG_DIR / "allurerc.json"):
+        data = read_json(path)
+        if isinstance(data, dict):
+            return data
+    return {"plugins": {"awesome": {"options": {"singleFile": True}}}}
+
+
+# --------------------------------------------------------------------------- generate
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    """Everything one report generation needs."""
+
+    results: tuple[Path, ...]
+    output: Path
+    root: Path
+    history: Path | None
+    history_limit: int = DEFAULT_HISTORY_LIMIT
+    engine: str = "auto"
+    name: str = "pytest-hil"
+    single_file: bool | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What was generated."""
+
+    index: Path
+    engine: Engine
+    staged: Staged
+    history_runs: int
+    seconds: float
+
+
+def build_report(request: ReportRequest, progress: Progress) -> ReportOutcome:
+    """Stage the results, generate the report with history; raises ReportToolError."""
+    started = time.monotonic()
+    engine = select_engine(request.root, progress, request.engine)
+    work = request.output.parent / f".{request.output.name}.work"
+    progress.step(f"staging {len(request.results)} results folder(s)")
+    stager = Stager(work / "results", progress)
+    for folder in request.results:
+        stager.add_folder(folder)
+    categories = load_categories(request.root)
+    staged = stager.finish(categories, executor_from_env(request.environ))
+    summary = ", ".join(f"{name} ({sum(t.statuses.values())} results)"
+                        for name, t in sorted(staged.targets.items()))
+    progress.step(f"staged {staged.results} results, {staged.attachments} attachments: "
+                  f"{summary or 'no results'}")
+    progress.step(f"generating the report with {engine.describe()} into {request.output}")
+    history_runs = 0
+    if engine.kind == "allure3":
+        history_file = None
+        if request.history is not None:
+            request.history.mkdir(parents=True, exist_ok=True)
+            history_file = request.history / "allure3-history.jsonl"
+        config = allure3_config(load_allurerc(request.root), name=request.name,
+                                history_file=history_file, history_limit=request.history_limit,
+                                categories=categories, single_file=request.single_file)
+        generate_allure3(engine, staged.folder, request.output, config, work, progress)
+        if history_file is not None:
+            history_runs = history_lines(history_file)
+    else:
+        saved = request.history / "allure2" / "history" if request.history else None
+        if saved is not None and saved.is_dir():
+            shutil.copytree(saved, staged.folder / "history", dirs_exist_ok=True)
+        generate_allure2(engine, staged.folder, request.output, progress)
+        produced = request.output / "history"
+        if saved is not None and produced.is_dir():
+            shutil.rmtree(saved, ignore_errors=True)
+            shutil.copytree(produced, saved)
+            trim_allure2_history(saved, request.history_limit)
+            trend = read_json(saved / "history-trend.json")
+            history_runs = len(trend) if isinstance(trend, list) else 0
+    index = request.output / "index.html"
+    seconds = time.monotonic() - started
+    progress.step(f"report ready in {seconds:.1f} s: {index}"
+                  + (f" (history: {history_runs} run(s) in {request.history})"
+                     if request.history else ""))
+    return ReportOutcome(index=index, engine=engine, staged=staged, history_runs=history_runs,
+                         seconds=seconds)
+
+
+def infrastructure_result(target: str, kind: str, exit_code: int, message: str,
+                          when: float | None = None) -> dict[str, Any]:
+    """A synthetic broken result for an infrastructure fault (same shape as the session's)."""
+    now = int((when if when is not None else time.time()) * 1000)
+    return {
+        "uuid": str(uuid.uuid4()), "historyId": f"hil-infrastructure-{target}",
+        "name": f"infrastructure: {target}", "fullName": f"hil.infrastructure.{target}",
+        "status": "broken", "stage": "finished", "start": now, "stop": now,
+        "statusDetails": {"message": f"{INFRA_PREFIX} [{kind}] (exit {exit_code}): {message}",
+                          "trace": ""},
+        "labels": [{"name": "suite", "value": "hil infrastructure"},
+                   {"name": "framework", "value": "pytest-hil"}],
+        "parameters": [{"name": "target", "value": repr(target)}],
+    }
+
+
+def serve(folder: Path, port: int, open_browser: bool = True) -> None:
+    """Serve ``folder`` on localhost until Ctrl-C (Allure 3 and 2 reports both work)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        print(f"hil report: serving {folder} at {url} (Ctrl-C stops)", file=sys.stderr)
+        if open_browser:
+            with contextlib.suppress(Exception):
+                webbrowser.open(url)
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever()
+
+
+def default_history(root: Path) -> Path:
+    """``$HIL_REPORT_HISTORY`` or ``<root>/reports/history``."""
+    env = os.environ.get("HIL_REPORT_HISTORY")
+    return Path(env) if env else root / "reports" / "history"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of ``hil report``."""
+    parser.add_argument("results", nargs="*", type=Path, help=HELP_RESULTS)
+    parser.add_argument("-o", "--output", type=Path, default=None, help=HELP_OUTPUT)
+    parser.add_argument("--history", type=Path, default=None, help=HELP_HISTORY)
+    parser.add_argument("--no-history", action="store_true", help="generate without trends")
+    parser.add_argument("--history-limit", type=int, default=DEFAULT_HISTORY_LIMIT,
+                        help=HELP_LIMIT)
+    parser.add_argument("--engine", default="auto", choices=("auto", "allure3", "allure2"),
+                        help=HELP_ENGINE)
+    parser.add_argument("--name", default="pytest-hil", help="the report's title")
+    parser.add_argument("--multi-file", action="store_true",
+                        help="Allure 3: write a folder of files instead of one index.html "
+                             "(needs a web server to view)")
+    parser.add_argument("--open", action="store_true", help="serve the report and open it")
+    parser.add_argument("--port", type=int, default=0, help="port for --open (default: any)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``hil report``: returns 0, or raises a HilError (the CLI prints it)."""
+    root = find_root()
+    results = tuple(args.results) or (root / "reports" / "allure-results",)
+    output = args.output or root / "reports" / "allure-report"
+    history = None if args.no_history else (args.history or default_history(root))
+    if args.history_limit < 1:
+        raise ReportToolError("--history-limit must be at least 1")
+    progress = Progress(quiet=args.quiet)
+    outcome = build_report(ReportRequest(
+        results=results, output=output, root=root, history=history,
+        history_limit=args.history_limit, engine=args.engine, name=args.name,
+        single_file=False if args.multi_file else None), progress)
+    print(outcome.index)
+    if args.open:
+        serve(output, args.port)
+    return 0
