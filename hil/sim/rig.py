@@ -7,6 +7,7 @@ import fcntl
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -275,6 +276,8 @@ class Rig:
             if self.network.namespace_exists() or self.network.link_exists():
                 self.network.remove()
                 stopped.append("board namespace and link")
+            if self._unmount_leftovers():
+                stopped.append("leftover mounts")
             self._clean_runtime_dir()
         _say(f"down: stopped {', '.join(stopped)}" if stopped else "rig already down")
         return bool(stopped)
@@ -294,6 +297,23 @@ class Rig:
                 continue
         return bool(pids)
 
+    def _unmount_leftovers(self) -> bool:
+        """Unmount what the daemons left mounted under our dirs (e.g. dockerd's netns file)."""
+        roots = (str(self.layout.runtime_dir), str(self.state_dir))
+        found = False
+        while True:
+            with open("/proc/self/mountinfo") as info:
+                points = [
+                    line.split()[4]
+                    for line in info
+                    if any(line.split()[4] == r or line.split()[4].startswith(r + "/") for r in roots)
+                ]
+            if not points:
+                return found
+            found = True
+            for point in sorted(points, key=len, reverse=True):
+                run(["umount", "-l", point], check=False)
+
     def _clean_runtime_dir(self) -> None:
         root = self.layout.runtime_dir
         if not root.exists():
@@ -306,6 +326,15 @@ class Rig:
                 path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             root.rmdir()
+
+    def ssh(
+        self, *remote: str, timeout: float = 60.0, options: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``remote`` on the board over SSH with the generated config (never raises on exit).
+
+        ``options`` go before the host alias, e.g. ``("-o", "ConnectTimeout=2")``.
+        """
+        return self.board.ssh(*remote, timeout=timeout, options=options)
 
     def _ssh_works(self) -> bool:
         return self.board.ssh("true", timeout=15, options=("-o", "ConnectTimeout=5")).returncode == 0
