@@ -13,6 +13,7 @@ same model exists three ways that must agree:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import warnings
@@ -131,10 +132,12 @@ def build_onnx_model(path: Path | str, batch: int = 1, seed: int = SEED) -> Mode
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(target))
+    # Same weights, so the torch module is this model too; torch is imported only if called.
     return ModelSpec(
         name="hil_embedder",
         onnx_path=target,
         input_shapes=((batch, CHANNELS[0], IMAGE_SIZE, IMAGE_SIZE),),
+        torch_factory=functools.partial(build_torch_model, seed),
     )
 
 
@@ -195,7 +198,7 @@ def export_torch_onnx(path: Path | str, batch: int = 1, seed: int = SEED) -> Mod
         name="hil_embedder_torch",
         onnx_path=target,
         input_shapes=((batch, CHANNELS[0], IMAGE_SIZE, IMAGE_SIZE),),
-        torch_factory=lambda: build_torch_model(seed),
+        torch_factory=functools.partial(build_torch_model, seed),
     )
 
 

@@ -24,14 +24,14 @@ PAIR_RTOL = 2e-2
     ids=lambda name: name,
 )
 def test_runtimes_agree_pairwise(
-    first: str, second: str, torch_model: ModelSpec, config: RuntimeConfig
+    first: str, second: str, onnx_model: ModelSpec, config: RuntimeConfig
 ) -> None:
     image = make_input(1, seed=23)
     outputs: dict[str, np.ndarray] = {}
     labels: dict[str, str] = {}
     for name in (first, second):
         runtime = runtime_or_skip(name, config)
-        handle = runtime.deserialize(runtime.compile(torch_model))
+        handle = runtime.deserialize(runtime.compile(onnx_model))
         outputs[name] = runtime.infer(handle, {"image": image})["embedding"]
         labels[name] = runtime.label
         runtime.release(handle)

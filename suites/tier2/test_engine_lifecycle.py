@@ -22,12 +22,12 @@ FP16_RTOL = 1e-2
 
 @pytest.mark.parametrize("name", ["tensorrt", "torch-fp16"])
 def test_build_cache_hit_deserialize_infer_and_foreign_engine_refused(
-    name: str, torch_model: ModelSpec, config: RuntimeConfig, recorder: FlightRecorder
+    name: str, onnx_model: ModelSpec, config: RuntimeConfig, recorder: FlightRecorder
 ) -> None:
     runtime = runtime_or_skip(name, config, recorder)
-    built = runtime.compile(torch_model)
+    built = runtime.compile(onnx_model)
     assert not built.cache_hit and built.path.is_file()
-    again = runtime.compile(torch_model)
+    again = runtime.compile(onnx_model)
     assert again.cache_hit and again.path == built.path
     assert len(recorder.of_kind("engine built")) == 1
     assert len(recorder.of_kind("engine cache hit")) == 1

@@ -29,7 +29,7 @@ TIMED_INFERENCES = 200
 
 @pytest.mark.parametrize("name", RUNTIME_NAMES)
 def test_session_creation_and_inference_latency(
-    name: str, torch_model: ModelSpec, tmp_path: Path, recorder: FlightRecorder
+    name: str, onnx_model: ModelSpec, tmp_path: Path, recorder: FlightRecorder
 ) -> None:
     runtime_or_skip(name, RuntimeConfig(cache_dir=tmp_path / "probe"))
     cold: list[float] = []
@@ -38,7 +38,7 @@ def test_session_creation_and_inference_latency(
         config = RuntimeConfig(cache_dir=tmp_path / f"cold{run}")
         runtime = runtime_or_skip(name, config, recorder)
         started = time.perf_counter()
-        handle = runtime.deserialize(runtime.compile(torch_model))
+        handle = runtime.deserialize(runtime.compile(onnx_model))
         cold.append(time.perf_counter() - started)
         runtime.release(handle)
     warm: list[float] = []
@@ -46,10 +46,10 @@ def test_session_creation_and_inference_latency(
     for _ in range(WARM_RUNS):
         runtime = runtime_or_skip(name, config, recorder)
         started = time.perf_counter()
-        handle = runtime.deserialize(runtime.compile(torch_model))
+        handle = runtime.deserialize(runtime.compile(onnx_model))
         warm.append(time.perf_counter() - started)
         runtime.release(handle)
-    handle = runtime.deserialize(runtime.compile(torch_model))
+    handle = runtime.deserialize(runtime.compile(onnx_model))
     feeds = {"image": make_input()}
     for _ in range(WARMUP_INFERENCES):
         runtime.infer(handle, feeds)
