@@ -37,12 +37,11 @@ def _render(status: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Carry out ``hil sim ACTION``; returns the exit code."""
     rig = Rig()
+    rig.check_supported()
     if args.action == "status":
         status = rig.status()
         print(json.dumps(status, indent=2) if args.json else _render(status))
         return 0 if status["up"] == all(p["up"] for p in status["parts"].values()) else 1
-    if args.action in ("up", "restore"):
-        rig.check_supported()
     if args.action == "up":
         rig.up()
     elif args.action == "down":

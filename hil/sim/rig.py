@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import platform
 import signal
@@ -182,6 +181,8 @@ class Rig:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        import fcntl  # POSIX only; imported here so `hil sim` can explain itself elsewhere
+
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self.layout.lock_file.open("a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
