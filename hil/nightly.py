@@ -1,0 +1,337 @@
+"""``hil nightly``: run every target, publish one Allure report, exit with one code.
+
+Each target runs as its own ``python3 -m pytest --target=NAME`` subprocess,
+with its own Allure results and reports folders under
+``reports/nightly/<stamp>/<target>/``.  Targets that share nothing run at the
+same time; targets on the same Docker engine or the same board (the same SSH
+host) run one after the other in one *lane*.  Then all results are merged
+into one report with history (see :mod:`hil.report`) and a per-target table
+is printed.
+
+Exit code (:func:`combine_exit_codes`), in this order:
+
+1. any target hit an infrastructure fault (10-21): the **highest** such code,
+   so CI can tell "the board is down" from "the product regressed";
+2. else pytest's internal error (3), interrupted (2) or usage error (4), in
+   that order, when any target ended with one;
+3. else 1 when any test failed on any target;
+4. else 5 when no target collected any test;
+5. else 0.  A report that could not be generated turns an otherwise green
+   0 into 3 (internal error); it never hides a worse code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hil.backends.base import Progress
+from hil.config import TargetSpec, load_inventory
+from hil.errors import ERROR_KINDS, EXIT_CODE_MEANINGS, ExitCode, HilError
+
+INFRA_CODES = frozenset(int(c) for c in ExitCode if int(c) >= 10)
+#: Non-infrastructure codes, most severe first (see the module docstring).
+PYTEST_SEVERITY = (int(ExitCode.INTERNAL_ERROR), int(ExitCode.INTERRUPTED),
+                   int(ExitCode.USAGE_ERROR), int(ExitCode.TESTS_FAILED))
+#: Seconds added to a target's build + run timeouts before nightly gives up on it.
+TIMEOUT_MARGIN = 300.0
+
+
+def combine_exit_codes(codes: Sequence[int]) -> int:
+    """One exit code for many targets' codes (rule in the module docstring)."""
+    infra = [c for c in codes if c in INFRA_CODES]
+    if infra:
+        return max(infra)
+    for code in PYTEST_SEVERITY:
+        if code in codes:
+            return code
+    if codes and all(c == int(ExitCode.NO_TESTS_COLLECTED) for c in codes):
+        return int(ExitCode.NO_TESTS_COLLECTED)
+    if any(c not in (0, 5) for c in codes):  # unknown codes: a crash of some kind
+        return int(ExitCode.INTERNAL_ERROR)
+    return 0
+
+
+def lane_of(spec: TargetSpec) -> str:
+    """Targets with the same lane share an engine or a board and must not run at once."""
+    if spec.kind == "local":
+        return "local"
+    if spec.kind == "ssh":
+        port = f":{spec.ssh.port}" if spec.ssh.port else ""
+        user = f"{spec.ssh.user}@" if spec.ssh.user else ""
+        return f"ssh:{user}{spec.ssh.host}{port}"
+    engine = spec.docker.engine or (f"context:{spec.docker.context}" if spec.docker.context
+                                    else os.environ.get("DOCKER_HOST", "default"))
+    return f"docker:{engine}"
+
+
+def plan_lanes(specs: Sequence[TargetSpec]) -> dict[str, list[TargetSpec]]:
+    """Targets grouped by lane, in the order given."""
+    lanes: dict[str, list[TargetSpec]] = {}
+    for spec in specs:
+        lanes.setdefault(lane_of(spec), []).append(spec)
+    return lanes
+
+
+@dataclass
+class TargetRun:
+    """The outcome of one target's pytest subprocess."""
+
+    target: str
+    lane: str
+    folder: Path
+    command: list[str]
+    exit_code: int = -1
+    seconds: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)
+    fault: str = ""
+
+    @property
+    def results(self) -> Path:
+        """This target's Allure results folder."""
+        return self.folder / "allure-results"
+
+    @property
+    def log(self) -> Path:
+        """pytest's terminal output of this target."""
+        return self.folder / "pytest-terminal.log"
+
+    def meaning(self) -> str:
+        """What the exit code means, in a few words."""
+        try:
+            return EXIT_CODE_MEANINGS[ExitCode(self.exit_code)].split(":")[0].split(" (")[0]
+        except ValueError:
+            return "unknown exit code"
+
+
+def pytest_command(spec: TargetSpec, folder: Path, pytest_args: Sequence[str],
+                   python: str = sys.executable) -> list[str]:
+    """The pytest subprocess of one target."""
+    return [python, "-m", "pytest", f"--target={spec.name}", "--alluredir",
+            str(folder / "allure-results"), "--hil-reports", str(folder), *pytest_args]
+
+
+def run_target(spec: TargetSpec, run: TargetRun, root: Path, progress: Progress,
+               env: Mapping[str, str], timeout: float) -> None:
+    """Run one target's pytest to completion (or its timeout) and record the outcome."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    progress.step(f"{spec.name}: starting ({run.lane}): {shlex.join(run.command)}")
+    started = time.monotonic()
+    with open(run.log, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(run.command, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=dict(env), start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            code = int(ExitCode.RUN_TIMED_OUT)
+            run.fault = f"hil nightly stopped it after {timeout:.0f} s"
+    if code < 0:  # killed by a signal: the run was lost
+        run.fault = f"pytest was killed by signal {-code}"
+        code = int(ExitCode.RUN_LOST)
+    run.exit_code = code
+    run.seconds = time.monotonic() - started
+    progress.step(f"{spec.name}: exit {code} ({run.meaning()}) after {run.seconds:.0f} s")
+
+
+def _kind_of(code: int) -> str:
+    for kind, cls in ERROR_KINDS.items():
+        if int(cls.exit_code) == code:
+            return kind
+    return "error"
+
+
+def ensure_infrastructure_result(run: TargetRun) -> None:
+    """Make sure an infrastructure fault shows in the report even when pytest wrote nothing.
+
+    The session writes the synthetic result itself; this covers faults raised
+    before it (plugin configure time) and runs killed by nightly.
+    """
+    from hil.report import INFRA_PREFIX, infrastructure_result, read_json, result_target
+
+    if run.exit_code not in INFRA_CODES:
+        return
+    run.results.mkdir(parents=True, exist_ok=True)
+    for path in run.results.glob("*-result.json"):
+        data = read_json(path)
+        if (isinstance(data, dict) and result_target(data) == run.target
+                and str((data.get("statusDetails") or {}).get("message", "")).startswith(
+                    INFRA_PREFIX)):
+            return
+    message = run.fault or _fault_message(run)
+    result = infrastructure_result(run.target, _kind_of(run.exit_code), run.exit_code, message)
+    (run.results / f"{result['uuid']}-result.json").write_text(json.dumps(result),
+                                                               encoding="utf-8")
+
+
+def _fault_message(run: TargetRun) -> str:
+    try:
+        lines = run.log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "no output"
+    for line in reversed(lines):
+        if "hil" in line and ("error" in line.lower() or "exit" in line.lower()):
+            line = line.strip().strip("!").strip()
+            return line.removeprefix("Exit: ").removeprefix("hil: ")
+    return lines[-1].strip() if lines else "no output"
+
+
+def count_statuses(run: TargetRun) -> dict[str, int]:
+    """Allure statuses of a target's results (failed, broken, passed, skipped)."""
+    from hil.report import read_json
+
+    counts: dict[str, int] = {}
+    if run.results.is_dir():
+        for path in run.results.glob("*-result.json"):
+            data = read_json(path)
+            if isinstance(data, dict):
+                status = str(data.get("status", "unknown"))
+                counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def summary_table(runs: Sequence[TargetRun]) -> str:
+    """The per-target table printed at the end."""
+    header = ("target", "lane", "exit", "meaning", "passed", "failed", "broken", "skipped",
+              "time")
+    rows: list[tuple[str, ...]] = [header]
+    for r in runs:
+        rows.append((r.target, r.lane, str(r.exit_code), r.meaning(),
+                     *(str(r.statuses.get(s, 0)) for s in ("passed", "failed", "broken",
+                                                           "skipped")),
+                     f"{r.seconds:.0f}s"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class NightlyOutcome:
+    """What one nightly produced."""
+
+    exit_code: int
+    runs: tuple[TargetRun, ...]
+    report: Path | None
+    folder: Path
+
+
+def nightly(root: Path, targets: Sequence[str], pytest_args: Sequence[str], *,
+            out: Path, report: Path, history: Path | None, history_limit: int,
+            engine: str = "auto", progress: Progress | None = None,
+            env: Mapping[str, str] | None = None, name: str = "pytest-hil nightly",
+            targets_dir: Path | None = None) -> NightlyOutcome:
+    """Run ``targets`` (lanes in parallel), build the report, combine the exit codes."""
+    from hil.report import ReportRequest, build_report
+
+    progress = progress or Progress()
+    env = dict(os.environ if env is None else env)
+    inventory = load_inventory(root, targets_dir)
+    specs = [inventory.get(t) for t in (targets or inventory.names())]
+    folder = out / time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while folder.exists():
+        folder = out / f"{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+        n += 1
+    extra = ["--hil-targets", str(targets_dir)] if targets_dir else []
+    runs = {s.name: TargetRun(s.name, lane_of(s), folder / s.name,
+                              pytest_command(s, folder / s.name, [*extra, *pytest_args]))
+            for s in specs}
+    lanes = plan_lanes(specs)
+    progress.step(f"nightly: {len(specs)} target(s) in {len(lanes)} lane(s): "
+                  + "; ".join(f"{lane}: {', '.join(s.name for s in group)}"
+                              for lane, group in lanes.items()))
+
+    def lane_worker(group: list[TargetSpec]) -> None:
+        for spec in group:
+            timeout = spec.timeouts.build + spec.timeouts.run + TIMEOUT_MARGIN
+            run_target(spec, runs[spec.name], root, progress, env, timeout)
+
+    threads = [threading.Thread(target=lane_worker, args=(group,), name=f"lane {lane}")
+               for lane, group in lanes.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for run in runs.values():
+        ensure_infrastructure_result(run)
+        run.statuses = count_statuses(run)
+    code = combine_exit_codes([r.exit_code for r in runs.values()])
+    index: Path | None = None
+    try:
+        outcome = build_report(ReportRequest(
+            results=tuple(r.results for r in runs.values() if r.results.is_dir()),
+            output=report, root=root, history=history, history_limit=history_limit,
+            engine=engine, name=name, environ=env), progress)
+        index = outcome.index
+    except HilError as err:
+        progress.step(f"nightly: the report could not be generated: {err.details()}")
+        if code == 0:
+            code = int(ExitCode.INTERNAL_ERROR)
+    ordered = tuple(runs[s.name] for s in specs)
+    (folder / "nightly.json").write_text(json.dumps({
+        "exit_code": code, "report": str(index) if index else None,
+        "targets": [{**asdict(r), "folder": str(r.folder)} for r in ordered],
+    }, indent=1, default=str), encoding="utf-8")
+    return NightlyOutcome(exit_code=code, runs=ordered, report=index, folder=folder)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of ``hil nightly``."""
+    from hil.report import DEFAULT_HISTORY_LIMIT, HELP_ENGINE, HELP_HISTORY
+
+    parser.add_argument("targets", nargs="*",
+                        help="targets to run (default: $HIL_NIGHTLY_TARGETS, comma-separated, "
+                             "or every target of the inventory)")
+    parser.add_argument("--pytest-args", default=None,
+                        help="arguments for each target's pytest, one shell-quoted string "
+                             "(default: 'suites')")
+    parser.add_argument("--hil-targets", type=Path, default=None,
+                        help="folder of target TOML files (default: the project's inventory)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for each night's per-target output "
+                             "(default: reports/nightly)")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help="folder of the HTML report (default: reports/allure-report)")
+    parser.add_argument("--history", type=Path, default=None, help=HELP_HISTORY)
+    parser.add_argument("--history-limit", type=int, default=DEFAULT_HISTORY_LIMIT)
+    parser.add_argument("--engine", default="auto", choices=("auto", "allure3", "allure2"),
+                        help=HELP_ENGINE)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``hil nightly``: prints the summary table and returns the combined exit code."""
+    from hil.report import default_history, find_root
+
+    root = find_root()
+    targets = list(args.targets) or [t for t in os.environ.get("HIL_NIGHTLY_TARGETS", "")
+                                     .replace(",", " ").split() if t]
+    pytest_args = shlex.split(args.pytest_args) if args.pytest_args is not None else (
+        ["suites"] if (root / "suites").is_dir() else [])
+    outcome = nightly(
+        root, targets, pytest_args, out=args.out or root / "reports" / "nightly",
+        report=args.output or root / "reports" / "allure-report",
+        history=args.history or default_history(root), history_limit=args.history_limit,
+        engine=args.engine, progress=Progress(quiet=args.quiet), targets_dir=args.hil_targets)
+    print(summary_table(outcome.runs))
+    print(f"report: {outcome.report or 'not generated'}")
+    print(f"output: {outcome.folder}")
+    print(f"exit:   {outcome.exit_code} ({ExitCode(outcome.exit_code).name.lower()})"
+          if outcome.exit_code in {int(c) for c in ExitCode} else f"exit: {outcome.exit_code}")
+    return outcome.exit_code
