@@ -50,12 +50,8 @@ class ImageRecipe:
 
     @property
     def tag(self) -> str:
-        """``hil-deps/<project>:<16 hex digits of the content hash>``."""
+        """``hil-deps:<16 hex digits of the content hash>``: equal inputs share one image."""
         return f"{self.repository}:{self.digest[:16]}"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._") or "project"
 
 
 def recipe(spec: TargetSpec, root: Path) -> ImageRecipe:
@@ -90,7 +86,7 @@ def recipe(spec: TargetSpec, root: Path) -> ImageRecipe:
         build_args=args,
         inputs=tuple(sorted(names)),
         digest=digest.hexdigest(),
-        repository=f"hil-deps/{_slug(root.resolve().name)}",
+        repository="hil-deps",
     )
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from hil.config import DEFAULT_TARGET, TargetSpec, load_inventory
 from hil.errors import ConfigError, HilError, TargetUnhealthyError
-from hil.tiers import MARKERS, detect_local_tier, item_tier, tier_label
+from hil.tiers import detect_local_tier, item_tier, register_markers, tier_label
 from hil.worker import TierGate
 
 HELP_TARGET = "where to run the tests: a target name from targets/*.toml (default: $HIL_TARGET or 'local')"
@@ -107,8 +107,7 @@ def _exit_on(err: HilError) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    for marker in MARKERS.values():
-        config.addinivalue_line("markers", marker)
+    register_markers(config)
     if hasattr(config, "workerinput"):  # an xdist worker: the controller resolved everything
         return
     spec = _resolve_target(config)

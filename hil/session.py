@@ -92,9 +92,11 @@ class _RemoteItem:
 class EventFeeder:
     """Decodes the worker's JSON lines and replays them into the local hooks."""
 
-    def __init__(self, config: pytest.Config, session: pytest.Session) -> None:
+    def __init__(self, config: pytest.Config, session: pytest.Session, mount: str = "/src") -> None:
         self.config = config
         self.session = session
+        self.mount = mount.rstrip("/") + "/"
+        self.root = str(config.rootpath)
         self.buffer = b""
         self.running: str | None = None
         self.remote_exit: int | None = None
@@ -121,6 +123,22 @@ class EventFeeder:
             return
         self.handle(event)
 
+    def local_path(self, path: str) -> str:
+        """A path inside the container's checkout mount, as a path of the local checkout."""
+        if path.startswith(self.mount):
+            return os.path.join(self.root, path[len(self.mount):])
+        return path
+
+    def _report(self, data: dict[str, Any]) -> Any:
+        # JSON turns tuples into lists; pytest expects (path, lineno, reason) tuples.
+        for key in ("longrepr", "location"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
+        longrepr = data.get("longrepr")
+        if isinstance(longrepr, tuple) and len(longrepr) == 3 and isinstance(longrepr[0], str):
+            data["longrepr"] = (self.local_path(longrepr[0]), *longrepr[1:])
+        return self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+
     def handle(self, event: dict[str, Any]) -> None:
         """Replay one event into pytest's hooks."""
         hook = self.config.hook
@@ -129,15 +147,13 @@ class EventFeeder:
             self.running = event["nodeid"]
             hook.pytest_runtest_logstart(nodeid=event["nodeid"], location=tuple(event["location"]))
         elif kind == "logreport":
-            report = hook.pytest_report_from_serializable(config=self.config, data=event["report"])
-            hook.pytest_runtest_logreport(report=report)
+            hook.pytest_runtest_logreport(report=self._report(event["report"]))
         elif kind == "logfinish":
             hook.pytest_runtest_logfinish(nodeid=event["nodeid"], location=tuple(event["location"]))
             self.running = None
             self.finished += 1
         elif kind == "collectreport":
-            report = hook.pytest_report_from_serializable(config=self.config, data=event["report"])
-            hook.pytest_collectreport(report=report)
+            hook.pytest_collectreport(report=self._report(event["report"]))
         elif kind == "deselected":
             self.deselected += len(event["nodeids"])
             hook.pytest_deselected(items=[_RemoteItem(n) for n in event["nodeids"]])
@@ -153,7 +169,8 @@ class EventFeeder:
             if not (isinstance(category, type) and issubclass(category, Warning)):
                 category = UserWarning
             message = warnings.WarningMessage(
-                category(event["message"]), category, event["filename"], event["lineno"])
+                category(event["message"]), category, self.local_path(event["filename"]),
+                event["lineno"])
             hook.pytest_warning_recorded.call_historic(kwargs={
                 "warning_message": message, "when": event["when"],
                 "nodeid": event["nodeid"], "location": None})
@@ -279,8 +296,9 @@ class RemoteSession:
             subdir = ""
         subdir = "" if subdir == "." else subdir
         lastfailed = None
-        cache = self.config.cache
-        if cache is not None and (self.config.getoption("lf") or self.config.getoption("failedfirst")):
+        cache = getattr(self.config, "cache", None)  # absent under -p no:cacheprovider
+        if cache is not None and (self.config.getoption("lf", False)
+                                  or self.config.getoption("failedfirst", False)):
             lastfailed = json.dumps(cache.get("cache/lastfailed", {}))
         env = {**self.spec.env, "HIL_TARGET": self.spec.name, "HIL_TIER": str(self.settings.tier),
                "HIL_RUN_ID": self.run_id,
@@ -297,7 +315,7 @@ class RemoteSession:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        feeder = EventFeeder(self.config, session)
+        feeder = EventFeeder(self.config, session, self.spec.docker.workdir)
         progress = TerminalProgress(self.config, self.log)
         backend_cls = load_backend(self.spec)
         plan = self._plan()

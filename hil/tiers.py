@@ -14,16 +14,10 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from hil.worker import TIERS, item_tier, skip_reason, tier_label
+from hil.worker import MARKERS, TIERS, item_tier, register_markers, skip_reason, tier_label
 
-__all__ = ["MARKERS", "TIERS", "Detection", "detect_local_tier", "item_tier",
+__all__ = ["MARKERS", "TIERS", "Detection", "detect_local_tier", "item_tier", "register_markers",
            "skip_reason", "tier_label"]
-
-MARKERS: dict[str, str] = {
-    f"tier{n}": f"tier{n}: needs {what}; skipped on targets serving a lower tier"
-    for n, what in TIERS.items()
-}
-
 
 @dataclass(frozen=True)
 class Detection:

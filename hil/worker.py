@@ -49,6 +49,18 @@ TIERS: dict[int, str] = {
 }
 
 
+MARKERS: dict[str, str] = {
+    f"tier{n}": f"tier{n}: needs {what}; skipped on targets serving a lower tier"
+    for n, what in TIERS.items()
+}
+
+
+def register_markers(config: pytest.Config) -> None:
+    """Declare the tier markers, so ``--strict-markers`` accepts them."""
+    for line in MARKERS.values():
+        config.addinivalue_line("markers", line)
+
+
 def tier_label(tier: int) -> str:
     """``'tier2 (CUDA GPU)'``."""
     return f"tier{tier} ({TIERS.get(tier, 'unknown')})"
@@ -182,6 +194,7 @@ class EventStream:
 
     def pytest_configure(self, config: pytest.Config) -> None:
         self.config = config
+        register_markers(config)
         self.send("hello", protocol=PROTOCOL, pytest=pytest.__version__,
                   python=platform.python_version(), host=socket.gethostname(), pid=os.getpid())
 
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     log = open(out / "pytest.log", "w", buffering=1, encoding="utf-8")  # noqa: SIM115
     os.dup2(log.fileno(), 1)
     sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
-    copy = open(out / "events.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+    copy = open(out / "events.jsonl", "w", buffering=1, encoding="utf-8")  # noqa: SIM115
 
     plugins: list[object] = [EventStream(channel, copy)]
     extra = ["-p", "no:hil", "--junitxml", str(out / "junit.xml"), *_prepare_cache(out)]

@@ -141,7 +141,7 @@ class DockerBackend(Backend):
 
     def _check_shared(self) -> Check:
         """Colima's VM shares only the home directory unless told otherwise."""
-        if ".colima" not in self.engine_url and "colima" not in self.engine_url:
+        if "/.colima/" not in self.engine_url and "/.config/colima/" not in self.engine_url:
             return Check("checkout visible to engine", True, "engine is not a Colima VM",
                          required=False)
         home = Path.home().resolve()
