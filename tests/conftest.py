@@ -6,7 +6,9 @@ Keep this file tidy: one section per area, each fixture with a docstring.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +47,65 @@ def sim_rig() -> Iterator[Rig]:
         yield rig
     finally:
         rig.restore_injected()
+
+
+# --- reports (hil report, hil nightly) ---------------------------------------
+
+REPORT_TEST_FILE = '''
+import os
+
+import pytest
+
+
+def test_passes():
+    assert 1 + 1 == 2
+
+
+def test_product_regression():
+    assert os.environ.get("HIL_DEMO_FAIL") != "1", "product regression: 2 * 2 != 4"
+
+
+def test_helper_crashes():
+    if os.environ.get("HIL_DEMO_FAIL") == "1":
+        raise RuntimeError("helper crashed")
+
+
+@pytest.mark.tier2
+def test_needs_gpu():
+    pass
+'''
+
+
+def require_tool(ok: bool, reason: str) -> None:
+    """Skip with ``reason`` unless ``HIL_SIM_REQUIRED=1``, which makes a missing tool a failure."""
+    if not ok:
+        if os.environ.get(SIM_REQUIRED_ENV) == "1":
+            pytest.fail(f"{SIM_REQUIRED_ENV}=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def report_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tmp project with three local targets (local-a, local-b and gpu-box, which
+    declares tier 2 and so fails with the target-unhealthy code on a CPU host) and
+    one test file; Allure is installed once into the checkout's ``.hil/``."""
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\n', encoding="utf-8")
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    (targets / "local-a.toml").write_text('kind = "local"\ntier = 1\n', encoding="utf-8")
+    (targets / "local-b.toml").write_text('kind = "local"\ntier = 1\n', encoding="utf-8")
+    (targets / "gpu-box.toml").write_text('kind = "local"\ntier = 2\n', encoding="utf-8")
+    (tmp_path / "test_demo.py").write_text(REPORT_TEST_FILE, encoding="utf-8")
+    monkeypatch.setenv("HIL_TOOLS_DIR", str(Path(__file__).resolve().parent.parent / ".hil"))
+    monkeypatch.delenv("HIL_DEMO_FAIL", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def node_for_allure3() -> None:
+    """Skips (or fails under HIL_SIM_REQUIRED=1) without Node.js 20+ and npm."""
+    from hil.allure3 import NODE_MIN_MAJOR, node_major
+
+    major = node_major()
+    require_tool(major is not None and major >= NODE_MIN_MAJOR and shutil.which("npm") is not None,
+                 f"Allure 3 needs Node.js {NODE_MIN_MAJOR}+ and npm (found node {major})")
