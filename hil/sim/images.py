@@ -187,6 +187,9 @@ class ImageCache:
             if engine.image_label(self.l4t_image, DIGEST_LABEL) != l4t_digest:
                 self._layer(engine, self.base_image, self.l4t_image, l4t_digest, self._l4t_files)
                 made.append(self.l4t_image)
+        if made:
+            # Our superseded images, now untagged; nobody else's dangling images.
+            engine.docker(["image", "prune", "-f", "--filter", f"label={DIGEST_LABEL}"], check=False)
         return made
 
     @staticmethod
