@@ -136,8 +136,8 @@ def resolve_endpoint(host: str, *, config_file: str = "", user: str = "", port: 
         return str(value[0] if isinstance(value, list) else value)
 
     def many(key: str) -> tuple[str, ...]:
-        value = cfg.get(key, [])
-        items = value if isinstance(value, list) else str(value).split()
+        value: Any = cfg.get(key, [])
+        items: list[str] = value if isinstance(value, list) else str(value).split()
         return tuple(os.path.expanduser(v) for v in items if v and v.lower() != "none")
 
     known = tuple(p for p in many("userknownhostsfile") if p != "/dev/null")
@@ -321,7 +321,7 @@ class SshConnection:
                 timeout=ep.connect_timeout)
         try:
             sock = socket.create_connection((ep.hostname, ep.port), timeout=ep.connect_timeout)
-        except socket.timeout as err:
+        except TimeoutError as err:
             raise UnreachableError(
                 f"connecting to {ep.display} timed out after {ep.connect_timeout:.0f} s",
                 target=self.target, hint=f"is the board on? try: {ep.ssh_command()}") from err
@@ -466,7 +466,7 @@ class SshConnection:
         """Drop the TCP connection abruptly, as a crashed client would (used by tests)."""
         if self.transport is not None:
             with contextlib.suppress(OSError):
-                self.transport.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+                self.transport.sock.shutdown(socket.SHUT_RDWR)
         self.close()
 
     # -- commands --------------------------------------------------------------------
@@ -486,7 +486,7 @@ class SshConnection:
             msg.add_string("exec")
             msg.add_boolean(False)
             msg.add_string(command)
-            transport._send_user_message(msg)
+            transport._send_user_message(msg)  # type: ignore[attr-defined]
         except (paramiko.SSHException, OSError, EOFError) as err:
             raise ConnectionLostError(
                 self.lost_reason or f"cannot open a channel to {self.endpoint.display}: {err}",

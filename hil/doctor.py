@@ -1,0 +1,107 @@
+"""``hil doctor --target NAME``: is a target ready?  A table, or ``--json``.
+
+For an SSH target every check runs, also after a failure, so the table shows
+all that is wrong at once; the exit code is the one a session would have
+ended with (the first required failure's), 0 when the target is ready.  The
+GPU probe always runs fresh here (sessions may reuse a cached probe), and
+the board's lease is only looked at, never taken.  Docker targets delegate
+to their backend's ``preflight()``; the local target reports the tier it
+detects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hil.backends.base import Check, PreflightReport, Progress, load_backend
+from hil.config import DEFAULT_TARGET, TargetSpec, load_inventory
+from hil.errors import ExitCode, HilError
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Options of ``hil doctor``."""
+    parser.add_argument("--target", "-t", default=DEFAULT_TARGET, metavar="NAME",
+                        help="the target to check (default: local)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--rootdir", default=".", metavar="DIR",
+                        help="the checkout whose targets/ to read (default: .)")
+    parser.add_argument("--hil-targets", dest="targets_dir", default=None, metavar="DIR",
+                        help="folder of target TOML files (as the plugin's --hil-targets)")
+
+
+def _local(spec: TargetSpec) -> PreflightReport:
+    from hil.tiers import detect_local_tier
+
+    found = detect_local_tier()
+    tier = found.tier if spec.detect_tier else spec.tier
+    ok = spec.detect_tier or found.tier >= spec.tier
+    return PreflightReport(spec.name, (
+        Check("tier", ok, f"serves tier {tier} ({found.how})"),
+    ), {"tier": str(tier)})
+
+
+def _ssh(spec: TargetSpec, root: Path, progress: Progress) -> tuple[PreflightReport, int]:
+    from hil.backends.ssh import SshBackend
+    from hil.lease import read_holder
+
+    backend = SshBackend(spec, root, progress)
+    backend.eager_lease = False
+    backend.fresh_probe = True
+    try:
+        report = backend.inspect()
+        held, holder = read_holder(backend.connect())
+        lease = Check("lease", True, f"held by {holder.describe()}" if held and holder else
+                      "free", required=False)
+        report = PreflightReport(report.target, (*report.checks, lease), report.facts)
+        failures = backend._failures
+        return report, int(failures[0].exit_code) if failures else 0
+    finally:
+        backend.close()
+
+
+def _failed(spec: TargetSpec, err: HilError) -> PreflightReport:
+    return PreflightReport(spec.name, (Check(err.kind, False, str(err)),), {})
+
+
+def diagnose(spec: TargetSpec, root: Path, progress: Progress) -> tuple[PreflightReport, int]:
+    """The target's preflight report and the exit code a session would get."""
+    try:
+        if spec.kind == "local":
+            report = _local(spec)
+            return report, 0 if report.ok else int(ExitCode.TARGET_UNHEALTHY)
+        if spec.kind == "ssh":
+            return _ssh(spec, root, progress)
+        backend = load_backend(spec)(spec, root, progress)
+        try:
+            return backend.preflight(), 0
+        finally:
+            backend.close()
+    except HilError as err:
+        return _failed(spec, err), int(err.exit_code)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check one target and print the table (or JSON); returns the exit code."""
+    root = Path(args.rootdir).resolve()
+    inventory = load_inventory(root, Path(args.targets_dir) if args.targets_dir else None)
+    spec = inventory.get(args.target)
+    progress = Progress(sys.stderr, quiet=bool(args.json))
+    report, code = diagnose(spec, root, progress)
+    if args.json:
+        data: dict[str, Any] = report.as_dict()
+        data["exit_code"] = code
+        print(json.dumps(data, indent=1))
+    else:
+        print(report.table())
+        for key, value in sorted(report.facts.items()):
+            print(f"  fact {key}: {value}")
+        if code:
+            print(f"hil doctor: target '{spec.name}' is not ready (exit {code}: "
+                  f"{ExitCode(code).name})")
+        else:
+            print(f"hil doctor: target '{spec.name}' is ready")
+    return code
