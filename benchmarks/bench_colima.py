@@ -1,0 +1,125 @@
+"""Overhead of the colima target on the simulated rig (prints figures; not a test).
+
+    python3 benchmarks/bench_colima.py [--repeat 5] [--tests 2000]
+
+1. no-change re-run: wall time of ``pytest --target=bench`` minus the
+   in-container pytest's own duration (goal: under 1.0 s);
+2. the same after editing one test file (no rebuild; goal: under 1.5 s);
+3. 2,000 trivial tests through the target vs plain pytest in a plain
+   ``docker run`` of the same image (goal: at most 1.10x).
+
+Needs the rig up (``hil sim up``).  The project is a temporary copy of this
+repository's ``targets/Dockerfile`` and requirements, so the image is the one
+``sim-colima`` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from hil.sim import Rig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_project(base: Path, rig: Rig, n_tests: int) -> Path:
+    project = base / "bench-project"
+    (project / "targets").mkdir(parents=True)
+    shutil.copy(REPO / "targets" / "Dockerfile", project / "targets" / "Dockerfile")
+    shutil.copy(REPO / "targets" / "requirements.txt", project / "targets" / "requirements.txt")
+    (project / "targets" / "bench.toml").write_text(
+        f'kind = "docker"\ntier = 1\n[docker]\nengine = "{rig.colima_host}"\n'
+        f'build_args = {{ BASE_IMAGE = "{rig.base_image}" }}\n'
+        'hash_files = ["targets/requirements.txt"]\nbuild_network = "host"\nnetwork = "none"\n')
+    (project / "conftest.py").write_text("")
+    (project / "small").mkdir()
+    (project / "small" / "test_small.py").write_text(
+        "def test_one():\n    assert 1\n\ndef test_two():\n    assert 2\n")
+    (project / "many").mkdir()
+    body = "".join(f"def test_{i}():\n    pass\n\n" for i in range(n_tests))
+    (project / "many" / "test_many.py").write_text(body)
+    return project
+
+
+def latest_run(project: Path) -> Path:
+    return sorted((project / "reports" / "runs").iterdir())[-1]
+
+
+def inner_duration(run_dir: Path) -> float:
+    suite = ET.parse(run_dir / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    return float(suite.get("time", "0"))
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}")
+    return elapsed
+
+
+def overhead(project: Path, folder: str, edit: bool, repeat: int) -> list[float]:
+    cmd = [sys.executable, "-m", "pytest", "--target=bench", "-q", "-p", "no:cacheprovider", folder]
+    figures = []
+    for i in range(repeat):
+        if edit:
+            path = project / folder / "test_small.py"
+            path.write_text(path.read_text() + f"\n# edit {i} {time.time()}\n")
+        wall = timed(cmd, project)
+        figures.append(wall - inner_duration(latest_run(project)))
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--tests", type=int, default=2000)
+    args = parser.parse_args()
+    rig = Rig()
+    rig.ensure_up()
+    with tempfile.TemporaryDirectory(prefix="hil-bench-") as tmp:
+        project = make_project(Path(tmp), rig, args.tests)
+        print("warming up (builds the image if needed) ...", flush=True)
+        timed([sys.executable, "-m", "pytest", "--target=bench", "-q", "small"], project)
+
+        no_change = overhead(project, "small", edit=False, repeat=args.repeat)
+        edited = overhead(project, "small", edit=True, repeat=args.repeat)
+
+        image = subprocess.run(
+            [sys.executable, "-c", "from hil.config import load_inventory;from hil.images import recipe;"
+             "from pathlib import Path;p=Path('.');print(recipe(load_inventory(p).get('bench'),p).tag)"],
+            cwd=project, capture_output=True, text=True, check=True).stdout.strip()
+        ours_cmd = [sys.executable, "-m", "pytest", "--target=bench", "-q", "-p", "no:cacheprovider", "many"]
+        plain_cmd = ["docker", "-H", rig.colima_host, "run", "--rm", "--network", "none",
+                     "-v", f"{project}:/src:ro", "-w", "/src", image,
+                     "python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "many"]
+        ours, plain = [], []
+        for _ in range(max(2, args.repeat // 2)):
+            ours.append(timed(ours_cmd, project))
+            plain.append(timed(plain_cmd, project))
+
+    def fmt(values: list[float]) -> str:
+        return f"median {statistics.median(values):.3f} s (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
+
+    print()
+    print(f"no-change re-run overhead (wall - in-container pytest): {fmt(no_change)}   goal < 1.0 s")
+    print(f"after editing one test file (no rebuild):              {fmt(edited)}   goal < 1.5 s")
+    ratio = statistics.median(ours) / statistics.median(plain)
+    print(f"{args.tests} trivial tests through the target:            {fmt(ours)}")
+    print(f"{args.tests} trivial tests, plain pytest in docker run:    {fmt(plain)}")
+    print(f"ratio target / plain: {ratio:.3f}x   goal <= 1.10x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
