@@ -187,7 +187,7 @@ FACT_KEYS: dict[str, str] = {
     "cuda": "CUDA", "cuda version": "CUDA", "tensorrt": "TensorRT", "tensorrt version": "TensorRT",
     "gpu": "GPU", "gpu name": "GPU", "hostname": "board.hostname", "host": "board.hostname",
     "board": "board.model", "model": "board.model", "docker": "docker.version",
-    "docker version": "docker.version", "engine": "docker.version", "kernel": "kernel",
+    "docker version": "docker.version", "kernel": "kernel",
     "arch": "arch", "machine": "arch", "onnxruntime": "onnxruntime.version",
     "torch": "torch.version",
 }
