@@ -169,5 +169,9 @@ class RigLayout:
 
     @property
     def lock_file(self) -> Path:
-        """Serializes ``up`` and ``down`` between processes."""
-        return self.state_dir / "lock"
+        """Serializes ``up`` and ``down`` between processes, whatever their state dir.
+
+        Outside the runtime dir (``down`` removes that) but beside it: the
+        sockets, namespace and addresses it guards are the host's, not a state dir's.
+        """
+        return self.runtime_dir.with_name(self.runtime_dir.name + ".lock")

@@ -183,7 +183,7 @@ class Rig:
     def _locked(self) -> Iterator[None]:
         import fcntl  # POSIX only; imported here so `hil sim` can explain itself elsewhere
 
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.lock_file.parent.mkdir(parents=True, exist_ok=True)
         with self.layout.lock_file.open("a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -201,9 +201,23 @@ class Rig:
         """True when the rig was brought up and not brought down (faults aside)."""
         return self._marker.exists()
 
+    def _check_owner(self) -> None:
+        """Refuse to mix state dirs: the host has one rig (sockets, namespace, addresses)."""
+        try:
+            owner = self._marker.read_text().strip()
+        except OSError:
+            return
+        if owner and owner != str(self.state_dir):
+            raise RigUnsupportedError(
+                f"the rig running here uses state dir {owner}, not {self.state_dir}",
+                hint=f"run `HIL_SIM_ROOT={owner} hil sim down` first",
+            )
+
     def ensure_up(self) -> Rig:
         """Bring the rig up unless it already is; never disturbs a running rig's faults."""
-        if not self.is_up():
+        if self.is_up():
+            self._check_owner()
+        else:
             self.up()
         return self
 
@@ -215,6 +229,7 @@ class Rig:
         self.check_supported()
         started = time.monotonic()
         with self._locked():
+            self._check_owner()
             done: list[str] = []
             lay = self.layout
             for directory in (lay.state_dir, lay.runtime_dir, lay.log_dir):
@@ -244,7 +259,7 @@ class Rig:
                 for engine, l4t in needs_images:
                     done += [f"{img} ({engine.name})" for img in cache.ensure_images(engine, l4t=l4t)]
             wait_until(self._ssh_works, 30, "ssh login to the board", error=TargetUnhealthyError)
-            self._marker.write_text(f"{os.getpid()}\n")
+            self._marker.write_text(f"{self.state_dir}\n")
         if done:
             _say(f"up in {time.monotonic() - started:.1f} s: started {', '.join(done)}")
         else:
@@ -259,6 +274,7 @@ class Rig:
         Keeps the state dir: keys, the image cache and the engines' data.
         """
         with self._locked():
+            self._check_owner()
             self._marker.unlink(missing_ok=True)
             stopped: list[str] = []
             self.network.clear_netem()
