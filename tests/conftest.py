@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +111,58 @@ def node_for_allure3() -> None:
     major = node_major()
     require_tool(major is not None and major >= NODE_MIN_MAJOR and shutil.which("npm") is not None,
                  f"Allure 3 needs Node.js {NODE_MIN_MAJOR}+ and npm (found node {major})")
+
+
+# --- the jetson target over SSH (hil.backends.ssh) on the simulated rig --------
+
+SIM_JETSON_TOML = Path(__file__).resolve().parent.parent / "targets" / "sim-jetson.toml"
+
+SIM_PROJECT_FILES = {
+    "tests/test_fast.py": (
+        "def test_passes():\n    assert True\n\n\n"
+        "def test_fails():\n    assert 1 + 1 == 3\n"
+    ),
+    "tests/test_slow.py": (
+        "import os\nimport time\n\n\n"
+        "def test_slow():\n    time.sleep(float(os.environ.get('HIL_SLOW', '0')))\n"
+    ),
+}
+
+
+@pytest.fixture
+def sim_project(tmp_path: Path) -> Path:
+    """A tiny git checkout with the repo's Dockerfile and requirements (same image tag as
+    the repo's own sim-jetson runs, so the image is built once), a passing, a failing and
+    a slow test, and a copy of ``targets/sim-jetson.toml``."""
+    import subprocess
+
+    root = tmp_path / "project"
+    repo = Path(__file__).resolve().parent.parent
+    for rel in ("targets/Dockerfile", "targets/requirements.txt", "targets/sim-jetson.toml"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(repo / rel, root / rel)
+    for rel, text in SIM_PROJECT_FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    (root / ".gitignore").write_text("reports/\n__pycache__/\n", encoding="utf-8")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    return root
+
+
+@pytest.fixture
+def sim_jetson(sim_rig: Rig, tmp_path: Path) -> Any:
+    """The sim-jetson TargetSpec with a remote_dir of its own (``hil-tests/<tmp name>``),
+    so tests never sync over the folder the repo's own runs use."""
+    import dataclasses
+
+    from hil.config import parse_target
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    spec = parse_target(tomllib.loads(SIM_JETSON_TOML.read_text(encoding="utf-8")),
+                        "targets/sim-jetson.toml", default_name="sim-jetson")
+    ssh = dataclasses.replace(spec.ssh, remote_dir=f"hil-tests/{tmp_path.name}/project")
+    return dataclasses.replace(spec, ssh=ssh)

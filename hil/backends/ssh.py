@@ -521,6 +521,12 @@ class SshBackend(Backend):
         """Take the lease, sync the checkout, build the image when its tag is absent."""
         if self.report is None:
             self.preflight()
+        self.acquire_lease()
+        self.sync()
+        return self.image()
+
+    def acquire_lease(self) -> Lease:
+        """Hold the board's lease (waiting up to ``lease_timeout``); DeviceBusyError if not."""
         conn = self.connect()
         if self.lease is None or (self.lease.acquired and not self.lease.held):
             self.lease = Lease(conn, timeout=self.lease_timeout, target=self.spec.name,
@@ -531,8 +537,7 @@ class SshBackend(Backend):
         except ConnectionLostError as err:
             raise UnreachableError(err.message, target=self.spec.name) from err
         self.timings["lease"] = round(time.monotonic() - start, 3)
-        self.sync()
-        return self.image()
+        return self.lease
 
     def sync(self) -> SyncStats:
         """rsync the checkout to the board's remote_dir."""
