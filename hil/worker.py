@@ -33,6 +33,7 @@ import os
 import platform
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -179,6 +180,7 @@ class EventStream:
     def send(self, ev: str, **data: Any) -> None:
         """Write one event line and flush it, so the controller sees it at once."""
         data["ev"] = ev
+        data["t"] = time.time()  # wall clock, for test boundaries on telemetry charts
         line = json.dumps(data, separators=(",", ":"), default=str) + "\n"
         self.channel.write(line)
         self.channel.flush()

@@ -314,3 +314,19 @@ def test_stale_labelled_container_of_a_dead_run_is_removed(project: pytest.Pytes
     result = run(project)
     assert result.ret == 0
     assert labelled_containers(sim_rig) == []
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_product_suites_run_on_sim_colima(sim_rig: Rig, tmp_path: Path) -> None:
+    """The shipped suites, in the shipped image, on the rig's colima engine."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--target=sim-colima", "suites", "-q", "-rs",
+         "-p", "no:cacheprovider", f"--hil-reports={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "tier2 (CUDA GPU) test; target 'sim-colima' serves tier 1" in proc.stdout
+    assert " passed" in proc.stdout and " failed" not in proc.stdout
+    results = list((tmp_path / "allure-results").glob("*-result.json"))
+    assert results and all("'sim-colima'" in p.read_text() for p in results)
