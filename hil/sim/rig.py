@@ -77,6 +77,8 @@ class Rig:
             lay.jetson_disk_image, lay.jetson_disk_mount, lay.disk_balloon, lay.jetson_disk_gb
         )
         self._injected: set[str] = set()
+        self._fault_depth = 0
+        self._fault_fd: int | None = None
 
     # -- the contract's locations -------------------------------------------
 
@@ -507,8 +509,47 @@ class Rig:
         self.restore_injected()
 
     @contextlib.contextmanager
+    def fault_lock(self, timeout: float = 600.0) -> Iterator[None]:
+        """Hold the host-wide fault lock: one fault block at a time, across processes.
+
+        Every fault context manager takes it, so two test sessions sharing the
+        rig never undo each other's faults half-way.  Re-entrant per Rig object.
+        """
+        import fcntl
+
+        if self._fault_depth == 0:
+            path = self.layout.runtime_dir.with_name(self.layout.runtime_dir.name + ".faults.lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+            def acquired() -> bool:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                return True
+
+            try:
+                wait_until(acquired, timeout, f"the rig's fault lock {path}", interval=0.2)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fault_fd = fd
+        self._fault_depth += 1
+        try:
+            yield
+        finally:
+            self._fault_depth -= 1
+            if self._fault_depth == 0 and self._fault_fd is not None:
+                os.close(self._fault_fd)  # releases the flock
+                self._fault_fd = None
+
+    @contextlib.contextmanager
     def sshd_stopped(self) -> Iterator[Rig]:
         """Within the block the board's sshd is stopped."""
+        with self.fault_lock():
+            yield from self._sshd_stopped()
+
+    def _sshd_stopped(self) -> Iterator[Rig]:
         self.stop_sshd()
         try:
             yield self
@@ -518,6 +559,10 @@ class Rig:
     @contextlib.contextmanager
     def link_cut(self) -> Iterator[Rig]:
         """Within the block the board's link is cut."""
+        with self.fault_lock():
+            yield from self._link_cut()
+
+    def _link_cut(self) -> Iterator[Rig]:
         self.cut_link()
         try:
             yield self
@@ -527,6 +572,10 @@ class Rig:
     @contextlib.contextmanager
     def netem(self, delay_ms: float = 0, loss_pct: float = 0) -> Iterator[str]:
         """Within the block the link has delay and loss; yields the mechanism used."""
+        with self.fault_lock():
+            yield from self._netem(delay_ms, loss_pct)
+
+    def _netem(self, delay_ms: float, loss_pct: float) -> Iterator[str]:
         via = self.set_netem(delay_ms, loss_pct)
         try:
             yield via
@@ -536,6 +585,10 @@ class Rig:
     @contextlib.contextmanager
     def jetson_engine_stopped(self) -> Iterator[Rig]:
         """Within the block the jetson engine is stopped."""
+        with self.fault_lock():
+            yield from self._jetson_engine_stopped()
+
+    def _jetson_engine_stopped(self) -> Iterator[Rig]:
         self.stop_jetson_engine()
         try:
             yield self
@@ -545,6 +598,10 @@ class Rig:
     @contextlib.contextmanager
     def engine_disk_limited(self, free_mb: int) -> Iterator[int]:
         """Within the block the jetson engine sees ``free_mb`` MiB free; yields df's figure."""
+        with self.fault_lock():
+            yield from self._engine_disk_limited(free_mb)
+
+    def _engine_disk_limited(self, free_mb: int) -> Iterator[int]:
         free = self.limit_engine_disk(free_mb)
         try:
             yield free
