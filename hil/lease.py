@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from hil.errors import DeviceBusyError, HilError
-from hil.sshconn import ConnectionLostError, SshConnection
+from hil.sshconn import ConnectionLostError, SshConnection, exited
 
 LEASE_DIR = "/tmp/pytest-hil"
 _BUSY_EXIT = 75
@@ -156,7 +156,7 @@ class Lease:
                     if not self.conn.alive:
                         raise ConnectionLostError(self.conn.lost_reason or "connection lost "
                                                   "while taking the lease", target=self.target)
-                    status = chan.recv_exit_status() if chan.exit_status_ready() else -1
+                    status = chan.recv_exit_status() if exited(chan) else -1
                     self._error = HilError(f"could not take the board's lease in "
                                            f"{self.lease_dir} (exit {status})",
                                            target=self.target, tail=err)

@@ -170,6 +170,15 @@ def resolve_endpoint(host: str, *, config_file: str = "", user: str = "", port: 
     )
 
 
+def exited(chan: paramiko.Channel) -> bool:
+    """Whether the server sent the channel's exit status.
+
+    paramiko's ``exit_status_ready()`` is also true for a channel closed under
+    a dying transport, with the placeholder status -1; that is not an exit.
+    """
+    return chan.exit_status_ready() and chan.exit_status != -1
+
+
 def _local_user() -> str:
     import getpass
 
@@ -518,25 +527,29 @@ class SshConnection:
                     break
                 on_stderr(data)
                 got = True
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError
             if got:
                 continue
-            if chan.exit_status_ready() and (chan.eof_received or chan.closed):
+            if exited(chan) and (chan.eof_received or chan.closed):
                 # Drain what raced with the exit status.
                 while chan.recv_ready():
                     on_stdout(chan.recv(1 << 16))
                 while chan.recv_stderr_ready():
                     on_stderr(chan.recv_stderr(1 << 16))
                 return chan.recv_exit_status()
-            if chan.closed or not self.alive:
-                if chan.exit_status_ready():
+            if not self.alive:
+                if exited(chan):
                     return chan.recv_exit_status()
                 raise ConnectionLostError(
                     self.lost_reason or f"connection to {self.endpoint.display} lost",
                     target=self.target)
+            if chan.closed:
+                # Closed on a live connection without an exit status: the command
+                # was killed by a signal (sshd sends exit-signal, which paramiko drops).
+                return -1
             if tick is not None:
                 tick()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError
 
     def run(self, command: str, *, stdin: bytes | None = None,
             timeout: float | None = None) -> Result:

@@ -42,7 +42,7 @@ from typing import Any
 import paramiko
 
 from hil.errors import ConfigError, SyncFailedError
-from hil.sshconn import SshConnection
+from hil.sshconn import SshConnection, exited
 
 #: The remote-shell helper rsync starts: it forwards its argv, stdin and stdout
 #: to the controller's socket.  Standard library only, run with ``python3 -S``.
@@ -298,15 +298,15 @@ class RsyncTunnel:
                     client.shutdown(socket.SHUT_WR)
                     break
                 if chan.closed or not self.conn.alive:
-                    self.lost = not chan.exit_status_ready()
+                    self.lost = not exited(chan)
                     client.shutdown(socket.SHUT_WR)
                     break
             deadline = time.monotonic() + 10
-            while not chan.exit_status_ready() and self.conn.alive and time.monotonic() < deadline:
+            while not exited(chan) and self.conn.alive and time.monotonic() < deadline:
                 time.sleep(0.01)
             while chan.recv_stderr_ready():
                 err.append(chan.recv_stderr(1 << 16))
-            return chan.recv_exit_status() if chan.exit_status_ready() else 255
+            return chan.recv_exit_status() if exited(chan) else 255
         finally:
             if err:
                 self.remote_stderr.append(b"".join(err).decode("utf-8", "replace"))

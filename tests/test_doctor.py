@@ -1,0 +1,66 @@
+"""``hil doctor``: a target's preflight as a table or JSON, with the session's exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _doctor(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hil.cli", "doctor", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_doctor_sim_jetson_json_lists_every_check(sim_rig: Any) -> None:
+    res = _doctor("--target", "sim-jetson", "--json", "--rootdir", str(REPO))
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = json.loads(res.stdout)
+    names = {c["name"] for c in data["checks"]}
+    assert {"ssh", "remote dir", "engine", "runtime", "disk", "l4t", "gpu", "lease"} <= names
+    assert data["ok"] is True and data["exit_code"] == 0
+    assert data["facts"]["jetpack"] == "6.2"
+    gpu = next(c for c in data["checks"] if c["name"] == "gpu")
+    assert "cached" not in gpu["detail"]  # doctor always probes afresh
+
+
+def test_doctor_table_shows_every_failure_and_exits_with_the_first(sim_rig: Any,
+                                                                    tmp_path: Path) -> None:
+    text = (REPO / "targets" / "sim-jetson.toml").read_text(encoding="utf-8")
+    text = text.replace('runtime = "nvidia"', 'runtime = "nvidia-gone"')
+    text = text.replace("min_free_mb = 1024", "min_free_mb = 1000000000")
+    (tmp_path / "sim-jetson.toml").write_text(text, encoding="utf-8")
+    res = _doctor("--target", "sim-jetson", "--rootdir", str(REPO), "--hil-targets",
+                  str(tmp_path))
+    assert res.returncode == 14, res.stdout + res.stderr  # NVIDIA_RUNTIME_MISSING comes first
+    lines = res.stdout.splitlines()
+    assert any(line.strip().startswith("FAIL runtime") for line in lines)
+    assert any(line.strip().startswith("FAIL disk") for line in lines)
+    assert "not ready (exit 14: NVIDIA_RUNTIME_MISSING)" in res.stdout
+
+
+def test_doctor_docker_target_delegates_to_its_backend(sim_rig: Any) -> None:
+    res = _doctor("--target", "sim-colima", "--json", "--rootdir", str(REPO))
+    data = json.loads(res.stdout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert any(c["name"] == "engine" and c["ok"] for c in data["checks"])
+
+
+def test_doctor_unreachable_board_exits_unreachable(sim_rig: Any, tmp_path: Path) -> None:
+    text = (REPO / "targets" / "sim-jetson.toml").read_text(encoding="utf-8")
+    (tmp_path / "sim-jetson.toml").write_text(text.replace("port = 0", "port = 2"),
+                                              encoding="utf-8")
+    res = _doctor("--target", "sim-jetson", "--rootdir", str(REPO), "--hil-targets",
+                  str(tmp_path))
+    assert res.returncode == 10
+    assert "FAIL unreachable" in res.stdout
+
+
+def test_doctor_local_target() -> None:
+    res = _doctor("--target", "local", "--json", "--rootdir", str(REPO))
+    assert res.returncode == 0
+    assert json.loads(res.stdout)["checks"][0]["name"] == "tier"

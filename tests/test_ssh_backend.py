@@ -1,0 +1,405 @@
+"""The jetson target (SshBackend) against the simulated board: connection, preflight,
+build, run, faults and fetch.  Every test talks to the real sshd, rsync and engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shlex
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+
+from hil.backends.base import CONTAINER_LABEL, Progress, RunPlan
+from hil.backends.ssh import SshBackend, jetpack_of, l4t_of_image
+from hil.errors import (
+    AuthRefusedError,
+    BuildFailedError,
+    ConfigError,
+    DiskLowError,
+    EngineDownError,
+    ExitCode,
+    HostKeyError,
+    RunLostError,
+    RunTimedOutError,
+    RuntimeMissingError,
+    TargetUnhealthyError,
+    UnreachableError,
+)
+from hil.sshconn import SshConnection, fingerprint, resolve_endpoint
+
+
+def _backend(spec: Any, root: Path, **kw: Any) -> tuple[SshBackend, io.StringIO]:
+    out = io.StringIO()
+    return SshBackend(spec, root, Progress(out), **kw), out
+
+
+def _plan(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> RunPlan:
+    run_id = f"t{time.time_ns() % 10**12}"
+    return RunPlan(run_id=run_id, pytest_args=args, subdir="",
+                   env={"HIL_TARGET": "sim-jetson", "HIL_TIER": "1", **(env or {})},
+                   local_out=tmp_path / "out" / run_id)
+
+
+def _events(chunks: list[bytes]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in b"".join(chunks).splitlines() if line.strip()]
+
+
+def _outcomes(events: list[dict[str, Any]]) -> dict[str, str]:
+    return {e["report"]["nodeid"].split("::")[-1]: e["report"]["outcome"]
+            for e in events if e["ev"] == "logreport" and e["report"]["when"] == "call"}
+
+
+def _containers(conn: SshConnection, run_id: str) -> list[str]:
+    res = conn.run(f"docker ps -aq --filter label={CONTAINER_LABEL}={shlex.quote(run_id)}")
+    assert res.ok, res.tail()
+    return res.stdout.split()
+
+
+def _ssh_files(tmp_path: Path, spec: Any, **overrides: str) -> Path:
+    """A copy of the rig's ssh_config for the board alias with some options replaced."""
+    text = Path(spec.ssh.config).read_text(encoding="utf-8")
+    lines = []
+    for line in text.splitlines():
+        key = line.strip().split(" ", 1)[0]
+        if key in overrides:
+            continue
+        lines.append(line)
+    lines += [f"    {k} {v}" for k, v in overrides.items()]
+    path = tmp_path / "ssh_config"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _with(spec: Any, **changes: Any) -> Any:
+    sections = {}
+    for name in ("ssh", "docker", "preflight", "timeouts"):
+        sub = {k.split("__", 1)[1]: v for k, v in changes.items() if k.startswith(name + "__")}
+        if sub:
+            sections[name] = dataclasses.replace(getattr(spec, name), **sub)
+    top = {k: v for k, v in changes.items() if "__" not in k}
+    return dataclasses.replace(spec, **sections, **top)
+
+
+# -- pure helpers ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("image", "l4t"), [
+    ("nvcr.io/nvidia/l4t-pytorch:r36.4.0-pth2.5-py3", "36.4.0"),
+    ("hil-sim/l4t-base:r36.4.3", "36.4.3"),
+    ("nvcr.io/nvidia/l4t-base:r35.4.1", "35.4.1"),
+    ("python:3.11-slim-bookworm", ""),
+    ("registry:5000/r36/img:latest", ""),
+])
+def test_l4t_version_is_read_from_the_base_image_tag(image: str, l4t: str) -> None:
+    assert l4t_of_image(image) == l4t
+
+
+@pytest.mark.parametrize(("release", "expected"), [
+    ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64",
+     ("36.4.3", "6.2")),
+    ("# R36 (release), REVISION: 4.0, GCID: 1, BOARD: generic, EABI: aarch64", ("36.4.0", "6.1")),
+    ("# R36 (release), REVISION: 3.0, GCID: 1, BOARD: generic, EABI: aarch64", ("36.3.0", "6.0")),
+    ("not a release line", ("", "")),
+])
+def test_jetpack_is_derived_from_nv_tegra_release(release: str, expected: tuple[str, str]) -> None:
+    assert jetpack_of(release) == expected
+
+
+def test_ssh_config_alias_is_resolved(tmp_path: Path) -> None:
+    cfg = tmp_path / "config"
+    cfg.write_text("Host board\n  HostName 192.0.2.7\n  User nv\n  Port 2222\n"
+                   "  IdentityFile ~/keys/id_board\n  ProxyJump bastion\n"
+                   "  UserKnownHostsFile ~/kh\n  ServerAliveInterval 2\n", encoding="utf-8")
+    ep = resolve_endpoint("board", config_file=str(cfg))
+    assert (ep.hostname, ep.user, ep.port, ep.proxy_jump) == ("192.0.2.7", "nv", 2222, "bastion")
+    assert ep.identity_files == (str(Path("~/keys/id_board").expanduser()),)
+    assert ep.known_hosts == (str(Path("~/kh").expanduser()),)
+    assert ep.key_name == "[192.0.2.7]:2222" and ep.alive_interval == 2.0
+    assert resolve_endpoint("root@board:22", config_file=str(cfg)).user == "root"
+
+
+# -- connection faults -------------------------------------------------------------------
+
+def _board_key(sim_rig: Any) -> paramiko.PKey:
+    line = Path(sim_rig.known_hosts).read_text(encoding="utf-8").split()
+    return paramiko.PKey.from_type_string(line[1], __import__("base64").b64decode(line[2]))
+
+
+def test_unknown_host_is_refused_with_its_fingerprint(sim_rig: Any, sim_jetson: Any,
+                                                     sim_project: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("", encoding="utf-8")
+    cfg = _ssh_files(tmp_path, sim_jetson, UserKnownHostsFile=str(empty))
+    backend, _ = _backend(_with(sim_jetson, ssh__config=str(cfg)), sim_project)
+    with pytest.raises(HostKeyError) as info:
+        backend.preflight()
+    err = info.value
+    assert err.exit_code == ExitCode.HOST_KEY_REJECTED
+    assert "unknown" in str(err) and fingerprint(_board_key(sim_rig)) in str(err)
+    assert f"ssh-keyscan -t ed25519 {sim_rig.board_address} >> {empty}" in str(err)
+    assert empty.read_text(encoding="utf-8") == ""  # never added silently
+
+
+def test_changed_host_key_is_refused_loudly(sim_rig: Any, sim_jetson: Any, sim_project: Path,
+                                            tmp_path: Path) -> None:
+    fake = tmp_path / "fake_key"
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(fake)], check=True)
+    pub = (tmp_path / "fake_key.pub").read_text(encoding="utf-8").split()
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{sim_rig.board_address} {pub[0]} {pub[1]}\n", encoding="utf-8")
+    cfg = _ssh_files(tmp_path, sim_jetson, UserKnownHostsFile=str(known))
+    backend, _ = _backend(_with(sim_jetson, ssh__config=str(cfg)), sim_project)
+    with pytest.raises(HostKeyError) as info:
+        backend.preflight()
+    text = str(info.value)
+    assert "HAS CHANGED" in text
+    assert fingerprint(_board_key(sim_rig)) in text
+    assert "ssh-keygen -R" in text
+    assert info.value.exit_code == ExitCode.HOST_KEY_REJECTED
+
+
+def test_wrong_key_is_auth_refused(sim_jetson: Any, sim_project: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    cfg = _ssh_files(tmp_path, sim_jetson, IdentityFile=str(key))
+    backend, _ = _backend(_with(sim_jetson, ssh__config=str(cfg)), sim_project)
+    with pytest.raises(AuthRefusedError) as info:
+        backend.preflight()
+    assert info.value.exit_code == ExitCode.AUTH_REFUSED
+    assert str(key) in str(info.value) and "user 'jetson'" in str(info.value)
+
+
+def test_closed_port_is_unreachable(sim_jetson: Any, sim_project: Path) -> None:
+    backend, _ = _backend(_with(sim_jetson, ssh__port=2), sim_project)
+    with pytest.raises(UnreachableError) as info:
+        backend.preflight()
+    assert info.value.exit_code == ExitCode.UNREACHABLE
+    assert "refused" in str(info.value).lower()
+
+
+def test_stopped_sshd_is_unreachable(sim_rig: Any, sim_jetson: Any, sim_project: Path) -> None:
+    backend, _ = _backend(sim_jetson, sim_project)
+    with sim_rig.sshd_stopped(), pytest.raises(UnreachableError):
+        backend.preflight()
+
+
+def test_proxy_jump_is_honoured(sim_rig: Any, sim_jetson: Any, tmp_path: Path) -> None:
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(Path(sim_jetson.ssh.config).read_text(encoding="utf-8")
+                   + f"\nHost via-jump\n    HostName {sim_rig.board_address}\n"
+                   "    ProxyJump hil-sim-jetson\n"
+                   f"    User {sim_rig.user}\n    IdentityFile {sim_rig.state_dir}/ssh/id_ed25519\n"
+                   f"    UserKnownHostsFile {sim_rig.known_hosts}\n", encoding="utf-8")
+    conn = SshConnection(resolve_endpoint("via-jump", config_file=str(cfg))).open()
+    try:
+        res = conn.run("echo $SSH_CONNECTION")
+        # The second hop came from the board itself, not from this host.
+        assert res.ok and res.stdout.split()[0] == sim_rig.board_address
+    finally:
+        conn.close()
+
+
+# -- preflight ---------------------------------------------------------------------------
+
+def test_preflight_reports_the_board(sim_jetson: Any, sim_project: Path) -> None:
+    backend, _ = _backend(sim_jetson, sim_project)
+    try:
+        report = backend.preflight()
+    finally:
+        backend.close()
+    assert report.ok
+    facts = report.facts
+    assert (facts["l4t"], facts["jetpack"]) == ("36.4.3", "6.2")
+    assert "nvidia" in facts["runtimes"].split(",")
+    assert facts["board.hostname"] and facts["docker.version"]
+    assert int(facts["docker.free_mb"]) > 0
+    gpu = next(c for c in report.checks if c.name == "gpu")
+    assert "declared capabilities hold" in gpu.detail
+    assert backend.timings["preflight"] < 5
+
+
+@pytest.mark.parametrize(("changes", "error", "code", "words"), [
+    ({"docker__runtime": "nvidia-gone"}, RuntimeMissingError, ExitCode.NVIDIA_RUNTIME_MISSING,
+     "no 'nvidia-gone' runtime"),
+    ({"preflight__min_free_mb": 10**9}, DiskLowError, ExitCode.DISK_LOW, "MB free"),
+    ({"tier": 2}, TargetUnhealthyError, ExitCode.TARGET_UNHEALTHY, "sees no CUDA device"),
+    ({"docker__build_args": {"BASE_IMAGE": "nvcr.io/nvidia/l4t-base:r35.4.1"}},
+     TargetUnhealthyError, ExitCode.TARGET_UNHEALTHY, "L4T 36.4.3 but the base image"),
+    ({"ssh__remote_dir": "~"}, ConfigError, ExitCode.USAGE_ERROR, "home folder itself"),
+])
+def test_preflight_failure_raises_its_own_error(sim_jetson: Any, sim_project: Path,
+                                                changes: dict[str, Any], error: type,
+                                                code: ExitCode, words: str) -> None:
+    backend, _ = _backend(_with(sim_jetson, **changes), sim_project)
+    try:
+        with pytest.raises(error) as info:
+            backend.preflight()
+    finally:
+        backend.close()
+    assert info.value.exit_code == code
+    assert words in str(info.value)
+    assert "preflight of target" in info.value.tail  # the whole table comes along
+
+
+def test_swap_required_but_absent_is_unhealthy(sim_jetson: Any, sim_project: Path) -> None:
+    backend, _ = _backend(_with(sim_jetson, preflight__require_swap=True), sim_project)
+    try:
+        report = backend.inspect()
+        swap = int(report.facts["swap_mb"])
+        if swap:
+            assert report.ok
+        else:
+            with pytest.raises(TargetUnhealthyError, match="no swap"):
+                backend.preflight()
+    finally:
+        backend.close()
+
+
+def test_remote_dir_through_a_symlink_out_of_home_is_refused(sim_jetson: Any,
+                                                              sim_project: Path) -> None:
+    base = sim_jetson.ssh.remote_dir.rsplit("/", 1)[0]
+    backend, _ = _backend(_with(sim_jetson, ssh__remote_dir=f"{base}/escape/p"), sim_project)
+    conn = backend.connect()
+    conn.run(f"mkdir -p {shlex.quote(base)} && ln -sfn /var {shlex.quote(base)}/escape")
+    try:
+        with pytest.raises(ConfigError, match="outside the home folder"):
+            backend.preflight()
+    finally:
+        conn.run(f"rm -rf {shlex.quote(base)}")
+        backend.close()
+
+
+def test_stopped_engine_is_engine_down(sim_rig: Any, sim_jetson: Any, sim_project: Path) -> None:
+    backend, _ = _backend(sim_jetson, sim_project)
+    try:
+        with sim_rig.jetson_engine_stopped(), pytest.raises(EngineDownError) as info:
+            backend.preflight()
+    finally:
+        backend.close()
+    assert info.value.exit_code == ExitCode.ENGINE_DOWN
+
+
+# -- build, run, fetch -------------------------------------------------------------------
+
+def test_run_streams_reports_and_fetches_results(sim_jetson: Any, sim_project: Path,
+                                                 tmp_path: Path) -> None:
+    backend, out = _backend(sim_jetson, sim_project)
+    plan = _plan(tmp_path, "tests/test_fast.py")
+    chunks: list[bytes] = []
+    try:
+        backend.preflight()
+        image = backend.prepare(plan)
+        end = backend.run(plan, image, chunks.append, lambda b: None)
+        backend.fetch(plan)
+        leftover = _containers(backend.connect(), plan.run_id)
+    finally:
+        backend.close()
+    assert end.exit_code == 1 and not end.oom_killed
+    events = _events(chunks)
+    assert events[0]["ev"] == "hello"
+    assert _outcomes(events) == {"test_passes": "passed", "test_fails": "failed"}
+    assert (plan.local_out / "events.jsonl").is_file()
+    assert "test_fails" in (plan.local_out / "pytest.log").read_text(encoding="utf-8")
+    samples = [json.loads(x) for x in (plan.local_out / "telemetry.jsonl").read_text(
+        encoding="utf-8").splitlines()]
+    assert samples and all("t" in s for s in samples)
+    assert "ram_used_mb" in samples[0]
+    assert leftover == []
+    assert "synced to sim-jetson" in out.getvalue()
+
+
+def test_present_image_is_not_rebuilt(sim_jetson: Any, sim_project: Path, tmp_path: Path) -> None:
+    first, _ = _backend(sim_jetson, sim_project)
+    try:
+        tag = first.prepare(_plan(tmp_path))
+    finally:
+        first.close()
+    second, out = _backend(sim_jetson, sim_project)
+    try:
+        assert second.prepare(_plan(tmp_path)) == tag
+    finally:
+        second.close()
+    assert second.build_log == [] and "build" not in second.timings
+    assert "up to date on the board" in out.getvalue()
+
+
+def test_broken_dockerfile_fails_the_build_with_its_last_lines(sim_jetson: Any,
+                                                               sim_project: Path,
+                                                               tmp_path: Path) -> None:
+    (sim_project / "targets" / "Dockerfile").write_text(
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
+        f"RUN echo 'broken-step: no such package {time.time_ns()}' && exit 3\n",
+        encoding="utf-8")
+    backend, _ = _backend(sim_jetson, sim_project)
+    try:
+        with pytest.raises(BuildFailedError) as info:
+            backend.prepare(_plan(tmp_path))
+    finally:
+        backend.close()
+    err = info.value
+    assert err.exit_code == ExitCode.IMAGE_BUILD_FAILED
+    assert "broken-step: no such package" in err.tail
+    assert err.exited not in (0, None)
+    assert any("broken-step" in line for line in backend.build_log)
+
+
+def test_run_past_its_timeout_is_killed_and_removed(sim_jetson: Any, sim_project: Path,
+                                                    tmp_path: Path) -> None:
+    spec = _with(sim_jetson, timeouts__run=6.0)
+    backend, _ = _backend(spec, sim_project)
+    plan = _plan(tmp_path, "tests/test_slow.py", env={"HIL_SLOW": "120"})
+    try:
+        image = backend.prepare(plan)
+        start = time.monotonic()
+        with pytest.raises(RunTimedOutError) as info:
+            backend.run(plan, image, lambda b: None, lambda b: None)
+        assert time.monotonic() - start < 30
+        assert info.value.exit_code == ExitCode.RUN_TIMED_OUT
+        assert _containers(backend.connect(), plan.run_id) == []
+    finally:
+        backend.close()
+
+
+def test_link_cut_mid_run_is_run_lost_and_fetch_keeps_finished_results(
+        sim_rig: Any, sim_jetson: Any, sim_project: Path, tmp_path: Path) -> None:
+    backend, _ = _backend(sim_jetson, sim_project)
+    plan = _plan(tmp_path, "tests/test_fast.py::test_passes", "tests/test_slow.py",
+                 env={"HIL_SLOW": "90"})
+    chunks: list[bytes] = []
+    cut = threading.Event()
+
+    def on_stdout(data: bytes) -> None:
+        chunks.append(data)
+        if b'"logstart"' in data and b"test_slow" in data and not cut.is_set():
+            cut.set()
+            sim_rig.cut_link()
+
+    try:
+        image = backend.prepare(plan)
+        start = time.monotonic()
+        try:
+            with pytest.raises(RunLostError) as info:
+                backend.run(plan, image, on_stdout, lambda b: None)
+        finally:
+            if cut.is_set():
+                sim_rig.restore_link()
+        assert cut.is_set()
+        assert time.monotonic() - start < 60
+        assert info.value.exit_code == ExitCode.RUN_LOST
+        assert "connection to the board lost" in str(info.value)
+        backend.fetch(plan)
+        assert _containers(backend.connect(), plan.run_id) == []
+    finally:
+        backend.close()
+    assert _outcomes(_events(chunks)) == {"test_passes": "passed"}
+    log = (plan.local_out / "pytest.log").read_text(encoding="utf-8")
+    assert "test_fast.py ." in log or "test_fast.py::test_passes PASSED" in log
