@@ -403,3 +403,105 @@ def test_link_cut_mid_run_is_run_lost_and_fetch_keeps_finished_results(
     assert _outcomes(_events(chunks)) == {"test_passes": "passed"}
     log = (plan.local_out / "pytest.log").read_text(encoding="utf-8")
     assert "test_fast.py ." in log or "test_fast.py::test_passes PASSED" in log
+
+
+# -- end to end: pytest --target=sim-jetson ------------------------------------------------
+
+def _e2e_project(pytester: pytest.Pytester, spec: Any, env: str = "") -> Path:
+    import subprocess
+
+    root = pytester.path
+    repo = Path(__file__).resolve().parent.parent
+    for rel in ("targets/Dockerfile", "targets/requirements.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes((repo / rel).read_bytes())
+    toml = (repo / "targets" / "sim-jetson.toml").read_text(encoding="utf-8")
+    toml = toml.replace('remote_dir = "hil/pytest-hil"', f'remote_dir = "{spec.ssh.remote_dir}"')
+    toml = toml.replace("[env]\n", f"[env]\n{env}")
+    (root / "targets" / "sim-jetson.toml").write_text(toml, encoding="utf-8")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_fast.py").write_text(
+        "def test_passes():\n    assert True\n\n\ndef test_fails():\n    assert 1 + 1 == 3\n",
+        encoding="utf-8")
+    (root / "tests" / "test_slow.py").write_text(
+        "import os\nimport time\n\n\ndef test_slow():\n"
+        "    open(os.path.join(os.environ['HIL_OUT'], 'slow-started'), 'w').close()\n"
+        "    time.sleep(float(os.environ.get('HIL_SLOW', '0')))\n", encoding="utf-8")
+    (root / ".gitignore").write_text("reports/\n", encoding="utf-8")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    return root
+
+
+def test_e2e_session_outcomes_and_exit_codes(pytester: pytest.Pytester, sim_jetson: Any) -> None:
+    _e2e_project(pytester, sim_jetson)
+    green = pytester.runpytest_subprocess("--target=sim-jetson", "tests/test_fast.py::test_passes")
+    assert green.ret == 0, green.stdout.str()
+    green.assert_outcomes(passed=1)
+    red = pytester.runpytest_subprocess("--target=sim-jetson", "tests/test_fast.py", "-rf")
+    assert red.ret == 1, red.stdout.str()
+    red.assert_outcomes(passed=1, failed=1)
+    red.stdout.fnmatch_lines(["*FAILED tests/test_fast.py::test_fails*assert*"])
+    runs = sorted((pytester.path / "reports" / "runs").iterdir())
+    assert (runs[-1] / "telemetry.jsonl").stat().st_size > 0
+    assert json.loads((runs[-1] / "preflight.json").read_text(encoding="utf-8"))["ok"] is True
+
+
+def test_e2e_link_cut_exits_run_lost_naming_the_test(pytester: pytest.Pytester, sim_rig: Any,
+                                                     sim_jetson: Any) -> None:
+    import subprocess
+    import sys
+
+    root = _e2e_project(pytester, sim_jetson, env='HIL_SLOW = "120"\n')
+    conn = SshConnection(resolve_endpoint(sim_jetson.ssh.host,
+                                          config_file=sim_jetson.ssh.config)).open()
+    outs = "$HOME/" + shlex.quote(sim_jetson.ssh.remote_dir.rsplit("/", 1)[0]) + "/.hil-out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--target=sim-jetson", "-p", "no:cacheprovider",
+         "tests/test_fast.py::test_passes", "tests/test_slow.py"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reconnecting = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "reconnecting to sim-jetson" in line:
+                reconnecting.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    cut = False
+    try:
+        deadline = time.monotonic() + 120
+        while not conn.run(f"ls {outs}/*/slow-started").ok:
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)  # poll interval
+        conn.close()
+        sim_rig.cut_link()
+        cut = True
+        assert reconnecting.wait(90), "".join(lines)
+        sim_rig.restore_link()
+        cut = False
+        code = proc.wait(120)
+    finally:
+        if cut:
+            sim_rig.restore_link()
+        if proc.poll() is None:
+            proc.kill()
+        conn.close()
+    reader.join(10)
+    text = "".join(lines)
+    assert code == int(ExitCode.RUN_LOST), text
+    assert "connection to the board lost while running tests/test_slow.py::test_slow" in text
+    assert "test_fast.py ." in text
+    run = sorted((root / "reports" / "runs").iterdir())[-1]
+    assert (run / "slow-started").exists()  # fetched after the link came back
+    assert "test_fast.py" in (run / "pytest.log").read_text(encoding="utf-8")
+    check = SshConnection(resolve_endpoint(sim_jetson.ssh.host,
+                                           config_file=sim_jetson.ssh.config)).open()
+    try:
+        assert _containers(check, run.name) == []
+    finally:
+        check.close()
