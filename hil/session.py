@@ -213,6 +213,14 @@ class TerminalProgress(Progress):
             self.tw.line(f"  | {message}")
 
 
+def link_or_copy(source: Path, dest: Path) -> None:
+    """Hard-link ``source`` to ``dest`` (fast for thousands of results), else copy it."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
+
+
 def new_run_id(target: str) -> str:
     """``20261122-103012-colima-1a2b``: sortable, unique, names the target."""
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{target}-{uuid.uuid4().hex[:4]}"
@@ -273,6 +281,17 @@ class RemoteSession:
         self.exitstatus: int | None = None
         self.error: HilError | None = None
         self.log: list[str] = []
+        # The run's own junit.xml, written here from the streamed reports.
+        from _pytest.junitxml import LogXML
+
+        config.pluginmanager.register(LogXML(
+            str(self.run_dir / "junit.xml"), None,
+            suite_name=config.getini("junit_suite_name"),
+            family=config.getini("junit_family"),
+            report_duration=config.getini("junit_duration_report"),
+            logging=config.getini("junit_logging"),
+            log_passing_tests=config.getini("junit_log_passing_tests"),
+        ), "hil-run-junitxml")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session: pytest.Session) -> bool:
@@ -411,7 +430,7 @@ class RemoteSession:
         if fetched.is_dir():
             for path in fetched.iterdir():
                 if path.is_file():
-                    shutil.copy2(path, allure_dir / path.name)
+                    link_or_copy(path, allure_dir / path.name)
         if self.error is not None:
             write_infra_result(allure_dir, self.spec.name, self.error)
 

@@ -14,7 +14,7 @@ with these variables:
     the target's name and the tier it serves;
 ``HIL_OUT``
     the results folder (default ``/hil/out``): ``pytest.log`` (pytest's own
-    terminal output), ``junit.xml``, ``allure-results/``, ``events.jsonl``;
+    terminal output), ``allure-results/``, ``events.jsonl``;
 ``HIL_ENVIRONMENT``
     extra ``key=value`` lines for Allure's ``environment.properties``.
 
@@ -176,16 +176,33 @@ class EventStream:
         self.channel = channel
         self.copy = copy
         self.config: pytest.Config | None = None
+        self.started = time.perf_counter()
+        self.pending: list[str] = []
 
-    def send(self, ev: str, **data: Any) -> None:
-        """Write one event line and flush it, so the controller sees it at once."""
+    def send(self, ev: str, flush: bool = True, **data: Any) -> None:
+        """Queue one event line; ``flush`` writes the queue at once.
+
+        Events are written in batches, one per test phase boundary the
+        controller must see at once (a test starts, a test ends), which keeps
+        the channel to two writes per test instead of one per event.
+        """
         data["ev"] = ev
         data["t"] = time.time()  # wall clock, for test boundaries on telemetry charts
-        line = json.dumps(data, separators=(",", ":"), default=str) + "\n"
-        self.channel.write(line)
+        self.pending.append(json.dumps(data, separators=(",", ":"), default=str))
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued events to the channel and the copy."""
+        if not self.pending:
+            return
+        text = "\n".join(self.pending) + "\n"
+        self.pending.clear()
+        self.channel.write(text)
         self.channel.flush()
         if self.copy is not None:
-            self.copy.write(line)
+            self.copy.write(text)
+            self.copy.flush()
 
     def _report(self, report: pytest.CollectReport | pytest.TestReport) -> dict[str, Any]:
         assert self.config is not None
@@ -199,6 +216,9 @@ class EventStream:
         register_markers(config)
         self.send("hello", protocol=PROTOCOL, pytest=pytest.__version__,
                   python=platform.python_version(), host=socket.gethostname(), pid=os.getpid())
+
+    def pytest_sessionstart(self) -> None:
+        self.started = time.perf_counter()
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         # Passed collect reports only carry counts, which collection_finish sends.
@@ -216,14 +236,14 @@ class EventStream:
         self.send("logstart", nodeid=nodeid, location=location)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.send("logreport", report=self._report(report))
+        self.send("logreport", flush=False, report=self._report(report))
 
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
         self.send("logfinish", nodeid=nodeid, location=location)
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str,
                                 nodeid: str, location: tuple[str, int, str] | None) -> None:
-        self.send("warning", message=str(warning_message.message),
+        self.send("warning", flush=False, message=str(warning_message.message),
                   category=type(warning_message.message).__name__,
                   filename=warning_message.filename, lineno=warning_message.lineno,
                   when=when, nodeid=nodeid)
@@ -234,6 +254,7 @@ class EventStream:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.send("sessionfinish", exitstatus=int(exitstatus),
+                  duration=round(time.perf_counter() - self.started, 4),
                   shouldfail=str(session.shouldfail or ""),
                   shouldstop=str(session.shouldstop or ""))
 
@@ -263,10 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     log = open(out / "pytest.log", "w", buffering=1, encoding="utf-8")  # noqa: SIM115
     os.dup2(log.fileno(), 1)
     sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
-    copy = open(out / "events.jsonl", "w", buffering=1, encoding="utf-8")  # noqa: SIM115
+    copy = open(out / "events.jsonl", "w", encoding="utf-8")  # noqa: SIM115
 
     plugins: list[object] = [EventStream(channel, copy)]
-    extra = ["-p", "no:hil", "--junitxml", str(out / "junit.xml"), *_prepare_cache(out)]
+    # junit.xml is written by the controller from the streamed reports (see session.py):
+    # it then exists also when the container dies mid-run.
+    extra = ["-p", "no:hil", *_prepare_cache(out)]
     allure_dir: str | None = None
     if importlib.util.find_spec("allure_pytest") is not None:
         allure_dir = str(out / "allure-results")
@@ -324,4 +347,8 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--probe"]:
         print(json.dumps(probe()))
         sys.exit(0)
-    sys.exit(main())
+    code = main()
+    # Everything is written and flushed: skip the interpreter's slow teardown,
+    # the controller is waiting for the container to end.
+    sys.stderr.flush()
+    os._exit(code)

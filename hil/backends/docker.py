@@ -112,6 +112,10 @@ class DockerBackend(Backend):
     client: Any = None
     engine_url: str = ""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._removers: list[threading.Thread] = []
+
     # -- engine ---------------------------------------------------------------
     def connect(self) -> Any:
         """The Docker SDK client of the first engine that answers."""
@@ -171,14 +175,15 @@ class DockerBackend(Backend):
 
     def preflight(self) -> PreflightReport:
         client = self.connect()
+        runtime = self.spec.docker.runtime
         try:
-            info = client.api.info()
             version = client.api.version()
+            # `docker info` is the slow call; only a runtime check needs it.
+            info = client.api.info() if runtime else {}
         except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
             raise EngineDownError(f"the engine at {self.engine_url} failed: {err}",
                                   target=self.spec.name) from err
         checks = [Check("engine", True, f"{self.engine_url} (Docker {version.get('Version')})")]
-        runtime = self.spec.docker.runtime
         runtimes = sorted((info.get("Runtimes") or {}).keys())
         if runtime:
             if runtime not in runtimes:
@@ -193,7 +198,8 @@ class DockerBackend(Backend):
         checks.append(Check("stale containers", True,
                             f"removed {', '.join(stale)}" if stale else "none", required=False))
         facts = {"engine": self.engine_url, "docker.version": str(version.get("Version")),
-                 "engine.host": str(info.get("Name")), "runtimes": ",".join(runtimes)}
+                 "engine.os": f"{version.get('Os')}/{version.get('Arch')}",
+                 "runtimes": ",".join(runtimes)}
         return PreflightReport(self.spec.name, tuple(checks), facts)
 
     # -- image ----------------------------------------------------------------
@@ -296,24 +302,33 @@ class DockerBackend(Backend):
         timer = threading.Timer(self.spec.timeouts.run, kill_on_timeout)
         timer.daemon = True
         try:
-            stream = api.attach(cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
-            api.start(cid)
-            timer.start()
-            for out, err in stream:
-                if out:
-                    on_stdout(out)
-                if err:
-                    on_stderr(err)
-            result = api.wait(cid, timeout=max(self.spec.timeouts.connect, 30))
-            state = api.inspect_container(cid)["State"]
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
-            if timed_out.is_set():
-                raise RunTimedOutError(f"the run exceeded {self.spec.timeouts.run:.0f} s",
-                                       target=self.spec.name) from err
-            raise RunLostError(f"lost the engine mid-run: {err}", target=self.spec.name) from err
-        finally:
+            try:
+                stream = api.attach(cid, stdout=True, stderr=True, stream=True, logs=True,
+                                    demux=True)
+                api.start(cid)
+                timer.start()
+                for out, err in stream:
+                    if out:
+                        on_stdout(out)
+                    if err:
+                        on_stderr(err)
+                result = api.wait(cid, timeout=max(self.spec.timeouts.connect, 30))
+                state = api.inspect_container(cid)["State"]
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+                if timed_out.is_set():
+                    raise RunTimedOutError(f"the run exceeded {self.spec.timeouts.run:.0f} s",
+                                           target=self.spec.name) from err
+                raise RunLostError(f"lost the engine mid-run: {err}",
+                                   target=self.spec.name) from err
+        except BaseException:
             timer.cancel()
-            _remove(api, cid)
+            _remove(api, cid)  # failed or interrupted: the container goes before anything else
+            raise
+        timer.cancel()
+        # Normal end: remove in the background; close() waits for it.
+        remover = threading.Thread(target=_remove, args=(api, cid), daemon=True)
+        remover.start()
+        self._removers.append(remover)
         if timed_out.is_set():
             raise RunTimedOutError(f"the run exceeded {self.spec.timeouts.run:.0f} s and was "
                                    "killed", target=self.spec.name)
@@ -328,6 +343,9 @@ class DockerBackend(Backend):
         """Nothing to copy: the run folder was mounted at /hil/out."""
 
     def close(self) -> None:
+        for remover in self._removers:
+            remover.join()
+        self._removers.clear()
         if self.client is not None:
             self.client.close()
             self.client = None
