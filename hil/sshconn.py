@@ -342,7 +342,22 @@ class SshConnection:
         return sock
 
     def open(self) -> SshConnection:
-        """Connect, verify the host key, authenticate, start the liveness probe."""
+        """Connect, verify the host key, authenticate, start the liveness probe.
+
+        A connection that sshd drops before its banner (MaxStartups throttling
+        while many clients connect, an sshd restarting) is retried within the
+        connect timeout; every other failure is final.
+        """
+        deadline = time.monotonic() + self.endpoint.connect_timeout
+        while True:
+            try:
+                return self._open()
+            except UnreachableError as err:
+                if "banner" not in str(err) or time.monotonic() + 0.5 > deadline:
+                    raise
+                time.sleep(0.2)  # back-off before the next attempt
+
+    def _open(self) -> SshConnection:
         if self.transport is not None and self.transport.is_active():
             return self
         ep = self.endpoint

@@ -22,6 +22,7 @@ others are skipped (``--safe-links`` is the second guard).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import posixpath
@@ -29,6 +30,7 @@ import re
 import select
 import shlex
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -208,6 +210,33 @@ def list_files(root: Path) -> FileList:
     return FileList(sorted(set(paths)), skipped)
 
 
+def tree_digest(root: Path, files: FileList) -> str:
+    """A digest of the synced file list with each file's size, mtime and mode ("" outside git).
+
+    Equal digests mean rsync would find nothing to do; the backend stores the
+    digest on the board after a sync and skips the next sync when it matches.
+    """
+    if files.paths is None:
+        return ""
+    h = hashlib.sha256()
+    for rel in files.paths:
+        try:
+            st = os.lstat(root / rel)
+        except FileNotFoundError:
+            h.update(b"-" + os.fsencode(rel) + b"\0")
+            continue
+        link = os.fsencode(os.readlink(root / rel)) if stat.S_ISLNK(st.st_mode) else b""
+        h.update(os.fsencode(rel) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\0"
+                 .encode() + link + b"\0")
+    return h.hexdigest()[:32]
+
+
+def sync_marker(remote_dir: str) -> str:
+    """Board file holding the digest of the last completed sync into ``remote_dir``."""
+    parent, name = posixpath.split(remote_dir.rstrip("/"))
+    return posixpath.join(parent, f".hil-sync-{name}")
+
+
 def include_rules(paths: Sequence[str]) -> bytes:
     """NUL-separated rsync include rules: every file and each of its parent folders."""
     dirs: set[str] = set()
@@ -381,9 +410,9 @@ class Rsync:
         return SyncStats.parse(out.stdout, seconds, skipped)
 
     def push(self, root: Path, remote_dir: str, *, excludes: Sequence[str] = (),
-             timeout: float = 600.0) -> SyncStats:
+             timeout: float = 600.0, files: FileList | None = None) -> SyncStats:
         """Mirror the checkout at ``root`` into ``remote_dir`` (absolute) on the board."""
-        files = list_files(root)
+        files = files or list_files(root)
         base = ["-rlpt", "--safe-links", "--delete", "--delete-excluded", "--stats",
                 "--rsync-path", f"mkdir -p {shlex.quote(remote_dir)} && rsync"]
         dest = f"hil:{remote_dir.rstrip('/')}/"

@@ -62,7 +62,16 @@ from hil.errors import (
 from hil.images import ImageRecipe, recipe
 from hil.lease import Holder, Lease
 from hil.sshconn import ConnectionLostError, SshConnection, fingerprint, resolve_endpoint
-from hil.sync import Rsync, SyncStats, check_remote_dir, human_bytes, out_dir
+from hil.sync import (
+    Rsync,
+    SyncStats,
+    check_remote_dir,
+    human_bytes,
+    list_files,
+    out_dir,
+    sync_marker,
+    tree_digest,
+)
 from hil.telemetry import Telemetry
 
 #: Marker that starts the run script's last line on standard error.
@@ -122,6 +131,54 @@ def _sections(text: str) -> dict[str, str]:
     return out
 
 
+def fetch_tree(conn: SshConnection, remote: str, local: Path, timeout: float = 600.0) -> list[str]:
+    """Copy the board folder ``remote`` into ``local`` as one tar stream; returns the names.
+
+    One round trip, where rsync's protocol takes about eight: results folders
+    are new on every run, so rsync's delta transfer has nothing to save.
+    Members that would land outside ``local`` (absolute, ``..``, links,
+    devices) are skipped.
+    """
+    import tarfile
+
+    local.mkdir(parents=True, exist_ok=True)
+    chan = conn.exec(f"cd {shlex.quote(remote)} 2>/dev/null && tar -cf - . 2>/dev/null")
+    chan.settimeout(timeout)
+    names: list[str] = []
+    try:
+        reader = chan.makefile("rb")
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for member in tar:
+                    name = posixpath.normpath(member.name)
+                    if (name.startswith(("/", "..")) or not (member.isfile() or member.isdir())):
+                        continue
+                    if name == ".":
+                        continue
+                    member.name = name
+                    if hasattr(tarfile, "data_filter"):
+                        tar.extract(member, local, filter="data")
+                    else:  # pragma: no cover - Python < 3.10.12 / 3.11.4
+                        tar.extract(member, local)
+                    if member.isfile():
+                        names.append(name)
+        except tarfile.ReadError:
+            if not conn.alive:
+                raise ConnectionLostError(conn.lost_reason or "connection lost while fetching",
+                                          target=conn.target) from None
+            if names:
+                raise
+            # An empty stream: the results folder does not exist on the board.
+        except OSError as err:
+            if not conn.alive:
+                raise ConnectionLostError(conn.lost_reason or "connection lost while fetching",
+                                          target=conn.target) from err
+            raise
+    finally:
+        chan.close()
+    return names
+
+
 class _EndFilter:
     """Passes standard error through, minus the run script's end marker line."""
 
@@ -172,6 +229,10 @@ class BoardState:
     gpu_checked: bool = False
     tools: set[str] = field(default_factory=set)
     telemetry: str = ""
+    #: Digest of the last completed sync, as the board holds it ("" = unknown or stale).
+    synced: str = ""
+    #: Digest to record on the board with the next command (after a sync).
+    pending_marker: str = ""
 
 
 class SshBackend(Backend):
@@ -192,7 +253,8 @@ class SshBackend(Backend):
         self.recipe: ImageRecipe | None = None
         self.report: PreflightReport | None = None
         self.last_sync: SyncStats | None = None
-        self.last_fetch: SyncStats | None = None
+        #: Files fetched by the last fetch().
+        self.fetched: list[str] = []
         self.timings: dict[str, float] = {}
         self._failures: list[HilError] = []
         #: (container name, pgid file) of a run that did not end cleanly: cleaned up in fetch.
@@ -291,6 +353,13 @@ class SshBackend(Backend):
             "root=${info#*|}; root=${root%%|*}",
             "s df; [ $rc = 0 ] && df -Pm \"$root\" 2>&1 | tail -n 1",
         ]
+        raw_dir = spec.ssh.remote_dir.strip()
+        if raw_dir and raw_dir not in ("~", "/", "."):
+            # The digest of the last sync, unless anything under remote_dir changed since.
+            lines.append(
+                f"s synced; d=$(cd \"$HOME\" && realpath -m -- {q(rel) if rel else q('.')}); "
+                "m=\"${d%/*}/.hil-sync-${d##*/}\"; [ -f \"$m\" ] && [ -d \"$d\" ] && "
+                "[ -z \"$(find \"$d\" -newer \"$m\" -print -quit 2>/dev/null)\" ] && cat \"$m\"")
         if rec is not None:
             lines.append(f"s image; [ $rc = 0 ] && docker image inspect -f '{{{{.Id}}}}' "
                          f"{q(rec.tag)} 2>/dev/null")
@@ -345,6 +414,7 @@ class SshBackend(Backend):
         facts["board.arch"] = sec.get("arch", "")
         board.home = sec.get("home", "")
         board.tools = set(sec.get("tools", "").split())
+        board.synced = sec.get("synced", "").strip()
         # remote_dir: checked as written, then as the board resolves it (symlinks).
         try:
             check_remote_dir(spec.ssh.remote_dir, board.home,
@@ -545,9 +615,20 @@ class SshBackend(Backend):
         assert self.rsync is not None
         if not self.board.remote_dir:
             raise ConfigError("remote_dir not checked (preflight did not run)", target=self.spec.name)
+        files = list_files(self.root)
+        digest = tree_digest(self.root, files)
+        if digest and digest == self.board.synced:
+            stats = SyncStats(files=len(files.paths or ()),
+                              skipped_links=tuple(files.skipped_links))
+            self.last_sync = stats
+            self.timings["sync"] = 0.0
+            self.progress.step(f"{self.spec.name}:{self.board.remote_dir} is up to date "
+                               f"({stats.files} files unchanged since the last sync)")
+            return stats
         try:
             stats = self.rsync.push(self.root, self.board.remote_dir,
-                                    excludes=self.spec.ssh.excludes)
+                                    excludes=self.spec.ssh.excludes, files=files)
+            self.board.pending_marker = digest
         except ConnectionLostError as err:
             raise SyncFailedError(f"connection lost during sync: {err.message}",
                                   target=self.spec.name) from err
@@ -697,6 +778,10 @@ class SshBackend(Backend):
             f"printf '%s' {q(base64.b64encode(data).decode())} | base64 -d > \"$w.$$\" && "
             f"mv \"$w.$$\" \"$w\"; fi",
         ]
+        if self.board.pending_marker:
+            # The sync before this run completed: record it (no extra round trip).
+            parts.append(f"printf '%s\\n' {q(self.board.pending_marker)} > "
+                         f"{q(sync_marker(self.board.remote_dir))}")
         if plan.lastfailed is not None:
             parts.append(f"printf '%s' {q(plan.lastfailed)} > \"$out/lastfailed.json\"")
         parts += [
@@ -792,10 +877,9 @@ class SshBackend(Backend):
             name, pgid = self._dirty
             conn.run(self._kill_command(name, pgid), timeout=60)
             self._dirty = None
-        assert self.rsync is not None
         remote = out_dir(self.board.remote_dir, plan.run_id)
         try:
-            self.last_fetch = self.rsync.pull(remote, plan.local_out)
+            self.fetched = fetch_tree(conn, remote, plan.local_out)
         except ConnectionLostError as err:
             raise SyncFailedError(f"connection lost while fetching results: {err.message}",
                                   target=self.spec.name) from err
