@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     plugins: list[object] = [EventStream(channel, copy)]
     # junit.xml is written by the controller from the streamed reports (see session.py):
     # it then exists also when the container dies mid-run.
-    extra = ["-p", "no:hil", *_prepare_cache(out)]
+    extra = ["-p", "no:hil"]
+    if "no:cacheprovider" not in args:
+        extra += _prepare_cache(out)
     allure_dir: str | None = None
     if importlib.util.find_spec("allure_pytest") is not None:
         allure_dir = str(out / "allure-results")

@@ -145,10 +145,13 @@ class RunRequest:
     worker: str = ""
     #: ``uid:gid`` to run as ("" = the image's user).
     user: str = ""
+    #: ``--rm``; off where the caller reads the container's state (OOMKilled) before removing it.
+    remove: bool = True
 
     def docker_cli(self, docker: str = "docker") -> list[str]:
         """``docker run`` argument list (for engines reached through a shell)."""
-        args = [docker, "run", "--rm", "-i", "--name", self.name, "-w", self.workdir,
+        args = [docker, "run", *(["--rm"] if self.remove else []), "-i", "--name", self.name,
+                "-w", self.workdir,
                 "-v", f"{self.src}:{self.src_mount}:ro", "-v", f"{self.out}:{CONTAINER_OUT}"]
         if self.worker:
             args += ["-v", f"{self.worker}:{CONTAINER_WORKER}:ro"]

@@ -762,13 +762,13 @@ class SshBackend(Backend):
             src_mount=self.spec.docker.workdir,
             worker=worker,
             user=f"{self.board.uid}:{self.board.gid}" if self.board.uid else "",
+            remove=False,  # the run script removes it, after reading OOMKilled
         )
 
     def _run_script(self, plan: RunPlan, req: RunRequest) -> str:
         q = shlex.quote
         worker, data = self.worker_path()
         cli = req.docker_cli()
-        cli.remove("--rm")  # removed below, after reading OOMKilled
         pgid_file = req.out + ".pgid"
         outs = posixpath.dirname(req.out)
         parts = [
