@@ -37,6 +37,7 @@ from typing import Any
 import paramiko
 
 from hil.errors import AuthRefusedError, HilError, HostKeyError, UnreachableError
+from hil.result import Result
 
 #: Key files OpenSSH tries when the config names none.
 DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
@@ -253,26 +254,6 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
                  f"ssh-keygen -R '{name}' -f {self.files[0] if self.files else '~/.ssh/known_hosts'}"
                  f" and trust the new one after checking its fingerprint",
         )
-
-
-@dataclass
-class Result:
-    """The outcome of one remote command."""
-
-    command: str
-    exited: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        """Whether the command exited 0."""
-        return self.exited == 0
-
-    def tail(self, lines: int = 20) -> str:
-        """The last ``lines`` lines of stderr and stdout."""
-        text = (self.stdout.rstrip() + "\n" + self.stderr.rstrip()).strip()
-        return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass

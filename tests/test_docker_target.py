@@ -245,15 +245,22 @@ def popen_run(project: pytest.Pytester) -> Iterator[list[subprocess.Popen[str]]]
             proc.kill()
 
 
-def test_interrupt_removes_the_container_and_keeps_partial_results(
-    project: pytest.Pytester, sim_rig: Rig, popen_run: list[subprocess.Popen[str]]
-) -> None:
+def start_slow_run(project: pytest.Pytester, procs: list[subprocess.Popen[str]]
+                   ) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start a run of SLOW and return once its first test has passed (its slow test runs)."""
     project.makepyfile(test_a=SLOW)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "--target=box", "-v"],
                             cwd=project.path, stdout=subprocess.PIPE, text=True)
-    popen_run.append(proc)
+    procs.append(proc)
     seen: list[str] = []
     _wait_for_line(proc, "test_quick PASSED", seen)
+    return proc, seen
+
+
+def test_interrupt_removes_the_container_and_keeps_partial_results(
+    project: pytest.Pytester, sim_rig: Rig, popen_run: list[subprocess.Popen[str]]
+) -> None:
+    proc, seen = start_slow_run(project, popen_run)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 2
     assert labelled_containers(sim_rig) == []
@@ -264,12 +271,7 @@ def test_interrupt_removes_the_container_and_keeps_partial_results(
 def test_killed_container_is_run_lost_naming_the_running_test(
     project: pytest.Pytester, sim_rig: Rig, popen_run: list[subprocess.Popen[str]]
 ) -> None:
-    project.makepyfile(test_a=SLOW)
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "--target=box", "-v"],
-                            cwd=project.path, stdout=subprocess.PIPE, text=True)
-    popen_run.append(proc)
-    seen: list[str] = []
-    _wait_for_line(proc, "test_quick PASSED", seen)
+    proc, seen = start_slow_run(project, popen_run)
     deadline = time.monotonic() + 60
     while not labelled_containers(sim_rig):
         assert time.monotonic() < deadline

@@ -13,10 +13,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from hil.errors import HilError
+from hil.result import Result
 
 #: sbin directories are searched too: root's PATH under some launchers lacks them.
 _EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -26,26 +26,6 @@ def which(tool: str) -> str | None:
     """The full path of ``tool`` on PATH or in the sbin directories, or None."""
     path = os.environ.get("PATH", "") + os.pathsep + os.pathsep.join(_EXTRA_PATH)
     return shutil.which(tool, path=path)
-
-
-@dataclass(frozen=True)
-class Result:
-    """The outcome of one finished command."""
-
-    command: tuple[str, ...]
-    exited: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        """True when the command exited 0."""
-        return self.exited == 0
-
-    def tail(self, lines: int = 20) -> str:
-        """The last ``lines`` lines of stderr and stdout together."""
-        text = (self.stdout.rstrip() + "\n" + self.stderr.rstrip()).strip()
-        return "\n".join(text.splitlines()[-lines:])
 
 
 def run(

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hil.errors import EngineDownError
+from hil.result import Result
 from hil.sim._proc import (
     NotReadyError,
-    Result,
     log_tail,
     pidfile_alive,
     run,
