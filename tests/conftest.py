@@ -44,7 +44,12 @@ def sim_rig() -> Iterator[Rig]:
         if os.environ.get(SIM_REQUIRED_ENV) == "1":
             pytest.fail(f"{SIM_REQUIRED_ENV}=1 but {reason}", pytrace=False)
         pytest.skip(reason)
+    # A session starts from a healthy, current rig: faults left by a crashed earlier
+    # session are undone, and `up` (idempotent) restarts what stopped and refreshes
+    # images whose inputs changed (e.g. the host's CA bundle after an apt upgrade).
     rig.ensure_up()
+    rig.restore_faults()
+    rig.up()
     try:
         yield rig
     finally:
