@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from hil.backends.base import Progress, RunEnd, RunPlan, load_backend
+from hil.backends.base import Backend, Progress, RunEnd, RunPlan, load_backend
 from hil.errors import ExitCode, HilError, RunLostError, TargetUnhealthyError
 from hil.plugin import HilSettings, git_commit
 
@@ -100,19 +100,26 @@ class EventFeeder:
         self.buffer = b""
         self.running: str | None = None
         self.remote_exit: int | None = None
+        self.exit_code: int | None = None
         self.hello: dict[str, Any] | None = None
         self.hello_at: float | None = None
         self.deselected = 0
         self.finished = 0
         self.stray: list[str] = []
 
-    def feed(self, data: bytes) -> None:
-        """Take a chunk of the container's standard output."""
+    def feed(self, data: bytes) -> bool:
+        """Take a chunk of the container's standard output; True once the worker is done."""
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
         for line in lines:
             if line.strip():
                 self._line(line)
+        return self.done
+
+    @property
+    def done(self) -> bool:
+        """Whether the worker sent its final ``exit`` event."""
+        return self.exit_code is not None
 
     def _line(self, line: bytes) -> None:
         try:
@@ -177,8 +184,9 @@ class EventFeeder:
         elif kind == "sessionfinish":
             self.remote_exit = int(event["exitstatus"])
         elif kind == "exit":
+            self.exit_code = int(event["code"])
             if self.remote_exit is None:
-                self.remote_exit = int(event["code"])
+                self.remote_exit = self.exit_code
         elif kind == "hello":
             self.hello = event
             self.hello_at = time.monotonic()
@@ -281,6 +289,7 @@ class RemoteSession:
         self.exitstatus: int | None = None
         self.error: HilError | None = None
         self.log: list[str] = []
+        self.backend: Backend | None = None
         # The run's own junit.xml, written here from the streamed reports.
         from _pytest.junitxml import LogXML
 
@@ -380,7 +389,9 @@ class RemoteSession:
                     with self._phase("fetch"):
                         self._fetch(backend, plan)
         finally:
-            backend.close()
+            # Closed at unconfigure: the container's removal (and an SSH lease's release)
+            # then overlaps with writing the reports and the summary.
+            self.backend = backend
             stderr_log.close()
             self._save(plan, image, started, feeder)
         return True
@@ -450,6 +461,11 @@ class RemoteSession:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.exitstatus is not None:
             session.exitstatus = self.exitstatus
+
+    def pytest_unconfigure(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter

@@ -45,7 +45,7 @@ DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts",)
 DEFAULT_ALIVE_INTERVAL = 5.0
 DEFAULT_ALIVE_COUNT = 3
 
-ByteSink = Callable[[bytes], None]
+ByteSink = Callable[[bytes], object]  # a return value (e.g. "done") is ignored here
 
 
 class ConnectionLostError(HilError):

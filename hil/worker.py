@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         copy.close()
         sys.stdout.flush()
-    channel.write(json.dumps({"ev": "exit", "code": code}) + "\n")
+    channel.write(json.dumps({"ev": "exit", "code": code, "t": time.time()}) + "\n")
     channel.flush()
     return code
 

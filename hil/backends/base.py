@@ -42,7 +42,9 @@ def worker_command(pytest_args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """The container's command: the mounted worker, then the user's pytest arguments."""
     return ("python3", CONTAINER_WORKER, *pytest_args)
 
-ByteSink = Callable[[bytes], None]
+#: Takes a chunk of a container's output; a sink of standard output may return True to say
+#: the worker has sent its last event, so the backend need not wait for the stream's end.
+ByteSink = Callable[[bytes], "bool | None"]
 
 
 class Progress:

@@ -307,13 +307,19 @@ class DockerBackend(Backend):
                                     demux=True)
                 api.start(cid)
                 timer.start()
+                finished = False
                 for out, err in stream:
-                    if out:
-                        on_stdout(out)
                     if err:
                         on_stderr(err)
-                result = api.wait(cid, timeout=max(self.spec.timeouts.connect, 30))
-                state = api.inspect_container(cid)["State"]
+                    if out and on_stdout(out):
+                        finished = True  # the worker's last word: no need to wait for exit
+                        stream.close()
+                        break
+                if finished:
+                    result, state = {}, {}
+                else:
+                    result = api.wait(cid, timeout=max(self.spec.timeouts.connect, 30))
+                    state = api.inspect_container(cid)["State"]
             except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
                 if timed_out.is_set():
                     raise RunTimedOutError(f"the run exceeded {self.spec.timeouts.run:.0f} s",
@@ -332,7 +338,9 @@ class DockerBackend(Backend):
         if timed_out.is_set():
             raise RunTimedOutError(f"the run exceeded {self.spec.timeouts.run:.0f} s and was "
                                    "killed", target=self.spec.name)
-        code = int(result.get("StatusCode", state.get("ExitCode", -1)))
+        if not result:
+            return RunEnd(exit_code=None)
+        code = int(result.get("StatusCode", state.get("ExitCode", -1)) or 0)
         reason = ""
         if code in (137, 143) or state.get("OOMKilled"):
             reason = ("the test container was killed" + (" (OOM)" if state.get("OOMKilled") else
