@@ -352,7 +352,6 @@ class RemoteSession:
         backend = backend_cls(self.spec, self.config.rootpath, progress,
                               rebuild=bool(self.config.getoption("hil_rebuild")),
                               lease_timeout=self.config.getoption("hil_lease_timeout"))
-        end: RunEnd | None = None
         image = ""
         try:
             with sigterm_as_interrupt():
@@ -400,12 +399,12 @@ class RemoteSession:
         if feeder.remote_exit is not None and feeder.hello is not None:
             return feeder.remote_exit
         if feeder.hello is None and feeder.remote_exit is None:
+            stderr = self.run_dir / "stderr.log"
             raise TargetUnhealthyError(
                 f"the test container exited {end.exit_code} before pytest started"
                 + (f" ({end.reason})" if end.reason else ""),
-                target=self.spec.name, tail=(self.run_dir / "stderr.log").read_text(
-                    encoding="utf-8", errors="replace") if (self.run_dir / "stderr.log").exists()
-                else "")
+                target=self.spec.name,
+                tail=stderr.read_text(encoding="utf-8", errors="replace") if stderr.exists() else "")
         if end.oom_killed:
             why = "the test container was OOM-killed"
             if self.spec.docker.memory:
