@@ -113,7 +113,7 @@ def main() -> int:
                      "-v", f"{project}:/src:ro", "-w", "/src", image,
                      "python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "many"]
         # The same, writing what the target writes in the container (Allure results).
-        plain_allure_cmd = plain_cmd[:-1] + ["--alluredir=/tmp/allure", "many"]
+        plain_allure_cmd = [*plain_cmd[:-1], "--alluredir=/tmp/allure", "many"]
         ours, plain, plain_allure = [], [], []
         for _ in range(max(2, args.repeat // 2)):
             ours.append(timed(ours_cmd, project))

@@ -266,7 +266,6 @@ class Inventory:
     """All declared targets, by name."""
 
     targets: Mapping[str, TargetSpec]
-    sources: tuple[str, ...] = ()
 
     def names(self) -> list[str]:
         """Known target names, sorted."""
@@ -285,7 +284,6 @@ class Inventory:
 def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
     """Read every declared target under ``rootdir`` (see the module docstring)."""
     found: dict[str, TargetSpec] = {}
-    sources: list[str] = []
 
     def add(spec: TargetSpec) -> None:
         if spec.name in found:
@@ -315,8 +313,6 @@ def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
             if not isinstance(table, dict):
                 raise ConfigError(f"pyproject.toml: key 'tool.hil.targets.{name}' must be a table")
             add(parse_target(table, f"pyproject.toml [tool.hil.targets.{name}]", default_name=name))
-        if declared:
-            sources.append("pyproject.toml")
         if "targets_dir" in tool:
             if not isinstance(tool["targets_dir"], str):
                 raise ConfigError("pyproject.toml: key 'tool.hil.targets_dir' must be a string")
@@ -327,10 +323,9 @@ def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
         for path in sorted(folder.glob("*.toml")):
             display = _display(path, rootdir)
             add(parse_target(_load_toml(path, display), display, default_name=path.stem))
-        sources.append(_display(folder, rootdir))
     if DEFAULT_TARGET not in found:
         found[DEFAULT_TARGET] = TargetSpec(
             name=DEFAULT_TARGET, kind="local", tier=1, source="built-in", detect_tier=True,
             description="this host, in-process; tier detected",
         )
-    return Inventory(targets=found, sources=tuple(sources))
+    return Inventory(targets=found)

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from hil.backends.base import Backend, Progress, RunEnd, RunPlan, load_backend
-from hil.errors import ExitCode, HilError, RunLostError, TargetUnhealthyError
+from hil.errors import HilError, RunLostError, TargetUnhealthyError
 from hil.plugin import HilSettings, git_commit
 
 #: Options that only make sense on the controller: (name, takes a value).
@@ -481,4 +481,4 @@ class RemoteSession:
                           f"(exit {int(self.error.exit_code)}): {self.error}", red=True)
 
 
-__all__ = ["EventFeeder", "ExitCode", "RemoteSession", "remote_args", "write_infra_result"]
+__all__ = ["EventFeeder", "RemoteSession", "remote_args", "write_infra_result"]

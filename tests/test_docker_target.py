@@ -260,7 +260,7 @@ def start_slow_run(project: pytest.Pytester, procs: list[subprocess.Popen[str]]
 def test_interrupt_removes_the_container_and_keeps_partial_results(
     project: pytest.Pytester, sim_rig: Rig, popen_run: list[subprocess.Popen[str]]
 ) -> None:
-    proc, seen = start_slow_run(project, popen_run)
+    proc, _ = start_slow_run(project, popen_run)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 2
     assert labelled_containers(sim_rig) == []

@@ -14,7 +14,6 @@ paths (local paths for the docker backend, paths on the board for ssh).
 from __future__ import annotations
 
 import abc
-import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -170,10 +169,6 @@ class RunRequest:
         if self.memory:
             args += ["--memory", self.memory, "--memory-swap", self.memory]
         return [*args, self.image, *self.command]
-
-    def shell_line(self, docker: str = "docker") -> str:
-        """The CLI line quoted for a POSIX shell; arguments never go through a shell unquoted."""
-        return shlex.join(self.docker_cli(docker))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ in ``reports/runs/<run-id>/`` as they are written, also when the run dies.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -59,8 +60,6 @@ class EngineCandidate:
 
 def _context_host(name: str) -> str | None:
     """The docker endpoint of a docker CLI context, read from its meta.json."""
-    import hashlib
-
     meta = (Path.home() / ".docker" / "contexts" / "meta"
             / hashlib.sha256(name.encode()).hexdigest() / "meta.json")
     try:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from hil.errors import HilError
+from hil.result import Result
 from hil.sim._proc import pidfile_alive, run, spawn_detached, stop_pidfile, wait_until
 from hil.sim.layout import RigLayout
 
@@ -128,21 +130,7 @@ class BoardNetwork:
         if self.link_exists():
             run(["tc", "qdisc", "del", "dev", lay.host_if, "root"], check=False)
         if self.namespace_exists():
-            run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    lay.netns,
-                    "tc",
-                    "qdisc",
-                    "del",
-                    "dev",
-                    lay.board_if,
-                    "root",
-                ],
-                check=False,
-            )
+            self._board_qdisc("del", check=False)
         for rule in self._iptables_rules():
             # -D removes one copy per call; repeat until none is left.
             while run(["iptables", "-w", "-t", "mangle", "-D", *rule], check=False).ok:
@@ -175,6 +163,12 @@ class BoardNetwork:
         ]
         return [["PREROUTING", "-i", lay.host_if, *target], ["POSTROUTING", "-o", lay.host_if, *target]]
 
+    def _board_qdisc(self, action: str, *spec: str, **kwargs: Any) -> Result:
+        """``tc qdisc ACTION`` on the board end of the link, inside its namespace."""
+        lay = self.layout
+        return run(["ip", "netns", "exec", lay.netns, "tc", "qdisc", action, "dev", lay.board_if,
+                    "root", *spec], **kwargs)
+
     def _try_tc(self, delay_ms: float, loss_pct: float) -> bool:
         lay = self.layout
         spec = ["netem", "delay", f"{delay_ms}ms", "loss", f"{loss_pct}%"]
@@ -183,20 +177,8 @@ class BoardNetwork:
             if "unknown" in res.stderr.lower():
                 return False
             raise HilError("tc netem failed", command=res.command, exited=res.exited, tail=res.tail())
-        run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                lay.netns,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                lay.board_if,
-                "root",
-                *spec,
-            ],
+        self._board_qdisc(
+            "replace", *spec,
             what="tc netem on the board end",
         )
         return True
