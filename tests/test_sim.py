@@ -283,6 +283,11 @@ def test_second_up_is_a_no_op_that_says_so(rig: Rig) -> None:
 
 @pytest.mark.sim_restart
 def test_down_leaves_nothing_and_up_works_again(rig: Rig) -> None:
+    # A container still running on the board (one that ignores SIGTERM, as a test
+    # left behind by a cut link would) must not keep the engine's disk busy.
+    left = rig.ssh("docker", "run", "-d", "--stop-timeout", "1", "--runtime", "nvidia", L4T,
+                   "sleep", "600")  # fmt: skip
+    assert left.returncode == 0, left.stderr
     res = hil_sim("down")
     assert res.returncode == 0, res.stderr
     try:
@@ -313,3 +318,25 @@ def test_unsupported_reason_names_what_is_missing(monkeypatch: pytest.MonkeyPatc
     assert "docker.io" in reason and "openssh-server" in reason
     if os.geteuid() != 0:
         assert "not running as root" in reason
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_unmount_tree_takes_submounts_and_detaches_a_busy_mount(tmp_path: Path) -> None:
+    from hil.sim.disk import is_mountpoint, unmount_tree
+
+    top, sub = tmp_path / "top", tmp_path / "top" / "docker"
+    top.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(top)], check=True)
+    sub.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(sub)], check=True)
+    holder = subprocess.Popen(["sleep", "600"], cwd=sub)  # keeps the tree busy
+    try:
+        unmount_tree(top, what="unmounting the test tree", timeout=0.5)
+        assert not is_mountpoint(sub)
+        assert not is_mountpoint(top)
+    finally:
+        holder.kill()
+        holder.wait()
+        for point in (sub, top):
+            if is_mountpoint(point):
+                subprocess.run(["umount", "-l", str(point)], check=False)

@@ -13,15 +13,44 @@ import os
 from pathlib import Path
 
 from hil.errors import DiskLowError, HilError
-from hil.sim._proc import run
+from hil.sim._proc import NotReadyError, run, wait_until
 from hil.sim.engine import df_free_mb
+
+
+def mount_points() -> list[str]:
+    """Every mount point in our mount namespace (``/proc/self/mountinfo`` field 5)."""
+    with open("/proc/self/mountinfo") as info:
+        return [line.split()[4] for line in info]
 
 
 def is_mountpoint(path: Path) -> bool:
     """True when ``path`` is a mount point in our mount namespace."""
-    target = str(path.resolve())
-    with open("/proc/self/mountinfo") as info:
-        return any(line.split()[4] == target for line in info)
+    return str(path.resolve()) in mount_points()
+
+
+def unmount_tree(path: Path, what: str, timeout: float = 10.0) -> None:
+    """Unmount ``path`` and everything mounted below it, deepest first.
+
+    A daemon killed mid-run can leave its own mounts inside (dockerd bind-mounts
+    its data root onto itself), which make a plain ``umount`` fail with "target is
+    busy"; processes that still hold files there get ``timeout`` seconds to go
+    before the tree is detached lazily, so the mount is gone from the namespace
+    either way and the kernel frees it when its last user exits.
+    """
+    root = str(path.resolve())
+
+    def below() -> list[str]:
+        return sorted((p for p in mount_points() if p == root or p.startswith(root + "/")), key=len)
+
+    def unmounted() -> bool:
+        for point in reversed(below()):
+            run(["umount", point], check=False)
+        return not below()
+
+    try:
+        wait_until(unmounted, timeout, f"{what} (target busy)")
+    except NotReadyError:
+        run(["umount", "-l", root], what=what)
 
 
 class EngineDisk:
@@ -60,7 +89,7 @@ class EngineDisk:
     def unmount(self) -> None:
         """Unmount the filesystem (the loop device goes with it); idempotent."""
         if self.mounted():
-            run(["umount", str(self.mount)], what="unmounting the jetson engine disk")
+            unmount_tree(self.mount, what="unmounting the jetson engine disk")
 
     def free_mb(self) -> int:
         """Free space on the filesystem in MiB, as ``df`` reports it."""
