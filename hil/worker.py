@@ -34,6 +34,8 @@ import platform
 import socket
 import sys
 import time
+import types
+import uuid
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -169,6 +171,45 @@ def parse_environment(text: str) -> dict[str, str]:
     return out
 
 
+def _write_allure_item(logger: Any, item: Any) -> None:
+    """``AllureFileLogger._report_item`` with the C JSON encoder: the same bytes, faster.
+
+    allure-commons serializes each result with ``json.dump`` into a text file,
+    which runs the pure-Python encoder chunk by chunk (about half of Allure's
+    cost per test); ``json.dumps`` with the same options yields the same text in
+    one call.  The file is still written whole, under a temporary name, and
+    renamed at once, so a run killed mid-way keeps every finished result.
+    """
+    import attr
+    from allure_commons.logger import INDENT
+
+    indent = INDENT if os.environ.get("ALLURE_INDENT_OUTPUT") else None
+    filename = item.file_pattern.format(prefix=uuid.uuid4())
+    data = attr.asdict(item, filter=lambda _, v: v or v is False)
+    text = json.dumps(data, indent=indent, ensure_ascii=False)
+    final = os.path.join(logger._report_dir, filename)
+    with open(final + ".tmp", "wb") as file:
+        file.write(text.encode("utf-8"))
+    os.replace(final + ".tmp", final)
+
+
+def speed_up_allure_results() -> bool:
+    """Give allure-pytest's registered file logger the faster writer; False if there is none."""
+    try:
+        from allure_commons import plugin_manager
+        from allure_commons.logger import AllureFileLogger
+    except ImportError:
+        return False
+    patched = False
+    for plugin in plugin_manager.get_plugins():
+        # Only the exact class whose private method we replace, not a user's subclass.
+        if type(plugin) is AllureFileLogger and hasattr(plugin, "_report_dir"):
+            plugin._report_item = types.MethodType(  # type: ignore[method-assign]
+                _write_allure_item, plugin)
+            patched = True
+    return patched
+
+
 class EventStream:
     """Sends pytest's hooks to the controller as JSON lines on a file object."""
 
@@ -211,9 +252,12 @@ class EventStream:
         )
         return data
 
+    @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
         self.config = config
         register_markers(config)
+        if config.getoption("allure_report_dir", None):
+            speed_up_allure_results()  # allure-pytest registered its logger in its own configure
         self.send("hello", protocol=PROTOCOL, pytest=pytest.__version__,
                   python=platform.python_version(), host=socket.gethostname(), pid=os.getpid())
 

@@ -1,8 +1,11 @@
-"""The local-engine target (Colima, Docker Desktop, dockerd) through the Docker SDK.
+"""The local-engine target (Colima, Docker Desktop, dockerd).
 
 The checkout is bind-mounted read-only and the run folder is mounted at
 ``/hil/out``, so there is nothing to sync and nothing to fetch: results land
 in ``reports/runs/<run-id>/`` as they are written, also when the run dies.
+Engine API calls go through :mod:`hil.backends.engine`: a lean client over
+unix sockets for the calls of every run, the Docker SDK for builds and for
+engines reached over TCP or SSH.
 """
 
 from __future__ import annotations
@@ -18,10 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
-import requests.exceptions
-
 from hil.backends.base import (
     CONTAINER_LABEL,
     CONTAINER_OUT,
@@ -36,8 +35,10 @@ from hil.backends.base import (
     worker_command,
     worker_source,
 )
+from hil.backends.engine import Engine, EngineError, EngineNotFoundError, open_engine
 from hil.errors import (
     BuildFailedError,
+    ConfigError,
     EngineDownError,
     HilError,
     RunLostError,
@@ -105,21 +106,53 @@ def engine_candidates(engine: str, context: str) -> list[EngineCandidate]:
     return list(unique.values())
 
 
+_MEMORY_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def memory_bytes(value: str) -> int:
+    """``'48m'`` -> bytes, as ``docker run --memory`` reads it (b, k, m, g; plain = bytes)."""
+    text = value.strip().lower()
+    if text[-2:-1].isalpha() and text.endswith("b"):  # "48mb"
+        text = text[:-1]
+    unit, number = (text[-1], text[:-1]) if text[-1:].isalpha() else ("b", text)
+    try:
+        return int(float(number) * _MEMORY_UNITS[unit])
+    except (KeyError, ValueError):
+        raise ConfigError(f"docker.memory {value!r} is not a size like '512m' or '2g'") from None
+
+
+def container_config(req: RunRequest) -> dict[str, Any]:
+    """The Engine API ``POST /containers/create`` body for ``req`` (what ``docker create`` sends)."""
+    binds = [f"{req.src}:{req.src_mount}:ro", f"{req.out}:{CONTAINER_OUT}:rw"]
+    if req.worker:
+        binds.append(f"{req.worker}:{CONTAINER_WORKER}:ro")
+    host: dict[str, Any] = {"Binds": binds, "NetworkMode": req.network or "default"}
+    if req.runtime:
+        host["Runtime"] = req.runtime
+    if req.memory:
+        host["Memory"] = host["MemorySwap"] = memory_bytes(req.memory)
+    return {
+        "Image": req.image, "Cmd": list(req.command), "WorkingDir": req.workdir,
+        "Env": [f"{k}={v}" for k, v in req.env.items()], "Labels": dict(req.labels),
+        "User": req.user, "Tty": False, "OpenStdin": False, "StdinOnce": False,
+        "AttachStdin": False, "AttachStdout": True, "AttachStderr": True, "HostConfig": host,
+    }
+
+
 class DockerBackend(Backend):
     """Runs the suites in a container on a Docker engine this host reaches directly."""
 
-    client: Any = None
-    engine_url: str = ""
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.engine: Engine | None = None
+        self.engine_url = ""
         self._removers: list[threading.Thread] = []
 
     # -- engine ---------------------------------------------------------------
-    def connect(self) -> Any:
-        """The Docker SDK client of the first engine that answers."""
-        if self.client is not None:
-            return self.client
+    def connect(self) -> Engine:
+        """The client of the first engine that answers."""
+        if self.engine is not None:
+            return self.engine
         tried: list[str] = []
         timeout = max(self.spec.timeouts.connect, 1.0)
         for cand in engine_candidates(self.spec.docker.engine, self.spec.docker.context):
@@ -127,15 +160,13 @@ class DockerBackend(Backend):
                 tried.append(f"{cand.url} ({cand.why}: no such socket)")
                 continue
             try:
-                client = docker.DockerClient(base_url=cand.url, timeout=int(timeout))
-                client.ping()
-            except (docker.errors.DockerException, requests.exceptions.RequestException,
-                    OSError) as err:
-                tried.append(f"{cand.url} ({cand.why}: {type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:120] if str(err) else ''})")
+                engine = open_engine(cand.url, timeout)
+                engine.ping()
+            except EngineError as err:
+                tried.append(f"{cand.url} ({cand.why}: {str(err).splitlines()[0][:160]})")
                 continue
-            self.client, self.engine_url = client, cand.url
-            return client
+            self.engine, self.engine_url = engine, cand.url
+            return engine
         raise EngineDownError(
             "no Docker engine answered; tried " + "; ".join(tried),
             target=self.spec.name,
@@ -160,26 +191,26 @@ class DockerBackend(Backend):
 
     def remove_stale(self) -> list[str]:
         """Remove labelled containers whose owning process on this host is gone."""
-        client = self.connect()
+        engine = self.connect()
         removed: list[str] = []
         host = socket.gethostname()
-        for c in client.api.containers(all=True, filters={"label": CONTAINER_LABEL}):
+        for c in engine.containers(CONTAINER_LABEL):
             owner = (c.get("Labels") or {}).get(OWNER_LABEL, "")
             owner_host, _, pid = owner.rpartition(":")
             if owner_host == host and pid.isdigit() and _pid_alive(int(pid)):
                 continue
-            client.api.remove_container(c["Id"], force=True)
+            engine.remove(c["Id"])
             removed.append(c["Names"][0].lstrip("/") if c.get("Names") else c["Id"][:12])
         return removed
 
     def preflight(self) -> PreflightReport:
-        client = self.connect()
+        engine = self.connect()
         runtime = self.spec.docker.runtime
         try:
-            version = client.api.version()
+            version = engine.version()
             # `docker info` is the slow call; only a runtime check needs it.
-            info = client.api.info() if runtime else {}
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+            info = engine.info() if runtime else {}
+        except EngineError as err:
             raise EngineDownError(f"the engine at {self.engine_url} failed: {err}",
                                   target=self.spec.name) from err
         checks = [Check("engine", True, f"{self.engine_url} (Docker {version.get('Version')})")]
@@ -203,15 +234,15 @@ class DockerBackend(Backend):
 
     # -- image ----------------------------------------------------------------
     def prepare(self, plan: RunPlan) -> str:
-        client = self.connect()
+        engine = self.connect()
         rec = recipe(self.spec, self.root)
         tag = rec.tag
         if not self.rebuild:
             try:
-                self.image_id = client.api.inspect_image(tag)["Id"]
+                self.image_id = engine.inspect_image(tag)["Id"]
                 self.progress.step(f"image {tag} is up to date (content hash)")
                 return tag
-            except docker.errors.ImageNotFound:
+            except EngineNotFoundError:
                 pass
         self.progress.step(f"building {tag} from {rec.dockerfile} "
                            f"({len(rec.inputs)} input file(s))")
@@ -219,12 +250,10 @@ class DockerBackend(Backend):
         with (plan.local_out / "build.log").open("w", encoding="utf-8") as log:
             error = ""
             try:
-                stream = client.api.build(
-                    fileobj=build_context(rec, self.root), custom_context=True,
-                    dockerfile=rec.dockerfile, tag=tag, buildargs=dict(rec.build_args),
-                    network_mode=self.spec.docker.build_network or None, rm=True,
-                    forcerm=True, decode=True, timeout=int(self.spec.timeouts.build),
-                    nocache=False, labels={CONTAINER_LABEL: "image"},
+                stream = engine.build(
+                    build_context(rec, self.root), dockerfile=rec.dockerfile, tag=tag,
+                    buildargs=dict(rec.build_args), network=self.spec.docker.build_network,
+                    labels={CONTAINER_LABEL: "image"}, timeout=self.spec.timeouts.build,
                 )
                 for chunk in stream:
                     text = chunk.get("stream") or chunk.get("status") or ""
@@ -236,7 +265,7 @@ class DockerBackend(Backend):
                             self.build_log.append(line)
                             log.write(line + "\n")
                             self.progress.detail(line)
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+            except EngineError as err:
                 error = str(err)
         if error:
             raise BuildFailedError(
@@ -244,7 +273,7 @@ class DockerBackend(Backend):
                 target=self.spec.name, command=f"docker build -f {rec.dockerfile}",
                 tail="\n".join(self.build_log[-30:]),
             )
-        self.image_id = client.api.inspect_image(tag)["Id"]
+        self.image_id = engine.inspect_image(tag)["Id"]
         return tag
 
     # -- run ------------------------------------------------------------------
@@ -270,56 +299,44 @@ class DockerBackend(Backend):
         )
 
     def run(self, plan: RunPlan, image: str, on_stdout: ByteSink, on_stderr: ByteSink) -> RunEnd:
-        client = self.connect()
-        api = client.api
+        engine = self.connect()
         req = self.request(plan, image)
         plan.local_out.mkdir(parents=True, exist_ok=True)
         if plan.lastfailed is not None:
             (plan.local_out / "lastfailed.json").write_text(plan.lastfailed, encoding="utf-8")
-        host_config = api.create_host_config(
-            binds={req.src: {"bind": req.src_mount, "mode": "ro"},
-                   req.out: {"bind": CONTAINER_OUT, "mode": "rw"},
-                   req.worker: {"bind": CONTAINER_WORKER, "mode": "ro"}},
-            runtime=req.runtime or None,
-            network_mode=req.network or None,
-            mem_limit=req.memory or None,
-            memswap_limit=req.memory or None,
-        )
-        container = api.create_container(
-            image=req.image, command=list(req.command), environment=dict(req.env),
-            working_dir=req.workdir, labels=dict(req.labels), name=req.name,
-            host_config=host_config, user=req.user, stdin_open=False,
-        )
-        cid = container["Id"]
+        try:
+            cid = engine.create(container_config(req), req.name)
+        except EngineError as err:
+            raise TargetUnhealthyError(f"could not create the test container: {err}",
+                                       target=self.spec.name) from err
         timed_out = threading.Event()
 
         def kill_on_timeout() -> None:
             timed_out.set()
-            with contextlib.suppress(docker.errors.DockerException):
-                api.kill(cid)
+            with contextlib.suppress(EngineError):
+                engine.kill(cid)
 
         timer = threading.Timer(self.spec.timeouts.run, kill_on_timeout)
         timer.daemon = True
         try:
             try:
-                stream = api.attach(cid, stdout=True, stderr=True, stream=True, logs=True,
-                                    demux=True)
-                api.start(cid)
+                stream = engine.attach(cid)
+                engine.start(cid)
                 timer.start()
                 finished = False
-                for out, err in stream:
-                    if err:
-                        on_stderr(err)
-                    if out and on_stdout(out):
+                for stdout, stderr in stream:
+                    if stderr:
+                        on_stderr(stderr)
+                    if stdout and on_stdout(stdout):
                         finished = True  # the worker's last word: no need to wait for exit
                         stream.close()
                         break
                 if finished:
                     result, state = {}, {}
                 else:
-                    result = api.wait(cid, timeout=max(self.spec.timeouts.connect, 30))
-                    state = api.inspect_container(cid)["State"]
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+                    result = engine.wait(cid, timeout=max(self.spec.timeouts.connect, 30))
+                    state = engine.inspect_container(cid)["State"]
+            except EngineError as err:
                 if timed_out.is_set():
                     raise RunTimedOutError(f"the run exceeded {self.spec.timeouts.run:.0f} s",
                                            target=self.spec.name) from err
@@ -327,11 +344,11 @@ class DockerBackend(Backend):
                                    target=self.spec.name) from err
         except BaseException:
             timer.cancel()
-            _remove(api, cid)  # failed or interrupted: the container goes before anything else
+            _remove(engine, cid)  # failed or interrupted: the container goes before anything else
             raise
         timer.cancel()
         # Normal end: remove in the background; close() waits for it.
-        remover = threading.Thread(target=_remove, args=(api, cid), daemon=True)
+        remover = threading.Thread(target=_remove, args=(engine, cid), daemon=True)
         remover.start()
         self._removers.append(remover)
         if timed_out.is_set():
@@ -353,21 +370,21 @@ class DockerBackend(Backend):
         for remover in self._removers:
             remover.join()
         self._removers.clear()
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
 
-def _remove(api: Any, cid: str) -> None:
+def _remove(engine: Engine, cid: str) -> None:
     """Remove the container, retrying briefly while the engine finishes with it."""
     deadline = time.monotonic() + 30
     while True:
         try:
-            api.remove_container(cid, force=True)
+            engine.remove(cid)
             return
-        except docker.errors.NotFound:
+        except EngineNotFoundError:
             return
-        except docker.errors.APIError as err:
+        except EngineError as err:
             if time.monotonic() > deadline:
                 raise HilError(f"could not remove container {cid[:12]}: {err}") from err
             time.sleep(0.2)
