@@ -1,0 +1,53 @@
+"""The worker's faster Allure writer produces the very bytes allure-commons writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hil.worker import _write_allure_item, speed_up_allure_results
+
+allure_commons = pytest.importorskip("allure_commons")
+from allure_commons import model2  # noqa: E402
+from allure_commons.logger import AllureFileLogger  # noqa: E402
+from allure_commons.model2 import Label, Parameter, Status, StatusDetails  # noqa: E402
+
+
+def sample_items() -> list[object]:
+    # model2's classes are named Test*: used through the module so pytest does not collect them.
+    result = model2.TestResult(name="test_ünïcode[br[ack]et]", uuid="u-1", fullName="a.b#test", start=1, stop=2,
+                        status=Status.FAILED, historyId="h", testCaseId="t",
+                        statusDetails=StatusDetails(message="assert 1 == 2 \u2013 \"quoted\"\n", trace="tb\n"))
+    result.labels += [Label(name="suite", value="s"), Label(name="tag", value="日本")]
+    result.parameters.append(Parameter(name="target", value="'box'", excluded=False))
+    result.steps.append(model2.TestStepResult(name="step", status=Status.PASSED, start=1, stop=2))
+    container = model2.TestResultContainer(uuid="c-1", children=["u-1"], start=1, stop=2)
+    return [result, container]
+
+
+@pytest.mark.parametrize("indent", ["", "1"], ids=["compact", "ALLURE_INDENT_OUTPUT"])
+def test_faster_writer_writes_the_same_bytes_as_allure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, indent: str
+) -> None:
+    monkeypatch.setenv("ALLURE_INDENT_OUTPUT", indent)
+    original, faster = AllureFileLogger(tmp_path / "a"), AllureFileLogger(tmp_path / "b")
+    for item in sample_items():
+        original._report_item(item)
+        _write_allure_item(faster, item)
+    ours = sorted(p.read_bytes() for p in (tmp_path / "b").iterdir())
+    assert ours == sorted(p.read_bytes() for p in (tmp_path / "a").iterdir())
+    assert len(ours) == 2 and not list((tmp_path / "b").glob("*.tmp"))
+
+
+def test_only_a_registered_allure_file_logger_is_sped_up(tmp_path: Path) -> None:
+    from allure_commons import plugin_manager
+
+    logger = AllureFileLogger(tmp_path)
+    plugin_manager.register(logger)
+    try:
+        assert speed_up_allure_results()
+        logger.report_result(sample_items()[0])
+    finally:
+        plugin_manager.unregister(logger)
+    assert [p.name.endswith("-result.json") for p in tmp_path.iterdir()] == [True]
