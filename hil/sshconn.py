@@ -24,12 +24,10 @@ import base64
 import contextlib
 import hashlib
 import os
-import select
-import shlex
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,62 +35,18 @@ from typing import Any
 import paramiko
 
 from hil.errors import AuthRefusedError, HilError, HostKeyError, UnreachableError
-from hil.result import Result
+from hil.sshbase import (
+    DEFAULT_ALIVE_COUNT,
+    DEFAULT_ALIVE_INTERVAL,
+    DEFAULT_KNOWN_HOSTS,
+    Channel,
+    Connection,
+    ConnectionLostError,
+    SshEndpoint,
+)
 
 #: Key files OpenSSH tries when the config names none.
 DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
-DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts",)
-DEFAULT_ALIVE_INTERVAL = 5.0
-DEFAULT_ALIVE_COUNT = 3
-
-ByteSink = Callable[[bytes], object]  # a return value (e.g. "done") is ignored here
-
-
-class ConnectionLostError(HilError):
-    """The SSH transport died under a command (maps to a run-lost or unreachable fault)."""
-
-
-@dataclass(frozen=True)
-class SshEndpoint:
-    """Where and how to connect, after ssh_config resolution."""
-
-    alias: str
-    hostname: str
-    port: int = 22
-    user: str = ""
-    identity_files: tuple[str, ...] = ()
-    identities_only: bool = False
-    known_hosts: tuple[str, ...] = DEFAULT_KNOWN_HOSTS
-    host_key_alias: str = ""
-    proxy_jump: str = ""
-    proxy_command: str = ""
-    connect_timeout: float = 10.0
-    alive_interval: float = DEFAULT_ALIVE_INTERVAL
-    alive_count: int = DEFAULT_ALIVE_COUNT
-    config_file: str = ""
-
-    @property
-    def key_name(self) -> str:
-        """The name its host key is filed under in known_hosts (OpenSSH's rule)."""
-        name = self.host_key_alias or self.hostname
-        return name if self.port == 22 else f"[{name}]:{self.port}"
-
-    @property
-    def display(self) -> str:
-        """``user@alias (hostname:port)`` for messages."""
-        who = f"{self.user}@" if self.user else ""
-        real = "" if self.hostname == self.alias else f" ({self.hostname}:{self.port})"
-        return f"{who}{self.alias}{real}"
-
-    def ssh_command(self) -> str:
-        """The OpenSSH command a user would type to reach the same host."""
-        parts = ["ssh"]
-        if self.config_file:
-            parts += ["-F", self.config_file]
-        parts.append(self.alias)
-        return shlex.join(parts)
-
-
 def _split_destination(text: str) -> tuple[str, str, int]:
     """``user@host:port`` (or ``ssh://user@host:port``) -> (user, host, port)."""
     text = text.removeprefix("ssh://")
@@ -169,15 +123,6 @@ def resolve_endpoint(host: str, *, config_file: str = "", user: str = "", port: 
         alive_count=count,
         config_file=config_file,
     )
-
-
-def exited(chan: paramiko.Channel) -> bool:
-    """Whether the server sent the channel's exit status.
-
-    paramiko's ``exit_status_ready()`` is also true for a channel closed under
-    a dying transport, with the placeholder status -1; that is not an exit.
-    """
-    return chan.exit_status_ready() and chan.exit_status != -1
 
 
 def _local_user() -> str:
@@ -264,8 +209,10 @@ class _Probe:
     last_ok: float = field(default_factory=time.monotonic)
 
 
-class SshConnection:
+class SshConnection(Connection):
     """One authenticated SSH transport to a board; commands run on channels of it."""
+
+    channel_errors = (paramiko.SSHException, OSError, EOFError)
 
     def __init__(self, endpoint: SshEndpoint, target: str | None = None) -> None:
         self.endpoint = endpoint
@@ -475,16 +422,31 @@ class SshConnection:
         self.close()
 
     # -- commands --------------------------------------------------------------------
-    def exec(self, command: str, *, timeout: float | None = None) -> paramiko.Channel:
-        """Start ``command`` on a new channel without waiting for the server's reply.
+    @property
+    def host_key(self) -> str:
+        """The board's host key as ``type SHA256:...``."""
+        key = self.transport.get_remote_server_key() if self.transport is not None else None
+        return f"{key.get_name()} {fingerprint(key)}" if key is not None else "?"
 
-        ``exec`` with want-reply false saves one round trip per command; a command
-        the server refuses closes the channel, which readers see as EOF without an
-        exit status.
+    def open_channel(self, *, timeout: float | None = None) -> paramiko.Channel:
+        """A new session channel, with no command yet (one round trip)."""
+        transport = self._require()
+        try:
+            return transport.open_session(timeout=timeout or self.endpoint.connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            raise ConnectionLostError(
+                self.lost_reason or f"cannot open a channel to {self.endpoint.display}: {err}",
+                target=self.target) from err
+
+    def start(self, chan: paramiko.Channel, command: str) -> paramiko.Channel:
+        """Send ``exec command`` on an open channel without waiting for the server's reply.
+
+        With want-reply false the command costs no round trip of its own; a
+        command the server refuses closes the channel, which readers see as EOF
+        without an exit status.
         """
         transport = self._require()
         try:
-            chan = transport.open_session(timeout=timeout or self.endpoint.connect_timeout)
             msg = paramiko.Message()
             msg.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
             msg.add_int(chan.remote_chanid)
@@ -494,79 +456,10 @@ class SshConnection:
             transport._send_user_message(msg)  # type: ignore[attr-defined]
         except (paramiko.SSHException, OSError, EOFError) as err:
             raise ConnectionLostError(
-                self.lost_reason or f"cannot open a channel to {self.endpoint.display}: {err}",
+                self.lost_reason or f"cannot start a command on {self.endpoint.display}: {err}",
                 target=self.target) from err
         return chan
 
-    def stream(self, chan: paramiko.Channel, on_stdout: ByteSink, on_stderr: ByteSink, *,
-               deadline: float | None = None, tick: Callable[[], None] | None = None) -> int:
-        """Pump a channel's output to the sinks until it exits; returns its exit status.
-
-        Raises :class:`ConnectionLostError` when the transport dies first and
-        :class:`TimeoutError` at ``deadline`` (``time.monotonic()`` based).
-        """
-        fd = chan.fileno()
-        while True:
-            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            with contextlib.suppress(OSError, ValueError):
-                select.select([fd], [], [], wait)
-            got = False
-            while chan.recv_ready():
-                data = chan.recv(1 << 16)
-                if not data:
-                    break
-                on_stdout(data)
-                got = True
-            while chan.recv_stderr_ready():
-                data = chan.recv_stderr(1 << 16)
-                if not data:
-                    break
-                on_stderr(data)
-                got = True
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError
-            if got:
-                continue
-            if exited(chan) and (chan.eof_received or chan.closed):
-                # Drain what raced with the exit status.
-                while chan.recv_ready():
-                    on_stdout(chan.recv(1 << 16))
-                while chan.recv_stderr_ready():
-                    on_stderr(chan.recv_stderr(1 << 16))
-                return chan.recv_exit_status()
-            if not self.alive:
-                if exited(chan):
-                    return chan.recv_exit_status()
-                raise ConnectionLostError(
-                    self.lost_reason or f"connection to {self.endpoint.display} lost",
-                    target=self.target)
-            if chan.closed:
-                # Closed on a live connection without an exit status: the command
-                # was killed by a signal (sshd sends exit-signal, which paramiko drops).
-                return -1
-            if tick is not None:
-                tick()
-
-    def run(self, command: str, *, stdin: bytes | None = None,
-            timeout: float | None = None) -> Result:
-        """Run ``command`` to completion and collect its output."""
-        chan = self.exec(command)
-        out: list[bytes] = []
-        err: list[bytes] = []
-        try:
-            if stdin is not None:
-                chan.sendall(stdin)
-            chan.shutdown_write()
-            deadline = None if timeout is None else time.monotonic() + timeout
-            try:
-                code = self.stream(chan, out.append, err.append, deadline=deadline)
-            except TimeoutError:
-                raise HilError(f"remote command timed out after {timeout:.0f} s",
-                               target=self.target, command=command) from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ConnectionLostError(self.lost_reason or f"connection lost: {exc}",
-                                      target=self.target) from exc
-        finally:
-            chan.close()
-        return Result(command, code, b"".join(out).decode("utf-8", "replace"),
-                      b"".join(err).decode("utf-8", "replace"))
+    def exec(self, command: str, *, timeout: float | None = None) -> Channel:
+        """Start ``command`` on a new channel (one round trip: the channel's opening)."""
+        return self.start(self.open_channel(timeout=timeout), command)

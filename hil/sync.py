@@ -41,10 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paramiko
-
 from hil.errors import ConfigError, SyncFailedError
-from hil.sshconn import SshConnection, exited
+from hil.sshbase import Channel, Connection, ConnectionLostError, exited
 
 #: The remote-shell helper rsync starts: it forwards its argv, stdin and stdout
 #: to the controller's socket.  Standard library only, run with ``python3 -S``.
@@ -252,7 +250,7 @@ def include_rules(paths: Sequence[str]) -> bytes:
 class RsyncTunnel:
     """Lets a local rsync use the session's SSH connection as its remote shell."""
 
-    def __init__(self, conn: SshConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._tmp = tempfile.TemporaryDirectory(prefix="hil-rsync-")
         self.socket_path = os.path.join(self._tmp.name, "s")
@@ -301,7 +299,7 @@ class RsyncTunnel:
             with contextlib.suppress(OSError):
                 client.close()
 
-    def _pump(self, client: socket.socket, chan: paramiko.Channel, pending: bytes) -> int:
+    def _pump(self, client: socket.socket, chan: Channel, pending: bytes) -> int:
         if pending:
             chan.sendall(pending)
         local_open = True
@@ -352,7 +350,7 @@ class RsyncTunnel:
 class Rsync:
     """Runs local rsync commands through a :class:`RsyncTunnel`."""
 
-    def __init__(self, conn: SshConnection, target: str | None = None) -> None:
+    def __init__(self, conn: Connection, target: str | None = None) -> None:
         self.conn = conn
         self.target = target
         self._tunnel: RsyncTunnel | None = None
@@ -399,8 +397,6 @@ class Rsync:
         seconds = time.monotonic() - start
         remote = "".join(tunnel.remote_stderr[errors_before:])
         if out.returncode != 0:
-            from hil.sshconn import ConnectionLostError
-
             if not self.conn.alive or tunnel.lost:
                 raise ConnectionLostError(
                     self.conn.lost_reason or f"connection lost during {what}", target=self.target)

@@ -187,7 +187,9 @@ def test_closed_port_is_unreachable(sim_jetson: Any, sim_project: Path) -> None:
 
 
 def test_stopped_sshd_is_unreachable(sim_rig: Any, sim_jetson: Any, sim_project: Path) -> None:
-    backend, _ = _backend(sim_jetson, sim_project)
+    # persist = 0: a connection kept from an earlier session would outlive sshd, as
+    # OpenSSH's ControlPersist does; this is about opening a new one.
+    backend, _ = _backend(_with(sim_jetson, ssh__persist=0), sim_project)
     with sim_rig.sshd_stopped(), pytest.raises(UnreachableError):
         backend.preflight()
 

@@ -1,6 +1,7 @@
 """The Jetson target: a board's Docker engine reached over one SSH connection.
 
-Every step travels over the same paramiko transport (:mod:`hil.sshconn`), on
+Every step travels over the same paramiko transport (:mod:`hil.sshconn`, kept
+between sessions by :mod:`hil.sshmux`), on
 channels of their own, and round trips are what a remote session costs, so:
 
 * preflight is one remote shell script (identity, L4T, tools, ``docker
@@ -61,7 +62,7 @@ from hil.errors import (
 )
 from hil.images import ImageRecipe, recipe
 from hil.lease import Holder, Lease
-from hil.sshconn import ConnectionLostError, SshConnection, fingerprint, resolve_endpoint
+from hil.sshbase import Connection, ConnectionLostError
 from hil.sync import (
     Rsync,
     SyncStats,
@@ -131,7 +132,7 @@ def _sections(text: str) -> dict[str, str]:
     return out
 
 
-def fetch_tree(conn: SshConnection, remote: str, local: Path, timeout: float = 600.0) -> list[str]:
+def fetch_tree(conn: Connection, remote: str, local: Path, timeout: float = 600.0) -> list[str]:
     """Copy the board folder ``remote`` into ``local`` as one tar stream; returns the names.
 
     One round trip, where rsync's protocol takes about eight: results folders
@@ -246,7 +247,7 @@ class SshBackend(Backend):
     def __init__(self, spec: TargetSpec, root: Path, progress: Progress, *,
                  rebuild: bool = False, lease_timeout: float | None = None) -> None:
         super().__init__(spec, root, progress, rebuild=rebuild, lease_timeout=lease_timeout)
-        self.conn: SshConnection | None = None
+        self.conn: Connection | None = None
         self.lease: Lease | None = None
         self.rsync: Rsync | None = None
         self.board = BoardState()
@@ -264,23 +265,38 @@ class SshBackend(Backend):
         self._started: set[str] = set()
 
     # -- connection -------------------------------------------------------------------------
-    def connect(self) -> SshConnection:
-        """The session's connection, opened on first use."""
+    def connect(self) -> Connection:
+        """The session's connection, opened on first use.
+
+        With ``ssh.persist`` above 0 (the default) the connection is the one a
+        local keeper holds for this board (:mod:`hil.sshmux`), started by the
+        first session and reused by the next ones; with 0 each session opens
+        and closes its own.
+        """
         if self.conn is None or not self.conn.alive:
-            ep = resolve_endpoint(self.spec.ssh.host, config_file=self.spec.ssh.config,
-                                  user=self.spec.ssh.user, port=self.spec.ssh.port,
-                                  connect_timeout=self.spec.timeouts.connect)
+            ssh = self.spec.ssh
             if self.conn is not None:
                 self.conn.close()
-            conn = SshConnection(ep, self.spec.name)
-            conn.open()
+            conn: Connection
+            if ssh.persist > 0:
+                from hil.sshmux import MuxConnection
+
+                conn = MuxConnection.open(host=ssh.host, config_file=ssh.config, user=ssh.user,
+                                          port=ssh.port, connect_timeout=self.spec.timeouts.connect,
+                                          persist=float(ssh.persist), target=self.spec.name)
+            else:
+                from hil.sshconn import SshConnection, resolve_endpoint
+
+                ep = resolve_endpoint(ssh.host, config_file=ssh.config, user=ssh.user,
+                                      port=ssh.port, connect_timeout=self.spec.timeouts.connect)
+                conn = SshConnection(ep, self.spec.name).open()
             self.conn = conn
             if self.rsync is not None:
                 self.rsync.close()
             self.rsync = Rsync(conn, self.spec.name)
         return self.conn
 
-    def reconnect(self, within: float) -> SshConnection:
+    def reconnect(self, within: float) -> Connection:
         """Open a new connection, retrying for ``within`` seconds (after a lost link)."""
         deadline = time.monotonic() + within
         delay = 0.2
@@ -400,9 +416,8 @@ class SshBackend(Backend):
                 self._failures.append(error)
 
         ep = conn.endpoint
-        key = conn.transport.get_remote_server_key() if conn.transport else None
         check("ssh", True, f"{ep.user}@{ep.hostname}:{ep.port} as '{ep.alias}', host key "
-              f"{key.get_name() + ' ' + fingerprint(key) if key else '?'} known")
+              f"{conn.host_key} known")
         facts["ssh"] = f"{ep.user}@{ep.hostname}:{ep.port}"
         if "end" not in sec:
             raise TargetUnhealthyError("the preflight script did not finish on the board",
@@ -862,7 +877,7 @@ class SshBackend(Backend):
                                                          f" (exit {exit_code})")
         return RunEnd(exit_code=exit_code, oom_killed=oom, reason=reason)
 
-    def _kill(self, req: RunRequest, conn: SshConnection) -> None:
+    def _kill(self, req: RunRequest, conn: Connection) -> None:
         """Kill the run's process group and remove its container (best effort, bounded)."""
         with contextlib.suppress(HilError, OSError):
             conn.run(self._kill_command(req.name, req.out + ".pgid"), timeout=30)
