@@ -13,7 +13,8 @@ channels of their own, and round trips are what a remote session costs, so:
 * the run is one script: it installs the worker (content-addressed), writes
   ``lastfailed.json``, removes stale containers, runs the container in its own
   process group and reports exit code and OOM state on a marker line;
-* telemetry samples on its own channel; fetch is one rsync.
+* telemetry samples on its own channel; the results come back after the run's
+  end marker on the same channel (a separate tar fetch when that failed).
 
 Commands are started with exec want-reply off, saving a round trip each.
 """
@@ -84,6 +85,8 @@ GPU_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvhost-ctrl-gpu", "/dev/nvh
              "/dev/nvgpu/igpu0/ctrl", "/dev/nvmap")
 #: How many results folders of earlier runs stay on the board.
 KEEP_RUNS = 10
+#: Results folders up to this size (KiB) come back on the run's own channel.
+INBAND_RESULTS_KB = 65536
 _L4T_TAG = re.compile(r":r(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -132,63 +135,74 @@ def _sections(text: str) -> dict[str, str]:
     return out
 
 
+def extract_results(stream: Any, local: Path) -> list[str]:
+    """Extract a results tar stream into ``local``; returns the file names.
+
+    Members that would land outside ``local`` (absolute, ``..``, links,
+    devices) are skipped.  An empty stream is no results folder on the board.
+    """
+    import tarfile
+
+    local.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                name = posixpath.normpath(member.name)
+                if name == "." or name.startswith(("/", "..")) or not (
+                        member.isfile() or member.isdir()):
+                    continue
+                member.name = name
+                if hasattr(tarfile, "data_filter"):
+                    tar.extract(member, local, filter="data")
+                else:  # pragma: no cover - Python < 3.10.12 / 3.11.4
+                    tar.extract(member, local)
+                if member.isfile():
+                    names.append(name)
+    except tarfile.ReadError:
+        if names:
+            raise
+    return names
+
+
 def fetch_tree(conn: Connection, remote: str, local: Path, timeout: float = 600.0) -> list[str]:
     """Copy the board folder ``remote`` into ``local`` as one tar stream; returns the names.
 
     One round trip, where rsync's protocol takes about eight: results folders
     are new on every run, so rsync's delta transfer has nothing to save.
-    Members that would land outside ``local`` (absolute, ``..``, links,
-    devices) are skipped.
     """
     import tarfile
 
-    local.mkdir(parents=True, exist_ok=True)
     chan = conn.exec(f"cd {shlex.quote(remote)} 2>/dev/null && tar -cf - . 2>/dev/null")
     chan.settimeout(timeout)
-    names: list[str] = []
     try:
-        reader = chan.makefile("rb")
-        try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                for member in tar:
-                    name = posixpath.normpath(member.name)
-                    if (name.startswith(("/", "..")) or not (member.isfile() or member.isdir())):
-                        continue
-                    if name == ".":
-                        continue
-                    member.name = name
-                    if hasattr(tarfile, "data_filter"):
-                        tar.extract(member, local, filter="data")
-                    else:  # pragma: no cover - Python < 3.10.12 / 3.11.4
-                        tar.extract(member, local)
-                    if member.isfile():
-                        names.append(name)
-        except tarfile.ReadError:
-            if not conn.alive:
-                raise ConnectionLostError(conn.lost_reason or "connection lost while fetching",
-                                          target=conn.target) from None
-            if names:
-                raise
-            # An empty stream: the results folder does not exist on the board.
-        except OSError as err:
-            if not conn.alive:
-                raise ConnectionLostError(conn.lost_reason or "connection lost while fetching",
-                                          target=conn.target) from err
-            raise
+        return extract_results(chan.makefile("rb"), local)
+    except (tarfile.ReadError, OSError) as err:
+        if not conn.alive:
+            raise ConnectionLostError(conn.lost_reason or "connection lost while fetching",
+                                      target=conn.target) from err
+        raise
     finally:
         chan.close()
-    return names
 
 
 class _EndFilter:
-    """Passes standard error through, minus the run script's end marker line."""
+    """Passes standard error through, minus the run script's end marker line.
+
+    What follows the marker line is the results folder as a tar stream
+    (:attr:`trailer`), so that a run's results come back on its own channel.
+    """
 
     def __init__(self, sink: ByteSink) -> None:
         self.sink = sink
         self.held = b""
         self.end: list[str] | None = None
+        self.trailer = bytearray()
 
     def feed(self, data: bytes) -> None:
+        if self.end is not None:
+            self.trailer += data
+            return
         data = self.held + data
         self.held = b""
         idx = data.find(END_MARKER)
@@ -196,9 +210,10 @@ class _EndFilter:
             if idx:
                 self.sink(data[:idx])
             rest = data[idx + len(END_MARKER):]
-            line, nl, _after = rest.partition(b"\n")
+            line, nl, after = rest.partition(b"\n")
             if nl:
                 self.end = line.decode("utf-8", "replace").split()
+                self.trailer += after
             else:
                 self.held = data[idx:]
             return
@@ -263,6 +278,8 @@ class SshBackend(Backend):
         self._telemetry: Telemetry | None = None
         #: Run ids whose container was started (their results folder exists on the board).
         self._started: set[str] = set()
+        #: Run ids whose results came back on the run's channel (nothing left to fetch).
+        self._inband: set[str] = set()
 
     # -- connection -------------------------------------------------------------------------
     def connect(self) -> Connection:
@@ -814,9 +831,12 @@ class SshBackend(Backend):
             "st=''; if [ \"$rc\" -gt 5 ]; then "
             "st=$(docker inspect -f '{{.State.OOMKilled}} {{.State.ExitCode}}' \"$name\" "
             "2>/dev/null); fi",
-            "docker rm -f \"$name\" >/dev/null 2>&1",
-            "rm -f \"$pidf\"",
             f"printf '{END_MARKER.decode()}%s %s\\n' \"$rc\" \"$st\" >&2",
+            # The results follow the marker (small ones: big ones are fetched on their own).
+            f"[ \"$(du -sk \"$out\" 2>/dev/null | cut -f1)\" -le {INBAND_RESULTS_KB} ] && "
+            "tar -cf - -C \"$out\" . >&2 2>/dev/null",
+            # Removal is off the session's path; a next run cleans up if it did not finish.
+            "(docker rm -f \"$name\"; rm -f \"$pidf\") </dev/null >/dev/null 2>&1 &",
             "exit $rc",
         ]
         return "\n".join(parts) + "\n"
@@ -862,6 +882,13 @@ class SshBackend(Backend):
             if self._telemetry is not None:
                 self._telemetry.stop()
             self.timings["run"] = round(time.monotonic() - start, 3)
+        if errs.end is not None and errs.trailer:
+            import io
+            import tarfile
+
+            with contextlib.suppress(tarfile.TarError, OSError):
+                self.fetched = extract_results(io.BytesIO(bytes(errs.trailer)), plan.local_out)
+                self._inband.add(plan.run_id)
         if errs.end is None:
             # The script died before its last line: the container may still be there.
             return RunEnd(exit_code=code, reason=f"the run script on the board exited {code} "
@@ -888,6 +915,9 @@ class SshBackend(Backend):
         """Copy the run's results folder back; after a lost link, reconnect and clean up first."""
         if plan.run_id not in self._started:
             return  # nothing ran on the board
+        if plan.run_id in self._inband:
+            self.timings["fetch"] = 0.0
+            return  # the results came back with the run
         start = time.monotonic()
         if self.conn is None or not self.conn.alive:
             self.progress.step(f"reconnecting to {self.spec.name} to fetch the results")
