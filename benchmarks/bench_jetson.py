@@ -2,7 +2,7 @@
 
 Prints figures; not a test.  Run as root on a host where ``hil sim up`` works::
 
-    python3 benchmarks/bench_jetson.py [--runs 5]
+    python3 benchmarks/bench_jetson.py [--runs 5] [--python VENV/bin/python]
 
 Overhead = wall time of the whole command minus the in-container pytest's own
 duration (the "in N.NNs" of its summary line: ``pytest.log`` for pytest-hil,
@@ -12,6 +12,10 @@ same image content on the same board; nothing changed since the previous run
 with 20 ms of delay each way (``Rig.set_netem(delay_ms=20)``), runs of the two
 sides interleaved.
 
+pytest-hil's runs reuse the SSH connection its keeper holds between sessions
+(``ssh.persist``); a session that has to connect afresh is measured too and
+printed as "(new conn)".
+
 The script is what teams run today: rsync over a new ssh, ``ssh board docker
 build`` (a fully cached build), ``ssh board docker run --rm --runtime nvidia``.
 """
@@ -19,6 +23,7 @@ build`` (a fully cached build), ``ssh board docker run --rm --runtime nvidia``.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import shutil
@@ -33,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hil.sim import Rig  # noqa: E402
+from hil.sshmux import stop_all  # noqa: E402
 
 TESTS = {
     "tests/test_math.py": "def test_add():\n    assert 1 + 1 == 2\n\n\n"
@@ -40,9 +46,10 @@ TESTS = {
     "tests/test_text.py": "import pytest\n\n\n@pytest.mark.parametrize('n', range(5))\n"
                           "def test_upper(n):\n    assert 'ab'.upper() == 'AB'\n",
 }
-#: Plugins installed in this environment that the bench project does not use; hypothesis
-#: alone costs 0.7 s of import on our 2-core host, which is not pytest-hil's overhead.
-EXTRA_PYTEST = ("-p", "no:hypothesispytest")
+#: The interpreter that runs the measured pytest (--python: e.g. a venv holding only
+#: pytest-hil, so plugins installed here for other work, such as hypothesis at 0.7 s of
+#: import on our 2-core host, are not counted as pytest-hil's overhead).
+PYTHON = sys.executable
 _DURATION = re.compile(r" in (\d+(?:\.\d+)?)s")
 
 
@@ -72,12 +79,18 @@ def pytest_seconds(text: str) -> float:
     return float(found[-1])
 
 
-def run_ours(root: Path) -> tuple[float, float]:
-    """(wall, in-container pytest) of ``pytest --target=sim-jetson``."""
+def run_ours(root: Path, control: Path) -> tuple[float, float]:
+    """(wall, in-container pytest) of ``pytest --target=sim-jetson``.
+
+    ``control`` is the folder of the SSH connection keepers: the one of the
+    previous run (the connection is kept, as between a user's runs), or an
+    empty one (the session connects afresh, as the first after ``ssh.persist``).
+    """
+    env = {**os.environ, "HIL_SSH_CONTROL_DIR": str(control)}
     start = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "pytest", "--target=sim-jetson", "-q",
-                          "-p", "no:cacheprovider", *EXTRA_PYTEST, "tests"], cwd=root, capture_output=True,
-                         text=True, check=False)
+    res = subprocess.run([PYTHON, "-m", "pytest", "--target=sim-jetson", "-q",
+                          "-p", "no:cacheprovider", "tests"], cwd=root, capture_output=True,
+                         text=True, check=False, env=env)
     wall = time.monotonic() - start
     if res.returncode != 0:
         raise RuntimeError(f"pytest-hil run failed ({res.returncode}):\n{res.stdout[-3000:]}")
@@ -114,15 +127,27 @@ def run_script(root: Path, rig: Rig) -> tuple[float, float]:
 
 
 def measure(root: Path, rig: Rig, runs: int) -> dict[str, list[float]]:
-    """Overheads (seconds) of both sides, interleaved, after one warm-up run each."""
-    run_ours(root)
-    run_script(root, rig)
-    got: dict[str, list[float]] = {"pytest-hil": [], "script": []}
-    for _ in range(runs):
-        wall, inner = run_ours(root)
-        got["pytest-hil"].append(wall - inner)
-        wall, inner = run_script(root, rig)
-        got["script"].append(wall - inner)
+    """Overheads (seconds) of both sides, interleaved, after one warm-up run each.
+
+    "pytest-hil" re-runs over the kept connection; "(new conn)" is a session
+    that finds no kept connection and starts one (shown, not in the ratio).
+    """
+    with tempfile.TemporaryDirectory(prefix="hil-keep-") as kept:
+        os.chmod(kept, 0o700)
+        run_ours(root, Path(kept))
+        run_script(root, rig)
+        got: dict[str, list[float]] = {"pytest-hil": [], "script": [], "(new conn)": []}
+        for _ in range(runs):
+            wall, inner = run_ours(root, Path(kept))
+            got["pytest-hil"].append(wall - inner)
+            wall, inner = run_script(root, rig)
+            got["script"].append(wall - inner)
+            with tempfile.TemporaryDirectory(prefix="hil-fresh-") as fresh:
+                os.chmod(fresh, 0o700)
+                wall, inner = run_ours(root, Path(fresh))
+                got["(new conn)"].append(wall - inner)
+                stop_all(Path(fresh))
+        stop_all(Path(kept))
     return got
 
 
@@ -143,7 +168,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="measured runs per side (default 5)")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="netem delay each way")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter of the measured pytest runs (default: this one)")
     args = parser.parse_args()
+    global PYTHON
+    PYTHON = args.python
     rig = Rig()
     rig.ensure_up()
     with tempfile.TemporaryDirectory(prefix="hil-bench-") as tmp:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("hil.sim.cli", "bring the simulated Jetson + Colima rig up, down, or show it"),
     "report": ("hil.report", "turn Allure results into an HTML report"),
     "nightly": ("hil.nightly", "run every target and publish one report"),
+    "disconnect": ("hil.sshmux", "close the SSH connections kept open for the next session"),
 }
 
 
@@ -31,7 +32,7 @@ def _top_parser() -> argparse.ArgumentParser:
         description="pytest-hil: hardware-in-the-loop test orchestration.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n"
-        + "\n".join(f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items())
+        + "\n".join(f"  {name:<11} {text}" for name, (_, text) in COMMANDS.items())
         + "\n\nRun 'hil COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"pytest-hil {__version__}")

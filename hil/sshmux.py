@@ -556,6 +556,21 @@ def stop_all(folder: Path | None = None) -> int:
     return stopped
 
 
+# -- hil disconnect ----------------------------------------------------------------------
+def configure_parser(parser: Any) -> None:
+    """``hil disconnect``: no options."""
+    parser.description = ("Close every SSH connection that pytest-hil keeps open between "
+                          "sessions (ssh.persist); the next session connects afresh.")
+
+
+def run(args: Any) -> int:
+    """Stop the keepers; says how many there were."""
+    count = stop_all()
+    print(f"hil: closed {count} kept SSH connection(s)" if count else
+          "hil: no kept SSH connections")
+    return 0
+
+
 # -- the keeper --------------------------------------------------------------------------
 class Keeper:
     """Serves one SSH connection on a Unix socket until idle, lost or stopped."""

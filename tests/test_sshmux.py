@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 
 from hil.errors import HostKeyError
 from hil.sim import wait_until
-from hil.sshmux import MuxConnection, stop_all
+from hil.sshmux import MuxConnection
 
 
 def _open(rig: Any, config: Path | None = None, persist: float = 60.0) -> MuxConnection:
@@ -113,10 +115,19 @@ def test_keeper_exits_when_idle_for_persist_seconds(sim_rig: Any, tmp_path: Path
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, "the keeper process to end")
 
 
-def test_stop_all_stops_the_keepers(sim_rig: Any, tmp_path: Path) -> None:
-    cfg = _config_with_known_hosts(sim_rig, tmp_path, _rig_known_hosts(sim_rig))
-    conn = _open(sim_rig, cfg)
+def test_hil_disconnect_stops_the_keepers(sim_rig: Any, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "control"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setenv("HIL_SSH_CONTROL_DIR", str(folder))
+    conn = _open(sim_rig)
     pid = conn.keeper_pid
     conn.close()
-    assert stop_all() >= 1
+    res = subprocess.run([sys.executable, "-m", "hil.cli", "disconnect"], capture_output=True,
+                         text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "hil: closed 1 kept SSH connection(s)"
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, "the stopped keeper to end")
+    again = subprocess.run([sys.executable, "-m", "hil.cli", "disconnect"], capture_output=True,
+                           text=True, check=False)
+    assert again.stdout.strip() == "hil: no kept SSH connections"
