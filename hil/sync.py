@@ -184,28 +184,48 @@ def _link_inside(root: Path, rel: str) -> bool:
 
 
 def list_files(root: Path) -> FileList:
-    """The files git would commit under ``root`` (None outside a git work tree)."""
+    """The files git would commit under ``root``, submodules' included (None outside git).
+
+    ``git ls-files -co`` lists a submodule as one entry (its gitlink), and
+    ``--recurse-submodules`` works only without ``-o``; so each checked-out
+    submodule is listed by the same rule, recursively, under its path.  A
+    submodule that is not checked out (no ``.git`` inside) contributes nothing.
+    """
+    listed = _git_files(root)
+    if listed is None:
+        return FileList(None)
+    paths: list[str] = []
+    skipped: list[str] = []
+    for rel in listed:
+        rel = rel.rstrip("/")  # an untracked nested repository is listed as "name/"
+        full = root / rel
+        if full.is_symlink():
+            if _link_inside(root, rel):
+                paths.append(rel)
+            else:
+                skipped.append(rel)
+            continue
+        if full.is_dir():
+            if (full / ".git").exists():
+                inner = list_files(full)
+                paths += [f"{rel}/{p}" for p in inner.paths or ()]
+                skipped += [f"{rel}/{p}" for p in inner.skipped_links]
+            continue
+        paths.append(rel)
+    return FileList(sorted(set(paths)), skipped)
+
+
+def _git_files(root: Path) -> list[str] | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "ls-files", "-co", "--exclude-standard", "-z"],
             capture_output=True, check=False, timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return FileList(None)
+        return None
     if out.returncode != 0:
-        return FileList(None)
-    paths: list[str] = []
-    skipped: list[str] = []
-    for raw in out.stdout.split(b"\0"):
-        if not raw:
-            continue
-        rel = os.fsdecode(raw)
-        full = root / rel
-        if full.is_symlink() and not _link_inside(root, rel):
-            skipped.append(rel)
-            continue
-        paths.append(rel)
-    return FileList(sorted(set(paths)), skipped)
+        return None
+    return [os.fsdecode(raw) for raw in out.stdout.split(b"\0") if raw]
 
 
 def tree_digest(root: Path, files: FileList) -> str:
@@ -292,7 +312,11 @@ class RsyncTunnel:
                 words = words[2:]
             command = " ".join(words[1:])
             chan = self.conn.exec(command)
-            self._pump(client, chan, rest)
+            code = self._pump(client, chan, rest)
+            if code != 0:
+                self.remote_stderr.append(f"hil tunnel: the remote command exited {code}"
+                                          + (" (closed without an exit status)" if code == -1
+                                             else ""))
         except Exception as err:  # surfaces as rsync's own error, with this note
             self.remote_stderr.append(f"hil tunnel: {err}")
         finally:

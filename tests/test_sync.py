@@ -147,6 +147,32 @@ def test_ignored_and_deleted_files_vanish_and_nothing_outside_is_touched(
     assert conn.run(f"cat {parent}/sibling.txt").stdout == "keep\n"
 
 
+def test_submodules_are_synced_with_their_own_ignore_rules(
+        tmp_path: Path, board: tuple[SshConnection, Rsync, str]) -> None:
+    conn, rsync, remote = board
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t",
+           "-c", "protocol.file.allow=always"]
+    lib = tmp_path / "lib"
+    _git_tree(lib, 3)
+    (lib / ".gitignore").write_text("*.log\n", encoding="utf-8")
+    subprocess.run([*git, "-C", str(lib), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(lib), "commit", "-q", "-m", "lib"], check=True)
+    root = tmp_path / "tree"
+    _git_tree(root, 2)
+    subprocess.run([*git, "-C", str(root), "submodule", "add", "-q", str(lib), "vendor/lib"],
+                   check=True, capture_output=True)
+    (root / "vendor" / "lib" / "local.log").write_text("ignored in the submodule\n",
+                                                       encoding="utf-8")
+    (root / "vendor" / "lib" / "wip.py").write_text("untracked, not ignored\n",
+                                                    encoding="utf-8")
+    rsync.push(root, remote)
+    files = _remote_files(conn, remote)
+    assert {"vendor/lib/pkg1/mod1.py", "vendor/lib/wip.py", ".gitmodules"} <= files
+    assert "vendor/lib/local.log" not in files and "vendor/lib/.git" not in files
+    assert conn.run(f"cat {shlex.quote(remote)}/vendor/lib/pkg2/mod2.py").stdout.startswith(
+        "VALUE = 2")
+
+
 def test_symlink_pointing_outside_the_checkout_is_not_followed(
         tmp_path: Path, board: tuple[SshConnection, Rsync, str]) -> None:
     conn, rsync, remote = board
