@@ -413,7 +413,7 @@ def test_link_cut_mid_run_is_run_lost_and_fetch_keeps_finished_results(
 
 # -- end to end: pytest --target=sim-jetson ------------------------------------------------
 
-def _e2e_project(pytester: pytest.Pytester, spec: Any, env: str = "") -> Path:
+def _e2e_project(pytester: pytest.Pytester, spec: Any, env: str = "", memory: str = "") -> Path:
     import subprocess
 
     root = pytester.path
@@ -424,6 +424,7 @@ def _e2e_project(pytester: pytest.Pytester, spec: Any, env: str = "") -> Path:
     toml = (repo / "targets" / "sim-jetson.toml").read_text(encoding="utf-8")
     toml = toml.replace('remote_dir = "hil/pytest-hil"', f'remote_dir = "{spec.ssh.remote_dir}"')
     toml = toml.replace("[env]\n", f"[env]\n{env}")
+    toml = toml.replace('memory = ""', f'memory = "{memory}"')
     (root / "targets" / "sim-jetson.toml").write_text(toml, encoding="utf-8")
     (root / "tests").mkdir()
     (root / "tests" / "test_fast.py").write_text(
@@ -433,6 +434,9 @@ def _e2e_project(pytester: pytest.Pytester, spec: Any, env: str = "") -> Path:
         "import os\nimport time\n\n\ndef test_slow():\n"
         "    open(os.path.join(os.environ['HIL_OUT'], 'slow-started'), 'w').close()\n"
         "    time.sleep(float(os.environ.get('HIL_SLOW', '0')))\n", encoding="utf-8")
+    (root / "tests" / "test_hog.py").write_text(
+        "def test_hog():\n    blocks = []\n    for _ in range(64):\n"
+        "        blocks.append(bytearray(16 * 1024 * 1024))\n", encoding="utf-8")
     (root / ".gitignore").write_text("reports/\n", encoding="utf-8")
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
@@ -513,3 +517,65 @@ def test_e2e_link_cut_exits_run_lost_naming_the_test(pytester: pytest.Pytester, 
         assert _containers(check, run.name) == []
     finally:
         check.close()
+
+
+def _last_run_id(root: Path) -> str:
+    return sorted((root / "reports" / "runs").iterdir())[-1].name
+
+
+def test_e2e_interrupt_kills_the_board_run_and_keeps_partial_results(
+        pytester: pytest.Pytester, sim_jetson: Any) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    root = _e2e_project(pytester, sim_jetson, env='HIL_SLOW = "120"\n')
+    conn = SshConnection(resolve_endpoint(sim_jetson.ssh.host,
+                                          config_file=sim_jetson.ssh.config)).open()
+    outs = "$HOME/" + shlex.quote(sim_jetson.ssh.remote_dir.rsplit("/", 1)[0]) + "/.hil-out"
+    try:
+        assert conn.run(f"rm -f {outs}/*/slow-started").ok
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "--target=sim-jetson", "-p", "no:cacheprovider",
+             "tests/test_fast.py::test_passes", "tests/test_slow.py"],
+            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not conn.run(f"ls {outs}/*/slow-started").ok:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)  # poll interval
+            proc.send_signal(signal.SIGINT)  # Ctrl-C
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 2, out
+        assert "Interrupted" in out or "KeyboardInterrupt" in out, out
+        # The board's process group was killed and the container removed.
+        assert _containers(conn, _last_run_id(root)) == []
+        run_dir = root / "reports" / "runs" / _last_run_id(root)
+        events = (run_dir / "events.jsonl").read_text(encoding="utf-8")
+        assert "tests/test_fast.py::test_passes" in events
+    finally:
+        conn.close()
+
+
+def test_e2e_out_of_memory_on_the_board_is_run_lost_naming_the_test(
+        pytester: pytest.Pytester, sim_jetson: Any) -> None:
+    root = _e2e_project(pytester, sim_jetson, memory="48m")
+    result = pytester.runpytest_subprocess("--target=sim-jetson", "tests/test_fast.py::test_passes",
+                                           "tests/test_hog.py")
+    assert result.ret == ExitCode.RUN_LOST, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines([
+        "*infrastructure fault [[]run-lost[]] (exit 19): target 'sim-jetson': the test container "
+        "was OOM-killed (memory limit 48m) while running tests/test_hog.py::test_hog"])
+    result.stdout.fnmatch_lines(["*1 passed*"])
+    conn = SshConnection(resolve_endpoint(sim_jetson.ssh.host,
+                                          config_file=sim_jetson.ssh.config)).open()
+    try:
+        deadline = time.monotonic() + 30
+        while _containers(conn, _last_run_id(root)):  # removed in the background after the run
+            assert time.monotonic() < deadline, "the OOM-killed container was not removed"
+            time.sleep(0.2)  # poll interval
+    finally:
+        conn.close()
