@@ -116,6 +116,25 @@ class FrameReader:
                 return None
 
 
+def ask(path: Path, request: dict[str, Any],
+        timeout: float) -> tuple[socket.socket, FrameReader, tuple[bytes, bytes] | None]:
+    """Connect to the keeper at ``path``, send ``request``, read its first answer frame.
+
+    Returns the socket (the caller closes it), its reader and the frame (None
+    when the keeper closed); raises OSError when no keeper answers there.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        send_frame(sock, b"R", json.dumps(request).encode())
+        reader = FrameReader(sock)
+        return sock, reader, reader.read()
+    except OSError:
+        sock.close()
+        raise
+
+
 # -- where keepers live ------------------------------------------------------------------
 def control_dir() -> Path:
     """The private folder of the keepers' sockets (created 0700; refused if not private)."""
@@ -391,20 +410,14 @@ class MuxConnection(Connection):
 
     @classmethod
     def _attach(cls, path: Path, target: str | None) -> MuxConnection | None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(10.0)
-            sock.connect(str(path))
-            send_frame(sock, b"R", json.dumps({"op": "hello"}).encode())
-            frame = FrameReader(sock).read()
+            sock, _, frame = ask(path, {"op": "hello"}, 10.0)
         except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
             if path.is_socket():  # a keeper that died without cleaning up
                 with contextlib.suppress(OSError):
                     path.unlink()
             return None
         except OSError:
-            sock.close()
             return None
         if frame is None or frame[0] != b"h":
             sock.close()  # a keeper on its way out (stale files, lost link)
@@ -446,15 +459,10 @@ class MuxConnection(Connection):
 
     def exec(self, command: str, *, timeout: float | None = None) -> Channel:
         """Run ``command`` on a new channel of the kept connection."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(timeout or self.endpoint.connect_timeout + 5)
-            sock.connect(str(self.path))
-            send_frame(sock, b"R", json.dumps({"op": "exec", "command": command}).encode())
-            reader = FrameReader(sock)
-            frame = reader.read()
+            sock, reader, frame = ask(self.path, {"op": "exec", "command": command},
+                                      timeout or self.endpoint.connect_timeout + 5)
         except OSError as err:
-            sock.close()
             raise ConnectionLostError(self.lost_reason or f"the SSH connection keeper does not "
                                       f"answer: {err}", target=self.target) from err
         if frame is None or frame[0] != b"k":
@@ -540,19 +548,15 @@ def stop_all(folder: Path | None = None) -> int:
     """Ask every keeper in ``folder`` (default: :func:`control_dir`) to exit; returns how many."""
     stopped = 0
     for path in sorted((folder or control_dir()).glob("*.sock")):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(5.0)
-            sock.connect(str(path))
-            send_frame(sock, b"R", json.dumps({"op": "stop"}).encode())
-            frame = FrameReader(sock).read()
-            stopped += frame is not None and frame[0] == b"k"
+            sock, _, frame = ask(path, {"op": "stop"}, 5.0)
         except OSError:
-            if path.is_socket():
+            if path.is_socket():  # a keeper that died without cleaning up
                 with contextlib.suppress(OSError):
                     path.unlink()
-        finally:
-            sock.close()
+            continue
+        sock.close()
+        stopped += frame is not None and frame[0] == b"k"
     return stopped
 
 
