@@ -1,8 +1,8 @@
 """The Jetson target: a board's Docker engine reached over one SSH connection.
 
-Every step travels over the same paramiko transport (:mod:`hil.sshconn`, kept
-between sessions by :mod:`hil.sshmux`), on
-channels of their own, and round trips are what a remote session costs, so:
+Every step travels over the same paramiko transport (:mod:`hil.sshconn`), kept
+open between sessions by a local keeper (:mod:`hil.sshmux`), on channels of
+their own; round trips are what a remote session costs, so:
 
 * preflight is one remote shell script (identity, L4T, tools, ``docker
   info``, free space, swap, image presence, and a tiny container of the base
