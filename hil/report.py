@@ -419,6 +419,11 @@ def test_markers(run: RunFolder, results: Sequence[Mapping[str, Any]]) -> list[M
             when, outcome = report.get("when"), report.get("outcome")
             if when == "call" or (when == "setup" and outcome != "passed"):
                 markers.append(Marker(float(t), str(outcome), str(report.get("nodeid", ""))))
+        elif event.get("ev") == "finish":
+            # Compact passed phases ([when, duration, start, stop]): the call ends at its stop.
+            for phase in event.get("passed") or ():
+                if isinstance(phase, list) and len(phase) == 4 and phase[0] == "call":
+                    markers.append(Marker(float(phase[3]), "passed", str(event.get("nodeid", ""))))
     if markers:
         return markers
     for result in results:

@@ -106,6 +106,8 @@ class EventFeeder:
         self.deselected = 0
         self.finished = 0
         self.stray: list[str] = []
+        #: The worker's serialized report keys, in order (``hello``; for ``finish`` events).
+        self.report_keys: list[str] = []
 
     def feed(self, data: bytes) -> bool:
         """Take a chunk of the container's standard output; True once the worker is done."""
@@ -146,6 +148,18 @@ class EventFeeder:
             data["longrepr"] = (self.local_path(longrepr[0]), *longrepr[1:])
         return self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
 
+    def _passed_reports(self, event: dict[str, Any]) -> Iterator[Any]:
+        """The reports of a ``finish`` event's passed phases, as the full form would give them."""
+        location = tuple(event["location"])
+        for when, duration, start, stop in event["passed"]:
+            values = {"nodeid": event["nodeid"], "location": location,
+                      "keywords": dict(event["keywords"]), "outcome": "passed",
+                      "longrepr": None, "when": when, "user_properties": [], "sections": [],
+                      "duration": duration, "start": start, "stop": stop,
+                      "$report_type": "TestReport"}
+            data = {key: values[key] for key in self.report_keys}
+            yield self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+
     def handle(self, event: dict[str, Any]) -> None:
         """Replay one event into pytest's hooks."""
         hook = self.config.hook
@@ -153,6 +167,12 @@ class EventFeeder:
         if kind == "logstart":
             self.running = event["nodeid"]
             hook.pytest_runtest_logstart(nodeid=event["nodeid"], location=tuple(event["location"]))
+        elif kind == "finish":
+            for report in self._passed_reports(event):
+                hook.pytest_runtest_logreport(report=report)
+            hook.pytest_runtest_logfinish(nodeid=event["nodeid"], location=tuple(event["location"]))
+            self.running = None
+            self.finished += 1
         elif kind == "logreport":
             hook.pytest_runtest_logreport(report=self._report(event["report"]))
         elif kind == "logfinish":
@@ -190,6 +210,7 @@ class EventFeeder:
         elif kind == "hello":
             self.hello = event
             self.hello_at = time.monotonic()
+            self.report_keys = list(event.get("report_keys") or ())
         elif kind == "internalerror":
             self.config.get_terminal_writer().line(f"remote INTERNALERROR> {event['text']}",
                                                    red=True)

@@ -16,7 +16,10 @@ with these variables:
     the results folder (default ``/hil/out``): ``pytest.log`` (pytest's own
     terminal output), ``allure-results/``, ``events.jsonl``;
 ``HIL_ENVIRONMENT``
-    extra ``key=value`` lines for Allure's ``environment.properties``.
+    extra ``key=value`` lines for Allure's ``environment.properties``;
+``HIL_EVENTS``
+    ``compact`` lets passed phases without output travel in the ``finish``
+    event (see :class:`EventStream`); unset, every report is a ``logreport``.
 
 Channel: standard output carries nothing but events, one JSON object per line
 (``{"ev": "...", ...}``), pytest's terminal output is moved to ``pytest.log``,
@@ -210,23 +213,46 @@ def speed_up_allure_results() -> bool:
     return patched
 
 
-class EventStream:
-    """Sends pytest's hooks to the controller as JSON lines on a file object."""
+def _plain_report_shape() -> tuple[frozenset[str], list[str]]:
+    """A passed report's attribute names and its serialized keys, in order, for this pytest."""
+    report = pytest.TestReport("a.py::t", ("a.py", 0, "t"), {}, "passed", None, "call", [],
+                               0.0, 0.0, 0.0, [])
+    serialized = report._to_json()
+    serialized["$report_type"] = "TestReport"
+    return frozenset(report.__dict__), list(serialized)
 
-    def __init__(self, channel: IO[str], copy: IO[str] | None = None) -> None:
+
+class EventStream:
+    """Sends pytest's hooks to the controller as JSON lines on a file object.
+
+    Each test costs one write: a test's events are queued and go out with the
+    next test's ``logstart``, which is written at once, so the controller
+    always knows the running test (and names it when the container dies).
+
+    With ``compact``, a test's passed phases that carry nothing but timings
+    (no output, no longrepr, no user properties, no extra attributes) travel
+    in one ``finish`` event in place of their ``logreport`` events and the
+    ``logfinish``: ``{"ev": "finish", "nodeid", "location", "keywords",
+    "passed": [[when, duration, start, stop], ...]}``.  The controller rebuilds
+    the very reports pytest would have deserialized, with the key order given
+    by ``report_keys`` in ``hello``.  Any other report goes out in full, after
+    the compact phases queued before it.
+    """
+
+    def __init__(self, channel: IO[str], copy: IO[str] | None = None,
+                 compact: bool = False) -> None:
         self.channel = channel
         self.copy = copy
+        self.compact = compact
         self.config: pytest.Config | None = None
         self.started = time.perf_counter()
         self.pending: list[str] = []
+        self.test: tuple[str, Any] | None = None  # (nodeid, location) of the running test
+        self.held: list[pytest.TestReport] = []  # its compact phases, not yet sent
+        self.plain_attrs: frozenset[str] = frozenset()
 
     def send(self, ev: str, flush: bool = True, **data: Any) -> None:
-        """Queue one event line; ``flush`` writes the queue at once.
-
-        Events are written in batches, one per test phase boundary the
-        controller must see at once (a test starts, a test ends), which keeps
-        the channel to two writes per test instead of one per event.
-        """
+        """Queue one event line; ``flush`` writes the queue at once."""
         data["ev"] = ev
         data["t"] = time.time()  # wall clock, for test boundaries on telemetry charts
         self.pending.append(json.dumps(data, separators=(",", ":"), default=str))
@@ -245,6 +271,21 @@ class EventStream:
             self.copy.write(text)
             self.copy.flush()
 
+    def _is_plain(self, report: pytest.TestReport) -> bool:
+        """Whether the controller can rebuild ``report`` from its phase and timings alone."""
+        return (type(report) is pytest.TestReport and report.outcome == "passed"
+                and report.longrepr is None and not report.sections
+                and not report.user_properties and report.__dict__.keys() == self.plain_attrs
+                and self.test is not None and report.nodeid == self.test[0]
+                and report.location == self.test[1]
+                and (not self.held or report.keywords == self.held[0].keywords))
+
+    def _release_held(self) -> None:
+        """Send the compact phases queued so far as full reports (something else follows)."""
+        held, self.held = self.held, []
+        for report in held:
+            self.send("logreport", flush=False, report=self._report(report))
+
     def _report(self, report: pytest.CollectReport | pytest.TestReport) -> dict[str, Any]:
         assert self.config is not None
         data: dict[str, Any] = self.config.hook.pytest_report_to_serializable(
@@ -258,8 +299,17 @@ class EventStream:
         register_markers(config)
         if config.getoption("allure_report_dir", None):
             speed_up_allure_results()  # allure-pytest registered its logger in its own configure
+        extra: dict[str, Any] = {}
+        # Only pytest's own serializers may be skipped: a plugin's could add to the reports.
+        impls = config.hook.pytest_report_to_serializable.get_hookimpls()
+        if self.compact and all(str(getattr(i.plugin, "__name__", "")).startswith("_pytest.")
+                                for i in impls):
+            self.plain_attrs, extra["report_keys"] = _plain_report_shape()
+        else:
+            self.compact = False
         self.send("hello", protocol=PROTOCOL, pytest=pytest.__version__,
-                  python=platform.python_version(), host=socket.gethostname(), pid=os.getpid())
+                  python=platform.python_version(), host=socket.gethostname(), pid=os.getpid(),
+                  **extra)
 
     def pytest_sessionstart(self) -> None:
         self.started = time.perf_counter()
@@ -277,16 +327,32 @@ class EventStream:
         self.send("collection_finish", nodeids=[item.nodeid for item in session.items])
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        self._release_held()
+        self.test = (nodeid, location)
+        # Written at once, with the previous test's events.
         self.send("logstart", nodeid=nodeid, location=location)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.compact and self._is_plain(report):
+            self.held.append(report)
+            return
+        self._release_held()
         self.send("logreport", flush=False, report=self._report(report))
 
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
-        self.send("logfinish", nodeid=nodeid, location=location)
+        held, self.held = self.held, []
+        self.test = None
+        # Not written yet: the next logstart (or the session's end) carries it.
+        if held:
+            self.send("finish", flush=False, nodeid=nodeid, location=location,
+                      keywords=held[0].keywords,
+                      passed=[[r.when, r.duration, r.start, r.stop] for r in held])
+        else:
+            self.send("logfinish", flush=False, nodeid=nodeid, location=location)
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str,
                                 nodeid: str, location: tuple[str, int, str] | None) -> None:
+        self._release_held()
         self.send("warning", flush=False, message=str(warning_message.message),
                   category=type(warning_message.message).__name__,
                   filename=warning_message.filename, lineno=warning_message.lineno,
@@ -330,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
     copy = open(out / "events.jsonl", "w", encoding="utf-8")  # noqa: SIM115
 
-    plugins: list[object] = [EventStream(channel, copy)]
+    stream = EventStream(channel, copy, compact=os.environ.get("HIL_EVENTS") == "compact")
+    plugins: list[object] = [stream]
     # junit.xml is written by the controller from the streamed reports (see session.py):
     # it then exists also when the container dies mid-run.
     extra = ["-p", "no:hil"]
@@ -345,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(pytest.main(extra + args, plugins=plugins))
     finally:
+        stream.flush()  # what a session that never finished queued
         copy.close()
         sys.stdout.flush()
     channel.write(json.dumps({"ev": "exit", "code": code, "t": time.time()}) + "\n")

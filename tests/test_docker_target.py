@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -128,6 +129,69 @@ def test_outcomes_reasons_and_ids_come_back_as_if_local(project: pytest.Pytester
     allure = [json.loads(p.read_text()) for p in (project.path / "reports" / "allure-results").glob("*-result.json")]
     assert len(allure) == 5
     assert all({"name": "target", "value": "'box'"} in r["parameters"] for r in allure)
+
+
+OUTPUT_TESTS = """
+import pytest
+
+@pytest.fixture
+def noisy():
+    print("fixture setup says hi")
+    yield
+    print("fixture teardown says bye")
+
+def test_quiet():
+    pass
+
+def test_prints():
+    print("call output")
+
+def test_noisy_fixture(noisy):
+    pass
+
+def test_property(record_property):
+    record_property("answer", 42)
+
+def test_fails():
+    print("before failing")
+    assert 1 == 2
+"""
+
+
+def _junit_without_times(path: Path) -> str:
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(path)
+    for element in tree.iter():
+        for name in ("time", "timestamp", "hostname"):
+            element.attrib.pop(name, None)
+    return ET.tostring(tree.getroot(), encoding="unicode")
+
+
+def _summary_without_times(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.outlines
+            if not re.search(r"\d+\.\d+s|^results: |^hil: running|generated xml file", line)]
+
+
+def test_compact_events_give_the_junit_and_summary_of_full_reports(
+    project: pytest.Pytester, sim_rig: Rig
+) -> None:
+    project.makepyfile(test_a=OUTPUT_TESTS)
+    seen: dict[str, tuple[str, list[str]]] = {}
+    for form in ("full", "compact"):
+        (project.path / "targets" / "box.toml").write_text(
+            target_toml(sim_rig) + f'[env]\nHIL_EVENTS = "{form}"\n')
+        result = run(project, "-rA", "-v", "-o", "junit_logging=all",
+                     f"--junitxml=junit-{form}.xml")
+        assert result.ret == 1, result.stdout.str()[-3000:]
+        events = (run_dirs(project)[-1] / "events.jsonl").read_text()
+        assert ('"ev":"finish"' in events) == (form == "compact")
+        seen[form] = (_junit_without_times(project.path / f"junit-{form}.xml"),
+                      _summary_without_times(result))
+    assert seen["compact"][0] == seen["full"][0]
+    assert seen["compact"][1] == seen["full"][1]
+    result.stdout.fnmatch_lines(["*PASSES*", "*Captured stdout call*", "call output",
+                                 "PASSED test_a.py::test_quiet"])
 
 
 def test_exitfirst_stops_in_the_container(project: pytest.Pytester) -> None:

@@ -279,7 +279,9 @@ class DockerBackend(Backend):
     # -- run ------------------------------------------------------------------
     def request(self, plan: RunPlan, image: str) -> RunRequest:
         """The test container for ``plan``."""
-        env = {**plan.env, "HIL_OUT": "/hil/out", "HOME": "/tmp"}
+        # Compact events (passed phases in the test's finish event): the EventFeeder reads
+        # them; a target's env can ask for full reports with HIL_EVENTS = "full".
+        env = {"HIL_EVENTS": "compact", **plan.env, "HIL_OUT": "/hil/out", "HOME": "/tmp"}
         return RunRequest(
             name=f"hil-{plan.run_id}",
             image=image,
