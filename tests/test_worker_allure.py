@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.worker import _write_allure_item, speed_up_allure_results
+from hil.worker import _attrs_asdict, _write_allure_item, speed_up_allure_results
 
 allure_commons = pytest.importorskip("allure_commons")
 from allure_commons import model2  # noqa: E402
@@ -22,6 +22,12 @@ def sample_items() -> list[object]:
     result.labels += [Label(name="suite", value="s"), Label(name="tag", value="日本")]
     result.parameters.append(Parameter(name="target", value="'box'", excluded=False))
     result.steps.append(model2.TestStepResult(name="step", status=Status.PASSED, start=1, stop=2))
+    result.steps[0].steps.append(model2.TestStepResult(name="inner", status=Status.SKIPPED,
+                                                       parameters=[Parameter(name="n", value="")]))
+    result.steps[0].attachments.append(model2.Attachment(name="log", source="x-attachment.txt",
+                                                         type="text/plain"))
+    result.statusDetails.flaky = False  # type: ignore[union-attr]
+    result.parameters.append(Parameter(name="pair", value=("a", 1.5)))  # type: ignore[arg-type]
     container = model2.TestResultContainer(uuid="c-1", children=["u-1"], start=1, stop=2)
     return [result, container]
 
@@ -51,3 +57,13 @@ def test_only_a_registered_allure_file_logger_is_sped_up(tmp_path: Path) -> None
     finally:
         plugin_manager.unregister(logger)
     assert [p.name.endswith("-result.json") for p in tmp_path.iterdir()] == [True]
+
+
+def test_attrs_asdict_gives_what_attr_asdict_gives() -> None:
+    import attr
+
+    item = model2.TestResult(name="n", uuid="u", start=0, links=[],
+                             labels=[Label(name="k", value={"a": [1, (2, None)], ("t", 1): ""})])
+    for sample in [*sample_items(), item]:
+        expected = attr.asdict(sample, filter=lambda _, v: v or v is False)
+        assert repr(_attrs_asdict(sample)) == repr(expected)  # key order too
