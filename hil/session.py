@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 import uuid
 import warnings
@@ -250,6 +251,32 @@ def link_or_copy(source: Path, dest: Path) -> None:
         shutil.copy2(source, dest)
 
 
+def set_aside(folder: Path) -> list[Path]:
+    """Rename ``folder`` to a hidden sibling; returns the set-aside folders to remove later.
+
+    Those of earlier sessions that ended before removing theirs are included.
+    """
+    aside = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+    try:
+        folder.rename(aside)
+    except OSError:  # a mount point, say: remove it in place
+        shutil.rmtree(folder)
+    return sorted(folder.parent.glob(f".{folder.name}.old-*"))
+
+
+def publish_results(fetched: Path, dest: Path, stale: list[Path]) -> None:
+    """Link a run's Allure results into ``dest``, then remove the set-aside old results."""
+    try:
+        entries = list(os.scandir(fetched))
+    except OSError:
+        entries = []
+    for entry in entries:
+        if entry.is_file():
+            link_or_copy(Path(entry.path), dest / entry.name)
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def new_run_id(target: str) -> str:
     """``20261122-103012-colima-1a2b``: sortable, unique, names the target."""
     return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{target}-{uuid.uuid4().hex[:4]}"
@@ -311,6 +338,7 @@ class RemoteSession:
         self.error: HilError | None = None
         self.log: list[str] = []
         self.backend: Backend | None = None
+        self.publisher: threading.Thread | None = None
         # The run's own junit.xml, written here from the streamed reports.
         from _pytest.junitxml import LogXML
 
@@ -454,16 +482,17 @@ class RemoteSession:
         allure_dir = self.settings.allure_dir
         if allure_dir is None:
             return
+        stale: list[Path] = []
         if not self.settings.keep_results and allure_dir.exists():
-            shutil.rmtree(allure_dir)
+            stale = set_aside(allure_dir)
         allure_dir.mkdir(parents=True, exist_ok=True)
-        fetched = self.run_dir / "allure-results"
-        if fetched.is_dir():
-            for path in fetched.iterdir():
-                if path.is_file():
-                    link_or_copy(path, allure_dir / path.name)
         if self.error is not None:
             write_infra_result(allure_dir, self.spec.name, self.error)
+        # Thousands of links and removals: off the session's path, done by unconfigure.
+        self.publisher = threading.Thread(
+            target=publish_results, args=(self.run_dir / "allure-results", allure_dir, stale),
+            name="hil-publish-results", daemon=True)
+        self.publisher.start()
 
     def _save(self, plan: RunPlan, image: str, started: float, feeder: EventFeeder) -> None:
         if self.log:
@@ -486,6 +515,9 @@ class RemoteSession:
         if self.backend is not None:
             self.backend.close()
             self.backend = None
+        if self.publisher is not None:
+            self.publisher.join()
+            self.publisher = None
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter

@@ -194,6 +194,20 @@ def test_compact_events_give_the_junit_and_summary_of_full_reports(
                                  "PASSED test_a.py::test_quiet"])
 
 
+def test_a_run_replaces_the_last_allure_results_unless_kept(project: pytest.Pytester) -> None:
+    project.makepyfile(test_a="def test_one(): pass\ndef test_two(): pass")
+    results = project.path / "reports" / "allure-results"
+    assert run(project).ret == 0
+    first = {p.name for p in results.glob("*-result.json")}
+    assert len(first) == 2
+    assert run(project).ret == 0
+    second = {p.name for p in results.glob("*-result.json")}
+    assert len(second) == 2 and not first & second
+    assert [p.name for p in (project.path / "reports").iterdir() if p.name.startswith(".")] == []
+    assert run(project, "--hil-keep-results").ret == 0
+    assert len(list(results.glob("*-result.json"))) == 4
+
+
 def test_exitfirst_stops_in_the_container(project: pytest.Pytester) -> None:
     project.makepyfile(test_a="def test_1(): assert 0\ndef test_2(): assert 0\ndef test_3(): pass")
     result = run(project, "-x")
