@@ -89,6 +89,8 @@ class HilError(Exception):
         self.exited = exited
         self.tail = tail
         self.hint = hint
+        if tail.strip() and hasattr(self, "add_note"):  # Python 3.11+: tracebacks show it
+            self.add_note("output tail:\n" + "\n".join(tail.rstrip().splitlines()[-20:]))
 
     def __str__(self) -> str:
         where = f"target '{self.target}': " if self.target else ""

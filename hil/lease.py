@@ -146,10 +146,11 @@ class Lease:
                             hint="wait for that run to finish, or raise --hil-lease-timeout")
                         return
                     continue
+                ended = chan.eof_received or chan.closed  # before the drain: nothing lost
                 if chan.recv_ready():
                     buf += chan.recv(4096)
                     continue
-                if chan.eof_received or chan.closed:
+                if ended:
                     chan.status_event.wait(2.0)
                     err = chan.recv_stderr(4096).decode("utf-8", "replace") \
                         if chan.recv_stderr_ready() else ""

@@ -802,8 +802,9 @@ class Keeper:
             if shut_asked and not pending and not shut_done:
                 chan.shutdown_write()
                 shut_done = True
+            eof = chan.eof_received  # read before the drain: no output may follow "f"
             drain()
-            if chan.eof_received and not sent_eof:
+            if eof and not sent_eof:
                 send_frame(sock, b"f")
                 sent_eof = True
             if chan.closed:

@@ -288,10 +288,13 @@ class RsyncTunnel:
         self.rsh = f"{sys.executable} -S {helper} {self.socket_path}"
 
     def _accept(self) -> None:
-        while not self._stop.is_set():
+        while True:
             try:
                 client, _ = self._server.accept()
             except OSError:
+                return
+            if self._stop.is_set():  # the wake-up connection from close()
+                client.close()
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
@@ -312,18 +315,16 @@ class RsyncTunnel:
                 words = words[2:]
             command = " ".join(words[1:])
             chan = self.conn.exec(command)
-            code = self._pump(client, chan, rest)
-            if code != 0:
-                self.remote_stderr.append(f"hil tunnel: the remote command exited {code}"
-                                          + (" (closed without an exit status)" if code == -1
-                                             else ""))
+            self._pump(client, chan, rest)
         except Exception as err:  # surfaces as rsync's own error, with this note
-            self.remote_stderr.append(f"hil tunnel: {err}")
+            self.remote_stderr.append(f"hil tunnel: {type(err).__name__}: {err}")
         finally:
             with contextlib.suppress(OSError):
                 client.close()
 
-    def _pump(self, client: socket.socket, chan: Channel, pending: bytes) -> int:
+    def _pump(self, client: socket.socket, chan: Channel, pending: bytes) -> None:
+        """Relay until the remote ends, then note its stderr and exit status in
+        :attr:`remote_stderr` *before* rsync sees the end, so its failure has them."""
         if pending:
             chan.sendall(pending)
         local_open = True
@@ -341,31 +342,51 @@ class RsyncTunnel:
                         local_open = False
                 while chan.recv_stderr_ready():
                     err.append(chan.recv_stderr(1 << 16))
+                # Read the end flags before draining: output that arrives just before
+                # the EOF is buffered by the time the flag shows, never after it.
+                eof, closed = chan.eof_received, chan.closed
                 if chan.recv_ready():
                     client.sendall(chan.recv(1 << 16))
                     continue
-                if chan.eof_received:
-                    # EOF from the remote: no more output for rsync.
-                    client.shutdown(socket.SHUT_WR)
-                    break
-                if chan.closed or not self.conn.alive:
+                if eof:
+                    break  # EOF from the remote: no more output for rsync
+                if closed or not self.conn.alive:
                     self.lost = not exited(chan)
-                    client.shutdown(socket.SHUT_WR)
                     break
             deadline = time.monotonic() + 10
             while not exited(chan) and self.conn.alive and time.monotonic() < deadline:
                 time.sleep(0.01)
             while chan.recv_stderr_ready():
                 err.append(chan.recv_stderr(1 << 16))
-            return chan.recv_exit_status() if exited(chan) else 255
+            code = chan.recv_exit_status() if exited(chan) else 255
+            if err:
+                self.remote_stderr.append(b"".join(err).decode("utf-8", "replace"))
+                err = []
+            if code != 0:
+                self.remote_stderr.append(
+                    f"hil tunnel: the remote command exited {code}"
+                    + (" (closed without an exit status)" if code == -1 else ""))
+            client.shutdown(socket.SHUT_WR)
         finally:
             if err:
                 self.remote_stderr.append(b"".join(err).decode("utf-8", "replace"))
             chan.close()
 
     def close(self) -> None:
-        """Stop accepting and remove the socket."""
+        """Stop accepting and remove the socket (idempotent).
+
+        The listening socket is closed only once the accepting thread has left
+        ``accept()``: closing it under a blocked ``accept()`` let that thread go
+        on accepting on the descriptor's number, which the next tunnel reuses,
+        and steal that tunnel's connections.
+        """
+        if self._stop.is_set():
+            return
         self._stop.set()
+        with contextlib.suppress(OSError), \
+                socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:
+            wake.connect(self.socket_path)
+        self._thread.join(5.0)
         with contextlib.suppress(OSError):
             self._server.close()
         self._tmp.cleanup()

@@ -112,7 +112,8 @@ class Telemetry:
             while not self._stop.is_set():
                 with contextlib.suppress(OSError, ValueError):
                     select.select([fd], [], [], 0.2)
-                while chan.recv_ready():
+                ended = chan.closed or chan.eof_received or not self.conn.alive
+                while chan.recv_ready():  # after reading the flags: the last lines too
                     buf += chan.recv(1 << 15)
                 while b"\n" in buf:
                     raw, _, buf = buf.partition(b"\n")
@@ -124,7 +125,7 @@ class Telemetry:
                     out.write(json.dumps(sample, separators=(",", ":"), default=str) + "\n")
                     out.flush()
                     self.samples += 1
-                if chan.closed or chan.eof_received or not self.conn.alive:
+                if ended:
                     if chan.recv_stderr_ready():
                         self.error = chan.recv_stderr(4096).decode("utf-8", "replace").strip()
                     return

@@ -147,6 +147,27 @@ def test_ignored_and_deleted_files_vanish_and_nothing_outside_is_touched(
     assert conn.run(f"cat {parent}/sibling.txt").stdout == "keep\n"
 
 
+def test_a_closed_tunnel_never_takes_the_next_tunnels_connections(
+        tmp_path: Path, board: tuple[SshConnection, Rsync, str]) -> None:
+    # A tunnel closed under its blocked accept() used to keep accepting on the
+    # descriptor's number, which the next tunnel got: it stole the next push's
+    # connection and served it over its own (closed) session.
+    conn, _, remote = board
+    root = tmp_path / "tree"
+    _git_tree(root, 3)
+    for _ in range(3):
+        first = Rsync(conn, "sim-jetson")
+        first.push(root, remote)
+        thread = first.tunnel._thread
+        first.close()
+        assert not thread.is_alive()
+        second = Rsync(conn, "sim-jetson")
+        try:
+            assert second.push(root, remote).transferred == 0
+        finally:
+            second.close()
+
+
 def test_submodules_are_synced_with_their_own_ignore_rules(
         tmp_path: Path, board: tuple[SshConnection, Rsync, str]) -> None:
     conn, rsync, remote = board
