@@ -30,6 +30,7 @@ import pytest
 from hil.backends.base import Backend, Progress, RunEnd, RunPlan, load_backend
 from hil.errors import HilError, RunLostError, TargetUnhealthyError
 from hil.plugin import HilSettings, git_commit
+from hil.worker import write_allure_result
 
 #: Options that only make sense on the controller: (name, takes a value).
 HOST_ONLY_OPTIONS: dict[str, bool] = {
@@ -93,8 +94,12 @@ class _RemoteItem:
 class EventFeeder:
     """Decodes the worker's JSON lines and replays them into the local hooks."""
 
-    def __init__(self, config: pytest.Config, session: pytest.Session, mount: str = "/src") -> None:
+    def __init__(self, config: pytest.Config, session: pytest.Session, mount: str = "/src",
+                 allure_dir: Path | None = None) -> None:
         self.config = config
+        #: Where the worker's streamed Allure results (``allure`` events) are written.
+        self.allure_dir = allure_dir
+        self.allure_results = 0
         self.session = session
         self.mount = mount.rstrip("/") + "/"
         self.root = str(config.rootpath)
@@ -202,6 +207,8 @@ class EventFeeder:
             hook.pytest_warning_recorded.call_historic(kwargs={
                 "warning_message": message, "when": event["when"],
                 "nodeid": event["nodeid"], "location": None})
+        elif kind == "allure":
+            self._allure_result(event)
         elif kind == "sessionfinish":
             self.remote_exit = int(event["exitstatus"])
         elif kind == "exit":
@@ -215,6 +222,19 @@ class EventFeeder:
         elif kind == "internalerror":
             self.config.get_terminal_writer().line(f"remote INTERNALERROR> {event['text']}",
                                                    red=True)
+
+    def _allure_result(self, event: dict[str, Any]) -> None:
+        """Write one streamed Allure result, byte for byte what the worker would have."""
+        name = str(event.get("name", ""))
+        indent = event.get("indent")
+        if (self.allure_dir is None or not name or name.startswith(".") or "/" in name
+                or "\\" in name or not isinstance(event.get("result"), dict)
+                or not (indent is None or isinstance(indent, int))):
+            self.stray.append(f"hil: an Allure result event that cannot be written: {name!r}")
+            return
+        self.allure_dir.mkdir(parents=True, exist_ok=True)
+        write_allure_result(self.allure_dir, name, event["result"], indent)
+        self.allure_results += 1
 
     def close(self) -> None:
         """Flush a last line that had no newline."""
@@ -392,7 +412,8 @@ class RemoteSession:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        feeder = EventFeeder(self.config, session, self.spec.docker.workdir)
+        feeder = EventFeeder(self.config, session, self.spec.docker.workdir,
+                             allure_dir=self.run_dir / "allure-results")
         progress = TerminalProgress(self.config, self.log)
         backend_cls = load_backend(self.spec)
         plan = self._plan()

@@ -19,7 +19,13 @@ with these variables:
     extra ``key=value`` lines for Allure's ``environment.properties``;
 ``HIL_EVENTS``
     ``compact`` lets passed phases without output travel in the ``finish``
-    event (see :class:`EventStream`); unset, every report is a ``logreport``.
+    event (see :class:`EventStream`); unset, every report is a ``logreport``;
+``HIL_ALLURE_RESULTS``
+    ``events`` sends each Allure result on the channel (an ``allure`` event)
+    for the controller to write, instead of writing it here: a container's
+    file writes are slow (its memory cgroup throttles dirty pages; Colima's
+    shared folders cross a VM), and a streamed result is as safe as a written
+    one once the controller has it.  Attachments are still written here.
 
 Channel: standard output carries nothing but events, one JSON object per line
 (``{"ev": "...", ...}``), pytest's terminal output is moved to ``pytest.log``,
@@ -29,6 +35,7 @@ are serialized with pytest's own ``pytest_report_to_serializable`` hook.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -40,7 +47,7 @@ import time
 import types
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -215,7 +222,11 @@ def _attrs_value(value: Any, is_key: bool) -> Any:
     return value
 
 
-def _write_allure_item(logger: Any, item: Any) -> None:
+#: Receives each Allure result instead of a file: (file name, result as a dict, indent).
+AllureSink = Callable[[str, "dict[str, Any]", "int | None"], None]
+
+
+def _write_allure_item(logger: Any, item: Any, sink: AllureSink | None = None) -> None:
     """``AllureFileLogger._report_item`` with the C JSON encoder: the same bytes, faster.
 
     allure-commons serializes each result with ``json.dump`` into a text file,
@@ -223,21 +234,35 @@ def _write_allure_item(logger: Any, item: Any) -> None:
     cost per test); ``json.dumps`` with the same options yields the same text in
     one call.  The file is still written whole, under a temporary name, and
     renamed at once, so a run killed mid-way keeps every finished result.
+
+    With a ``sink``, the result goes there instead of to a file (the controller
+    writes it: see :func:`write_allure_result`).
     """
     from allure_commons.logger import INDENT
 
     indent = INDENT if os.environ.get("ALLURE_INDENT_OUTPUT") else None
     filename = item.file_pattern.format(prefix=uuid.uuid4())
     data = _attrs_asdict(item)
-    text = json.dumps(data, indent=indent, ensure_ascii=False)
-    final = os.path.join(logger._report_dir, filename)
+    if sink is not None:
+        sink(filename, data, indent)
+        return
+    write_allure_result(logger._report_dir, filename, data, indent)
+
+
+def write_allure_result(folder: str | Path, filename: str, data: dict[str, Any],
+                        indent: int | None) -> None:
+    """One Allure result file, as allure-commons writes it, whole or not at all."""
+    final = os.path.join(folder, filename)
     with open(final + ".tmp", "wb") as file:
-        file.write(text.encode("utf-8"))
+        file.write(json.dumps(data, indent=indent, ensure_ascii=False).encode("utf-8"))
     os.replace(final + ".tmp", final)
 
 
-def speed_up_allure_results() -> bool:
-    """Give allure-pytest's registered file logger the faster writer; False if there is none."""
+def speed_up_allure_results(sink: AllureSink | None = None) -> bool:
+    """Give allure-pytest's registered file logger the faster writer; False if there is none.
+
+    With a ``sink``, results (not attachments) go to it instead of to files.
+    """
     try:
         from allure_commons import plugin_manager
         from allure_commons.logger import AllureFileLogger
@@ -248,7 +273,8 @@ def speed_up_allure_results() -> bool:
         # Only the exact class whose private method we replace, not a user's subclass.
         if type(plugin) is AllureFileLogger and hasattr(plugin, "_report_dir"):
             plugin._report_item = types.MethodType(  # type: ignore[method-assign]
-                _write_allure_item, plugin)
+                functools.partial(_write_allure_item, sink=sink) if sink else _write_allure_item,
+                plugin)
             patched = True
     return patched
 
@@ -280,10 +306,12 @@ class EventStream:
     """
 
     def __init__(self, channel: IO[str], copy: IO[str] | None = None,
-                 compact: bool = False) -> None:
+                 compact: bool = False, allure_events: bool = False) -> None:
         self.channel = channel
         self.copy = copy
         self.compact = compact
+        self.allure_events = allure_events
+        self.copied: list[str] = []  # the queued lines that also go to the copy
         self.config: pytest.Config | None = None
         self.started = time.perf_counter()
         self.pending: list[str] = []
@@ -295,9 +323,16 @@ class EventStream:
         """Queue one event line; ``flush`` writes the queue at once."""
         data["ev"] = ev
         data["t"] = time.time()  # wall clock, for test boundaries on telemetry charts
-        self.pending.append(json.dumps(data, separators=(",", ":"), default=str))
+        line = json.dumps(data, separators=(",", ":"), default=str)
+        self.pending.append(line)
+        self.copied.append(line)
         if flush:
             self.flush()
+
+    def send_allure(self, name: str, result: dict[str, Any], indent: int | None) -> None:
+        """Queue one Allure result for the controller (not copied to ``events.jsonl``)."""
+        self.pending.append(json.dumps({"ev": "allure", "name": name, "indent": indent,
+                                        "result": result}, separators=(",", ":")))
 
     def flush(self) -> None:
         """Write the queued events to the channel and the copy."""
@@ -307,9 +342,10 @@ class EventStream:
         self.pending.clear()
         self.channel.write(text)
         self.channel.flush()
-        if self.copy is not None:
-            self.copy.write(text)
+        if self.copy is not None and self.copied:
+            self.copy.write("\n".join(self.copied) + "\n")
             self.copy.flush()
+        self.copied.clear()
 
     def _is_plain(self, report: pytest.TestReport) -> bool:
         """Whether the controller can rebuild ``report`` from its phase and timings alone."""
@@ -337,8 +373,10 @@ class EventStream:
     def pytest_configure(self, config: pytest.Config) -> None:
         self.config = config
         register_markers(config)
-        if config.getoption("allure_report_dir", None):
-            speed_up_allure_results()  # allure-pytest registered its logger in its own configure
+        # allure-pytest registered its logger in its own configure.
+        if config.getoption("allure_report_dir", None) and not (
+                self.allure_events and speed_up_allure_results(self.send_allure)):
+            speed_up_allure_results()
         extra: dict[str, Any] = {}
         # Only pytest's own serializers may be skipped: a plugin's could add to the reports.
         impls = config.hook.pytest_report_to_serializable.get_hookimpls()
@@ -436,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
     copy = open(out / "events.jsonl", "w", encoding="utf-8")  # noqa: SIM115
 
-    stream = EventStream(channel, copy, compact=os.environ.get("HIL_EVENTS") == "compact")
+    stream = EventStream(channel, copy, compact=os.environ.get("HIL_EVENTS") == "compact",
+                         allure_events=os.environ.get("HIL_ALLURE_RESULTS") == "events")
     plugins: list[object] = [stream]
     # junit.xml is written by the controller from the streamed reports (see session.py):
     # it then exists also when the container dies mid-run.

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from hil.worker import _attrs_asdict, _write_allure_item, speed_up_allure_results
+import io
+import json
+
+from hil.session import EventFeeder
+from hil.worker import EventStream, _attrs_asdict, _write_allure_item, speed_up_allure_results
 
 allure_commons = pytest.importorskip("allure_commons")
 from allure_commons import model2  # noqa: E402
@@ -44,6 +48,43 @@ def test_faster_writer_writes_the_same_bytes_as_allure(
     ours = sorted(p.read_bytes() for p in (tmp_path / "b").iterdir())
     assert ours == sorted(p.read_bytes() for p in (tmp_path / "a").iterdir())
     assert len(ours) == 2 and not list((tmp_path / "b").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("indent", ["", "1"], ids=["compact", "ALLURE_INDENT_OUTPUT"])
+def test_results_streamed_to_the_controller_are_written_as_allure_writes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pytestconfig: pytest.Config, indent: str
+) -> None:
+    monkeypatch.setenv("ALLURE_INDENT_OUTPUT", indent)
+    original = AllureFileLogger(tmp_path / "a")
+    channel, copy = io.StringIO(), io.StringIO()
+    stream = EventStream(channel, copy, allure_events=True)
+    for item in sample_items():
+        original._report_item(item)
+        _write_allure_item(AllureFileLogger(tmp_path / "unused"), item, sink=stream.send_allure)
+    stream.send("logstart", nodeid="a.py::t", location=["a.py", 0, "t"], flush=False)
+    stream.flush()
+    assert not list((tmp_path / "unused").iterdir())  # nothing written on the worker's side
+    # events.jsonl keeps the test events, not the results.
+    assert [json.loads(line)["ev"] for line in copy.getvalue().splitlines()] == ["logstart"]
+
+    feeder = EventFeeder(pytestconfig, None, allure_dir=tmp_path / "b")  # type: ignore[arg-type]
+    for line in channel.getvalue().splitlines():
+        if json.loads(line)["ev"] == "allure":
+            feeder.feed(line.encode() + b"\n")
+    ours = sorted(p.read_bytes() for p in (tmp_path / "b").iterdir())
+    assert ours == sorted(p.read_bytes() for p in (tmp_path / "a").iterdir())
+    assert len(ours) == 2 and feeder.allure_results == 2
+
+
+@pytest.mark.parametrize("name", ["../escape-result.json", ".hidden-result.json", ""])
+def test_a_streamed_result_never_lands_outside_its_folder(
+    tmp_path: Path, pytestconfig: pytest.Config, name: str
+) -> None:
+    feeder = EventFeeder(pytestconfig, None, allure_dir=tmp_path / "out")  # type: ignore[arg-type]
+    feeder.feed(json.dumps({"ev": "allure", "name": name, "indent": None,
+                            "result": {"name": "t"}}).encode() + b"\n")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escape-result.json").exists()
+    assert feeder.stray and "cannot be written" in feeder.stray[0]
 
 
 def test_only_a_registered_allure_file_logger_is_sped_up(tmp_path: Path) -> None:

@@ -151,8 +151,10 @@ class RunRequest:
 
     def docker_cli(self, docker: str = "docker") -> list[str]:
         """``docker run`` argument list (for engines reached through a shell)."""
+        # --log-driver none: the output is read live through the attached client; the
+        # engine's own copy of every event line would only cost disk writes (eMMC on a board).
         args = [docker, "run", *(["--rm"] if self.remove else []), "-i", "--name", self.name,
-                "-w", self.workdir,
+                "--log-driver", "none", "-w", self.workdir,
                 "-v", f"{self.src}:{self.src_mount}:ro", "-v", f"{self.out}:{CONTAINER_OUT}"]
         if self.worker:
             args += ["-v", f"{self.worker}:{CONTAINER_WORKER}:ro"]

@@ -126,7 +126,11 @@ def container_config(req: RunRequest) -> dict[str, Any]:
     binds = [f"{req.src}:{req.src_mount}:ro", f"{req.out}:{CONTAINER_OUT}:rw"]
     if req.worker:
         binds.append(f"{req.worker}:{CONTAINER_WORKER}:ro")
-    host: dict[str, Any] = {"Binds": binds, "NetworkMode": req.network or "default"}
+    # No engine-side log: the run's output is read live through the attach stream (opened
+    # before the start) and kept here; the default json-file driver would also write every
+    # event line to the engine's disk, which slows a chatty run down for nothing.
+    host: dict[str, Any] = {"Binds": binds, "NetworkMode": req.network or "default",
+                            "LogConfig": {"Type": "none", "Config": {}}}
     if req.runtime:
         host["Runtime"] = req.runtime
     if req.memory:
@@ -279,9 +283,11 @@ class DockerBackend(Backend):
     # -- run ------------------------------------------------------------------
     def request(self, plan: RunPlan, image: str) -> RunRequest:
         """The test container for ``plan``."""
-        # Compact events (passed phases in the test's finish event): the EventFeeder reads
-        # them; a target's env can ask for full reports with HIL_EVENTS = "full".
-        env = {"HIL_EVENTS": "compact", **plan.env, "HIL_OUT": "/hil/out", "HOME": "/tmp"}
+        # Compact events (passed phases in the test's finish event) and Allure results sent
+        # on the channel, written by the EventFeeder on this side: a target's env can turn
+        # them off with HIL_EVENTS = "full" and HIL_ALLURE_RESULTS = "files".
+        env = {"HIL_EVENTS": "compact", "HIL_ALLURE_RESULTS": "events", **plan.env,
+               "HIL_OUT": "/hil/out", "HOME": "/tmp"}
         return RunRequest(
             name=f"hil-{plan.run_id}",
             image=image,

@@ -240,7 +240,7 @@ class SocketEngine(Engine):
         return str(self._call("POST", f"/containers/create?{query}", body=config)["Id"])
 
     def attach(self, cid: str) -> OutputStream:
-        path = f"/containers/{cid}/attach?stream=1&stdout=1&stderr=1&logs=1"
+        path = f"/containers/{cid}/attach?stream=1&stdout=1&stderr=1"
         conn, resp = self._send("POST", path, headers={"Connection": "Upgrade", "Upgrade": "tcp"})
         if resp.status not in (101, 200):
             try:
@@ -352,7 +352,7 @@ class SdkEngine(Engine):
 
     def attach(self, cid: str) -> OutputStream:
         with self._translated():
-            stream = self.api.attach(cid, stdout=True, stderr=True, stream=True, logs=True,
+            stream = self.api.attach(cid, stdout=True, stderr=True, stream=True, logs=False,
                                      demux=True)
         return _SdkStream(stream, self._errors)
 
