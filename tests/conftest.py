@@ -133,6 +133,35 @@ def report_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def rig_report_project(sim_rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A git project with the repo's sim-colima and sim-jetson targets (the jetson one
+    syncing to a folder of its own; sim-colima sets HIL_DEMO_FAIL=1 in the container) and
+    the report test file; Allure is installed once into the checkout's ``.hil/``."""
+    import re
+    import subprocess
+
+    root = tmp_path / "project"
+    repo = Path(__file__).resolve().parent.parent
+    for rel in ("targets/Dockerfile", "targets/requirements.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(repo / rel, root / rel)
+    colima = (repo / "targets" / "sim-colima.toml").read_text(encoding="utf-8")
+    (root / "targets" / "sim-colima.toml").write_text(
+        colima.replace("\n[env]\n", '\n[env]\nHIL_DEMO_FAIL = "1"\n', 1), encoding="utf-8")
+    jetson = SIM_JETSON_TOML.read_text(encoding="utf-8")
+    (root / "targets" / "sim-jetson.toml").write_text(
+        re.sub(r'(?m)^remote_dir = .*$', f'remote_dir = "hil-tests/{tmp_path.name}/project"',
+               jetson), encoding="utf-8")
+    (root / "test_demo.py").write_text(REPORT_TEST_FILE, encoding="utf-8")
+    (root / ".gitignore").write_text("reports/\n__pycache__/\n", encoding="utf-8")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    monkeypatch.setenv("HIL_TOOLS_DIR", str(repo / ".hil"))
+    monkeypatch.delenv("HIL_DEMO_FAIL", raising=False)
+    return root
+
+
+@pytest.fixture
 def node_for_allure3() -> None:
     """Skips (or fails under HIL_SIM_REQUIRED=1) without Node.js 20+ and npm."""
     from hil.allure3 import NODE_MIN_MAJOR, node_major

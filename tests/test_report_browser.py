@@ -19,6 +19,7 @@ import pytest
 from hil.backends.base import Progress
 from hil.chart import read_png_size
 from hil.nightly import nightly
+from hil.sim import Rig
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "reports" / "artifacts"
@@ -70,35 +71,46 @@ def screenshot(url: str, profile: Path, name: str) -> Path:
 
 
 @pytest.mark.usefixtures("node_for_allure3")
-def test_report_shows_tests_target_parameter_and_infrastructure_category(
-        report_project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_report_of_a_rig_run_shows_tests_target_parameter_and_infrastructure_category(
+        rig_report_project: Path, sim_rig: Rig, tmp_path: Path) -> None:
+    """``hil nightly`` on the rig: sim-colima runs (a product failure and a broken test),
+    sim-jetson meets a real fault (its board's engine stopped): one report with both."""
     chromium()
-    monkeypatch.setenv("HIL_DEMO_FAIL", "1")
-    outcome = nightly(report_project, ["local-a", "local-b", "gpu-box"], ["test_demo.py"],
-                      out=report_project / "nightly", report=report_project / "html",
-                      history=report_project / "history", history_limit=10,
-                      progress=Progress(quiet=True))
-    assert outcome.exit_code == 16 and outcome.report is not None
+    project = rig_report_project
+    sim_rig.stop_jetson_engine()
+    try:
+        outcome = nightly(project, ["sim-colima", "sim-jetson"], ["test_demo.py"],
+                          out=project / "nightly", report=project / "html",
+                          history=project / "history", history_limit=10,
+                          progress=Progress(quiet=True))
+    finally:
+        sim_rig.start_jetson_engine()
+    codes = {run.target: run.exit_code for run in outcome.runs}
+    assert codes["sim-colima"] == 1 and codes["sim-jetson"] >= 10, codes
+    assert outcome.exit_code == codes["sim-jetson"] and outcome.report is not None
     index = outcome.report.resolve()
     url = index.as_uri()
     profile = tmp_path / "chromium-profile"
 
     overview = rendered_text(url, profile)
     for name in ("test_passes", "test_product_regression", "test_helper_crashes",
-                 "test_needs_gpu", "infrastructure: gpu-box"):
+                 "test_needs_gpu", "infrastructure: sim-jetson"):
         assert name in overview, f"{name} not on the rendered report"
-    assert "local-a" in overview and "local-b" in overview  # grouped by target
+    assert "sim-colima" in overview and "sim-jetson" in overview  # grouped by target
 
     categories = rendered_text(url + "#categories", profile)
     assert "Infrastructure faults" in categories
     assert "Product failures" in categories and "Broken tests" in categories
 
     by_id = json.loads((index.parent / "test-results.json").read_text())["byId"]
-    infra_id = next(k for k, v in by_id.items() if v["name"] == "infrastructure: gpu-box")
+    infra_id = next(k for k, v in by_id.items() if v["name"] == "infrastructure: sim-jetson")
     page = rendered_text(f"{url}#{infra_id}", profile)
     assert "Category: Infrastructure faults" in page
-    assert "hil infrastructure fault [unhealthy] (exit 16)" in page
-    assert "target 'gpu-box'" in page  # the target parameter, as allure-pytest quotes it
+    assert re.search(r"hil infrastructure fault \[[a-z-]+\] \(exit " + str(codes["sim-jetson"])
+                     + r"\)", page), page[:2000]
+    regression = next(k for k, v in by_id.items() if v["name"] == "test_product_regression")
+    page = rendered_text(f"{url}#{regression}", profile)
+    assert "target 'sim-colima'" in page  # the target parameter, as allure-pytest quotes it
 
     shot = screenshot(url, profile, "report-overview.png")
     assert read_png_size(shot.read_bytes()) == (1400, 1000)

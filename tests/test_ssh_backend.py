@@ -61,6 +61,16 @@ def _containers(conn: SshConnection, run_id: str) -> list[str]:
     return res.stdout.split()
 
 
+def _containers_after(conn: SshConnection, run_id: str, within: float = 30.0) -> list[str]:
+    """The run's containers once they are gone, or what is left after ``within`` seconds:
+    a run that ends normally has its container removed in the background, off the
+    session's path."""
+    deadline = time.monotonic() + within
+    while (left := _containers(conn, run_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)  # poll interval
+    return left
+
+
 def _ssh_files(tmp_path: Path, spec: Any, **overrides: str) -> Path:
     """A copy of the rig's ssh_config for the board alias with some options replaced."""
     text = Path(spec.ssh.config).read_text(encoding="utf-8")
@@ -302,7 +312,7 @@ def test_run_streams_reports_and_fetches_results(sim_jetson: Any, sim_project: P
         image = backend.prepare(plan)
         end = backend.run(plan, image, chunks.append, lambda b: None)
         backend.fetch(plan)
-        leftover = _containers(backend.connect(), plan.run_id)
+        leftover = _containers_after(backend.connect(), plan.run_id)
     finally:
         backend.close()
     assert end.exit_code == 1 and not end.oom_killed
@@ -403,7 +413,7 @@ def test_link_cut_mid_run_is_run_lost_and_fetch_keeps_finished_results(
         assert info.value.exit_code == ExitCode.RUN_LOST
         assert "connection to the board lost" in str(info.value)
         backend.fetch(plan)
-        assert _containers(backend.connect(), plan.run_id) == []
+        assert _containers_after(backend.connect(), plan.run_id) == []
     finally:
         backend.close()
     assert _outcomes(_events(chunks)) == {"test_passes": "passed"}
@@ -514,7 +524,7 @@ def test_e2e_link_cut_exits_run_lost_naming_the_test(pytester: pytest.Pytester, 
     check = SshConnection(resolve_endpoint(sim_jetson.ssh.host,
                                            config_file=sim_jetson.ssh.config)).open()
     try:
-        assert _containers(check, run.name) == []
+        assert _containers_after(check, run.name) == []
     finally:
         check.close()
 
@@ -573,9 +583,7 @@ def test_e2e_out_of_memory_on_the_board_is_run_lost_naming_the_test(
     conn = SshConnection(resolve_endpoint(sim_jetson.ssh.host,
                                           config_file=sim_jetson.ssh.config)).open()
     try:
-        deadline = time.monotonic() + 30
-        while _containers(conn, _last_run_id(root)):  # removed in the background after the run
-            assert time.monotonic() < deadline, "the OOM-killed container was not removed"
-            time.sleep(0.2)  # poll interval
+        assert _containers_after(conn, _last_run_id(root)) == [], \
+            "the OOM-killed container was not removed"
     finally:
         conn.close()
