@@ -298,6 +298,9 @@ def test_stopped_engine_is_engine_down(sim_rig: Any, sim_jetson: Any, sim_projec
     finally:
         backend.close()
     assert info.value.exit_code == ExitCode.ENGINE_DOWN
+    # The engine's own words, not the empty fields of docker info's --format.
+    assert "Cannot connect to the Docker daemon" in info.value.tail
+    assert "|" not in info.value.tail
 
 
 # -- build, run, fetch -------------------------------------------------------------------

@@ -472,7 +472,9 @@ class SshBackend(Backend):
                           "runtimes": ",".join(runtimes)})
             check("engine", True, f"Docker {version} answers for {ep.user}; data root {root_dir}")
         else:
-            text = "\n".join(info_lines[:-1]).strip()
+            # Without an engine, --format still prints its empty fields ("||null|"): dropped.
+            text = "\n".join(line for line in info_lines[:-1]
+                             if line.strip().strip("|") not in ("", "null")).strip()
             hint = ("add the user to the docker group: sudo usermod -aG docker " + ep.user
                     if "permission denied" in text.lower() else
                     "start it on the board: sudo systemctl start docker")
