@@ -232,7 +232,8 @@ class EventFeeder:
                 or not (indent is None or isinstance(indent, int))):
             self.stray.append(f"hil: an Allure result event that cannot be written: {name!r}")
             return
-        self.allure_dir.mkdir(parents=True, exist_ok=True)
+        if not self.allure_results:  # once, not a mkdir per result
+            self.allure_dir.mkdir(parents=True, exist_ok=True)
         write_allure_result(self.allure_dir, name, event["result"], indent)
         self.allure_results += 1
 
