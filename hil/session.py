@@ -30,7 +30,6 @@ import pytest
 from hil.backends.base import Backend, Progress, RunEnd, RunPlan, load_backend
 from hil.errors import HilError, RunLostError, TargetUnhealthyError
 from hil.plugin import HilSettings, git_commit
-from hil.worker import write_allure_result
 
 #: Options that only make sense on the controller: (name, takes a value).
 HOST_ONLY_OPTIONS: dict[str, bool] = {
@@ -104,7 +103,11 @@ class EventFeeder:
         self.mount = mount.rstrip("/") + "/"
         self.root = str(config.rootpath)
         self.buffer = b""
-        self.running: str | None = None
+        self.started: str | None = None  # the test of the last logstart, until it finishes
+        self.order: dict[str, int] = {}  # collected node ids -> their place in the run
+        self.collected: list[str] = []
+        self.last_done = -1  # the place of the last finished test
+        self.last_n = 0  # the sequence number of the last event handled
         self.remote_exit: int | None = None
         self.exit_code: int | None = None
         self.hello: dict[str, Any] | None = None
@@ -114,6 +117,7 @@ class EventFeeder:
         self.stray: list[str] = []
         #: The worker's serialized report keys, in order (``hello``; for ``finish`` events).
         self.report_keys: list[str] = []
+        self._only_pytest: bool | None = None
 
     def feed(self, data: bytes) -> bool:
         """Take a chunk of the container's standard output; True once the worker is done."""
@@ -125,6 +129,25 @@ class EventFeeder:
         return self.done
 
     @property
+    def running(self) -> str | None:
+        """The test the worker is running, as far as the events tell.
+
+        The last ``logstart``; when that event is still queued in the worker
+        (events are batched), the test after the last finished one in the
+        collection order, which is the order pytest runs them in.
+        """
+        if self.started is not None:
+            return self.started
+        if self.remote_exit is not None or not 0 <= self.last_done + 1 < len(self.collected):
+            return None
+        return self.collected[self.last_done + 1]
+
+    def _finished(self, nodeid: str) -> None:
+        self.started = None
+        self.finished += 1
+        self.last_done = self.order.get(nodeid, self.last_done)
+
+    @property
     def done(self) -> bool:
         """Whether the worker sent its final ``exit`` event."""
         return self.exit_code is not None
@@ -133,10 +156,44 @@ class EventFeeder:
         try:
             event = json.loads(line)
         except ValueError:
+            event = None
+        if not isinstance(event, dict):
             # Output printed around pytest (not by it) is kept, never lost.
             self.stray.append(line.decode("utf-8", "replace"))
             return
+        n = event.get("n")
+        if isinstance(n, int):
+            if n <= self.last_n:
+                return  # already handled (read back from the record)
+            self.last_n = n
         self.handle(event)
+
+    def recover(self, record: Path) -> int:
+        """Replay the events the channel never carried from the worker's record; how many.
+
+        The worker batches its writes to the channel but records every event in
+        ``events.jsonl`` before the next test starts: when the run ended without
+        the worker's ``exit`` event (a killed container, a lost link), the
+        events after the last one handled are read from there.
+        """
+        if self.done:
+            return 0
+        try:
+            lines = record.read_bytes().splitlines()
+        except OSError:
+            return 0
+        replayed = 0
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by the kill
+            if isinstance(event, dict) and isinstance(event.get("n"), int) \
+                    and event["n"] > self.last_n:
+                self.last_n = event["n"]
+                self.handle(event)
+                replayed += 1
+        return replayed
 
     def local_path(self, path: str) -> str:
         """A path inside the container's checkout mount, as a path of the local checkout."""
@@ -154,9 +211,25 @@ class EventFeeder:
             data["longrepr"] = (self.local_path(longrepr[0]), *longrepr[1:])
         return self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
 
+    def _pytest_deserializes(self) -> bool:
+        """Whether pytest's own ``pytest_report_from_serializable`` is the only one."""
+        if self._only_pytest is None:
+            impls = self.config.hook.pytest_report_from_serializable.get_hookimpls()
+            self._only_pytest = all(
+                str(getattr(i.plugin, "__name__", "")).startswith("_pytest.") for i in impls)
+        return self._only_pytest
+
     def _passed_reports(self, event: dict[str, Any]) -> Iterator[Any]:
         """The reports of a ``finish`` event's passed phases, as the full form would give them."""
         location = tuple(event["location"])
+        if self._pytest_deserializes():
+            # What pytest's deserializer builds from the full form (it keeps the
+            # "$report_type" key as an attribute too), without the dict round trip.
+            for when, duration, start, stop in event["passed"]:
+                yield pytest.TestReport(event["nodeid"], location, dict(event["keywords"]),
+                                        "passed", None, when, [], duration, start, stop, [],
+                                        **{"$report_type": "TestReport"})
+            return
         for when, duration, start, stop in event["passed"]:
             values = {"nodeid": event["nodeid"], "location": location,
                       "keywords": dict(event["keywords"]), "outcome": "passed",
@@ -171,26 +244,26 @@ class EventFeeder:
         hook = self.config.hook
         kind = event.get("ev")
         if kind == "logstart":
-            self.running = event["nodeid"]
+            self.started = event["nodeid"]
             hook.pytest_runtest_logstart(nodeid=event["nodeid"], location=tuple(event["location"]))
         elif kind == "finish":
             for report in self._passed_reports(event):
                 hook.pytest_runtest_logreport(report=report)
             hook.pytest_runtest_logfinish(nodeid=event["nodeid"], location=tuple(event["location"]))
-            self.running = None
-            self.finished += 1
+            self._finished(event["nodeid"])
         elif kind == "logreport":
             hook.pytest_runtest_logreport(report=self._report(event["report"]))
         elif kind == "logfinish":
             hook.pytest_runtest_logfinish(nodeid=event["nodeid"], location=tuple(event["location"]))
-            self.running = None
-            self.finished += 1
+            self._finished(event["nodeid"])
         elif kind == "collectreport":
             hook.pytest_collectreport(report=self._report(event["report"]))
         elif kind == "deselected":
             self.deselected += len(event["nodeids"])
             hook.pytest_deselected(items=[_RemoteItem(n) for n in event["nodeids"]])
         elif kind == "collection_finish":
+            self.collected = list(event["nodeids"])
+            self.order = {nodeid: i for i, nodeid in enumerate(self.collected)}
             self.session.testscollected = len(event["nodeids"])
             terminal = self.config.pluginmanager.get_plugin("terminalreporter")
             if terminal is not None:
@@ -226,15 +299,14 @@ class EventFeeder:
     def _allure_result(self, event: dict[str, Any]) -> None:
         """Write one streamed Allure result, byte for byte what the worker would have."""
         name = str(event.get("name", ""))
-        indent = event.get("indent")
+        text = event.get("text")
         if (self.allure_dir is None or not name or name.startswith(".") or "/" in name
-                or "\\" in name or not isinstance(event.get("result"), dict)
-                or not (indent is None or isinstance(indent, int))):
+                or "\\" in name or not isinstance(text, str)):
             self.stray.append(f"hil: an Allure result event that cannot be written: {name!r}")
             return
         if not self.allure_results:  # once, not a mkdir per result
             self.allure_dir.mkdir(parents=True, exist_ok=True)
-        write_allure_result(self.allure_dir, name, event["result"], indent)
+        write_file(self.allure_dir / name, text.encode("utf-8"))
         self.allure_results += 1
 
     def close(self) -> None:
@@ -262,6 +334,17 @@ class TerminalProgress(Progress):
         self.log.append(f"  | {message}")
         if not self.quiet:
             self.tw.line(f"  | {message}")
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` in one go: no buffered file object for thousands of small files."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def link_or_copy(source: Path, dest: Path) -> None:
@@ -445,12 +528,14 @@ class RemoteSession:
 
                     end = backend.run(plan, image, feeder.feed, on_stderr)
                     feeder.close()
+                    self._recover(feeder)
                     run_end = time.monotonic()
                     hello = feeder.hello_at if feeder.hello_at is not None else run_end
                     self.timings["container start"] = round(hello - run_start, 3)
                     self.timings["tests"] = round(run_end - hello, 3)
                     self.exitstatus = self._exit_code(feeder, end)
                 except HilError as err:
+                    self._recover(feeder)
                     if isinstance(err, RunLostError) and err.running_test is None and feeder.running:
                         err = RunLostError(err.message, running_test=feeder.running,
                                            target=err.target or self.spec.name, tail=err.tail)
@@ -458,6 +543,7 @@ class RemoteSession:
                 finally:
                     with self._phase("fetch"):
                         self._fetch(backend, plan)
+                    self._recover(feeder)  # after an interrupt, or a record fetched late
         finally:
             # Closed at unconfigure: the container's removal (and an SSH lease's release)
             # then overlaps with writing the reports and the summary.
@@ -465,6 +551,18 @@ class RemoteSession:
             stderr_log.close()
             self._save(plan, image, started, feeder)
         return True
+
+    def _recover(self, feeder: EventFeeder) -> None:
+        """Replay what the worker recorded but the channel never carried (a run cut short)."""
+        if feeder.done:
+            return
+        try:
+            replayed = feeder.recover(self.run_dir / "events.jsonl")
+        except Exception as err:  # a replay that fails must not hide the run's own fault
+            self.log.append(f"hil: could not replay the worker's record: {err!r}")
+            return
+        if replayed:
+            self.log.append(f"hil: {replayed} event(s) read back from the worker's record")
 
     def _exit_code(self, feeder: EventFeeder, end: RunEnd) -> int:
         if feeder.remote_exit is not None and feeder.hello is not None:

@@ -26,6 +26,9 @@ with these variables:
     file writes are slow (its memory cgroup throttles dirty pages; Colima's
     shared folders cross a VM), and a streamed result is as safe as a written
     one once the controller has it.  Attachments are still written here.
+``HIL_EVENT_INTERVAL_MS``
+    how long events may wait to be written together (default 20; ``0``
+    writes at every test's start).
 
 Channel: standard output carries nothing but events, one JSON object per line
 (``{"ev": "...", ...}``), pytest's terminal output is moved to ``pytest.log``,
@@ -43,6 +46,7 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
 import types
 import uuid
@@ -236,7 +240,7 @@ def _write_allure_item(logger: Any, item: Any, sink: AllureSink | None = None) -
     renamed at once, so a run killed mid-way keeps every finished result.
 
     With a ``sink``, the result goes there instead of to a file (the controller
-    writes it: see :func:`write_allure_result`).
+    writes it: see :meth:`EventStream.send_allure`).
     """
     from allure_commons.logger import INDENT
 
@@ -291,9 +295,17 @@ def _plain_report_shape() -> tuple[frozenset[str], list[str]]:
 class EventStream:
     """Sends pytest's hooks to the controller as JSON lines on a file object.
 
-    Each test costs one write: a test's events are queued and go out with the
-    next test's ``logstart``, which is written at once, so the controller
-    always knows the running test (and names it when the container dies).
+    Every event carries a sequence number ``n``.  Writes to the channel are
+    batched: a test's events are queued and go out with a later test's
+    ``logstart``, at most every ``interval`` seconds, and a background thread
+    writes whatever has waited that long, so the controller is never more than
+    ``interval`` behind.  Each write crosses the container runtime and the
+    engine to the controller, so one write per test would cost more than a
+    trivial test itself.  The ``copy`` (``events.jsonl``), a local file write,
+    still gets every event before the next test starts: when the container is
+    killed, the controller reads what the channel had not carried yet from it
+    (by ``n``), so no finished test's result is lost and the running test is
+    named.  ``interval=0`` writes the channel at every ``logstart`` too.
 
     With ``compact``, a test's passed phases that carry nothing but timings
     (no output, no longrepr, no user properties, no extra attributes) travel
@@ -306,46 +318,95 @@ class EventStream:
     """
 
     def __init__(self, channel: IO[str], copy: IO[str] | None = None,
-                 compact: bool = False, allure_events: bool = False) -> None:
+                 compact: bool = False, allure_events: bool = False,
+                 interval: float = 0.0) -> None:
         self.channel = channel
         self.copy = copy
         self.compact = compact
         self.allure_events = allure_events
-        self.copied: list[str] = []  # the queued lines that also go to the copy
+        self.interval = interval
         self.config: pytest.Config | None = None
         self.started = time.perf_counter()
-        self.pending: list[str] = []
         self.test: tuple[str, Any] | None = None  # (nodeid, location) of the running test
         self.held: list[pytest.TestReport] = []  # its compact phases, not yet sent
         self.plain_attrs: frozenset[str] = frozenset()
+        # Shared with the flusher thread: the sequence, both queues, the writes.
+        self.lock = threading.Lock()
+        self.seq = 0
+        self.pending: list[str] = []  # lines the channel has not carried yet
+        self.unrecorded: list[str] = []  # lines the copy has not got yet
+        self.last_write = 0.0
+        self.closed = False  # the exit event is written: nothing may follow it
+        self.due = threading.Event()  # queued lines wait for the flusher
+        if interval > 0 and copy is not None:
+            threading.Thread(target=self._flusher, name="hil-event-flusher", daemon=True).start()
+        else:
+            self.interval = 0.0  # without a record, a kill would lose what was batched
 
-    def send(self, ev: str, flush: bool = True, **data: Any) -> None:
-        """Queue one event line; ``flush`` writes the queue at once."""
+    def _queue(self, data: dict[str, Any]) -> None:
+        with self.lock:
+            self.seq += 1
+            data["n"] = self.seq
+            line = json.dumps(data, separators=(",", ":"), default=str)
+            self.pending.append(line)
+            self.unrecorded.append(line)
+
+    def send(self, ev: str, flush: bool = True, soon: bool = False, **data: Any) -> None:
+        """Queue one event line; ``flush`` writes it at once, ``soon`` within ``interval``."""
         data["ev"] = ev
         data["t"] = time.time()  # wall clock, for test boundaries on telemetry charts
-        line = json.dumps(data, separators=(",", ":"), default=str)
-        self.pending.append(line)
-        self.copied.append(line)
-        if flush:
+        self._queue(data)
+        if soon and self.interval > 0 and time.monotonic() - self.last_write < self.interval:
+            self.record()
+            self.due.set()
+        elif flush or soon:
             self.flush()
 
     def send_allure(self, name: str, result: dict[str, Any], indent: int | None) -> None:
-        """Queue one Allure result for the controller (not copied to ``events.jsonl``)."""
-        self.pending.append(json.dumps({"ev": "allure", "name": name, "indent": indent,
-                                        "result": result}, separators=(",", ":")))
+        """Queue one Allure result for the controller.
+
+        The result travels as the text allure-commons would have written, so the
+        controller writes it without decoding and encoding it again.
+        """
+        self._queue({"ev": "allure", "name": name,
+                     "text": json.dumps(result, indent=indent, ensure_ascii=False)})
+
+    def record(self) -> None:
+        """Write the lines the copy has not got yet."""
+        with self.lock:
+            if self.copy is not None and self.unrecorded:
+                self.copy.write("\n".join(self.unrecorded) + "\n")
+                self.copy.flush()
+            self.unrecorded.clear()
 
     def flush(self) -> None:
         """Write the queued events to the channel and the copy."""
-        if not self.pending:
-            return
-        text = "\n".join(self.pending) + "\n"
-        self.pending.clear()
-        self.channel.write(text)
-        self.channel.flush()
-        if self.copy is not None and self.copied:
-            self.copy.write("\n".join(self.copied) + "\n")
-            self.copy.flush()
-        self.copied.clear()
+        with self.lock:
+            if self.pending and not self.closed:
+                self.last_write = time.monotonic()
+                self.channel.write("\n".join(self.pending) + "\n")
+                self.channel.flush()
+            self.pending.clear()
+        self.record()
+
+    def finish(self, code: int) -> None:
+        """Write what is queued and the final ``exit`` event; nothing is written after it."""
+        self.flush()
+        with self.lock:
+            self.closed = True
+            self.channel.write(json.dumps({"ev": "exit", "code": code, "t": time.time()}) + "\n")
+            self.channel.flush()
+
+    def _flusher(self) -> None:
+        """Write queued events that have waited ``interval`` seconds (a slow test is running)."""
+        while True:
+            self.due.wait()
+            self.due.clear()
+            time.sleep(max(0.0, self.last_write + self.interval - time.monotonic()))
+            try:
+                self.flush()
+            except (OSError, ValueError):  # the channel is gone: the worker is ending
+                return
 
     def _is_plain(self, report: pytest.TestReport) -> bool:
         """Whether the controller can rebuild ``report`` from its phase and timings alone."""
@@ -407,8 +468,8 @@ class EventStream:
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
         self._release_held()
         self.test = (nodeid, location)
-        # Written at once, with the previous test's events.
-        self.send("logstart", nodeid=nodeid, location=location)
+        # Written with the previous tests' events, within ``interval``.
+        self.send("logstart", flush=False, soon=True, nodeid=nodeid, location=location)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.compact and self._is_plain(report):
@@ -475,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     copy = open(out / "events.jsonl", "w", encoding="utf-8")  # noqa: SIM115
 
     stream = EventStream(channel, copy, compact=os.environ.get("HIL_EVENTS") == "compact",
-                         allure_events=os.environ.get("HIL_ALLURE_RESULTS") == "events")
+                         allure_events=os.environ.get("HIL_ALLURE_RESULTS") == "events",
+                         interval=_flush_interval(os.environ.get("HIL_EVENT_INTERVAL_MS")))
     plugins: list[object] = [stream]
     # junit.xml is written by the controller from the streamed reports (see session.py):
     # it then exists also when the container dies mid-run.
@@ -492,11 +554,23 @@ def main(argv: list[str] | None = None) -> int:
         code = int(pytest.main(extra + args, plugins=plugins))
     finally:
         stream.flush()  # what a session that never finished queued
-        copy.close()
         sys.stdout.flush()
-    channel.write(json.dumps({"ev": "exit", "code": code, "t": time.time()}) + "\n")
-    channel.flush()
+    stream.finish(code)
+    copy.close()
     return code
+
+
+#: The default for ``HIL_EVENT_INTERVAL_MS``: how long events may wait to be batched.
+EVENT_INTERVAL_MS = 20.0
+
+
+def _flush_interval(value: str | None) -> float:
+    """``HIL_EVENT_INTERVAL_MS`` in seconds (the default when unset or not a number >= 0)."""
+    try:
+        ms = float(value) if value else EVENT_INTERVAL_MS
+    except ValueError:
+        ms = EVENT_INTERVAL_MS
+    return ms / 1000 if ms >= 0 else EVENT_INTERVAL_MS / 1000
 
 
 def probe() -> dict[str, Any]:

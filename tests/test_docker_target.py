@@ -383,6 +383,13 @@ def test_out_of_memory_is_run_lost_naming_the_test(project: pytest.Pytester, sim
     result.stdout.fnmatch_lines([
         "*infrastructure fault [[]run-lost[]] (exit 19): target 'box': the test container was "
         "OOM-killed (memory limit 48m) while running test_a.py::test_hog"])
+    # The test that finished just before is kept: terminal, junit and Allure alike.
+    result.stdout.fnmatch_lines(["*1 passed*"])
+    junit = (run_dirs(project)[-1] / "junit.xml").read_text()
+    assert 'name="test_small"' in junit and "test_hog" not in junit
+    allure = [json.loads(p.read_text()) for p in
+              (project.path / "reports" / "allure-results").glob("*-result.json")]
+    assert ("test_small", "passed") in [(r["name"], r["status"]) for r in allure]
     assert labelled_containers(sim_rig) == []
 
 

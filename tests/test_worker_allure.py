@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
-
-import io
-import json
 
 from hil.session import EventFeeder
 from hil.worker import EventStream, _attrs_asdict, _write_allure_item, speed_up_allure_results
@@ -64,8 +63,9 @@ def test_results_streamed_to_the_controller_are_written_as_allure_writes_them(
     stream.send("logstart", nodeid="a.py::t", location=["a.py", 0, "t"], flush=False)
     stream.flush()
     assert not list((tmp_path / "unused").iterdir())  # nothing written on the worker's side
-    # events.jsonl keeps the test events, not the results.
-    assert [json.loads(line)["ev"] for line in copy.getvalue().splitlines()] == ["logstart"]
+    # events.jsonl records them too: a killed run's controller recovers them from it.
+    assert [json.loads(line)["ev"] for line in copy.getvalue().splitlines()] == [
+        "allure", "allure", "logstart"]
 
     feeder = EventFeeder(pytestconfig, None, allure_dir=tmp_path / "b")  # type: ignore[arg-type]
     for line in channel.getvalue().splitlines():
@@ -81,10 +81,20 @@ def test_a_streamed_result_never_lands_outside_its_folder(
     tmp_path: Path, pytestconfig: pytest.Config, name: str
 ) -> None:
     feeder = EventFeeder(pytestconfig, None, allure_dir=tmp_path / "out")  # type: ignore[arg-type]
-    feeder.feed(json.dumps({"ev": "allure", "name": name, "indent": None,
-                            "result": {"name": "t"}}).encode() + b"\n")
+    feeder.feed(json.dumps({"ev": "allure", "name": name,
+                            "text": '{"name": "t"}'}).encode() + b"\n")
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape-result.json").exists()
     assert feeder.stray and "cannot be written" in feeder.stray[0]
+
+
+def test_a_result_event_without_text_is_kept_as_stray_output(
+    tmp_path: Path, pytestconfig: pytest.Config
+) -> None:
+    feeder = EventFeeder(pytestconfig, None, allure_dir=tmp_path / "out")  # type: ignore[arg-type]
+    feeder.feed(json.dumps({"ev": "allure", "name": "a-result.json",
+                            "text": {"name": "t"}}).encode() + b"\n")
+    assert not (tmp_path / "out").exists()
+    assert feeder.stray == ["hil: an Allure result event that cannot be written: 'a-result.json'"]
 
 
 def test_only_a_registered_allure_file_logger_is_sped_up(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,13 @@ def test_full_form_is_kept_without_compact(config: pytest.Config) -> None:
     pytest.param([phase("setup", "skipped", longrepr=("test_a.py", 3, "Skipped: no")),
                   phase("teardown")], id="skipped at setup"),
 ])
+@pytest.mark.parametrize("direct", [True, False],
+                         ids=["built directly", "through the deserializer hook"])
 def test_compact_and_full_forms_rebuild_the_same_reports(
-    config: pytest.Config, feeder: EventFeeder, reports: list[pytest.TestReport]
+    config: pytest.Config, feeder: EventFeeder, reports: list[pytest.TestReport], direct: bool
 ) -> None:
+    # Built directly while pytest's deserializer is the only one; through the hook otherwise.
+    feeder._only_pytest = direct
     full = replayed(feeder, stream_events(config, reports, compact=False))
     compact = replayed(feeder, stream_events(config, reports, compact=True))
     assert compact == full
@@ -143,6 +148,119 @@ def test_test_events_are_written_with_the_next_test_start(config: pytest.Config)
     stream.pytest_runtest_logstart("test_a.py::test_y", ("test_a.py", 9, "test_y"))
     kinds = [json.loads(line)["ev"] for line in channel.getvalue()[len(written):].splitlines()]
     assert kinds == ["finish", "logstart"]
+
+
+class CountingChannel(io.StringIO):
+    """A channel that counts its flushes: each is one write the engine carries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def run_quick_tests(stream: EventStream, count: int, then_start: str | None = None) -> None:
+    """``count`` passed tests, then (with ``then_start``) one that starts and keeps running."""
+    for i in range(count):
+        nodeid, location = f"test_a.py::test_{i}", ("test_a.py", i, f"test_{i}")
+        stream.pytest_runtest_logstart(nodeid, location)
+        for when in ("setup", "call", "teardown"):
+            stream.pytest_runtest_logreport(pytest.TestReport(
+                nodeid, location, {}, "passed", None, when, [], 0.0, 0.0, 0.0, []))
+        stream.pytest_runtest_logfinish(nodeid, location)
+    if then_start:
+        stream.pytest_runtest_logstart(then_start, ("test_a.py", count, then_start))
+
+
+def test_quick_tests_share_writes_and_a_slow_tests_start_still_goes_out(
+        config: pytest.Config) -> None:
+    channel, copy = CountingChannel(), io.StringIO()
+    stream = EventStream(channel, copy, compact=True, interval=0.2)
+    stream.pytest_configure(config)
+    run_quick_tests(stream, 50, then_start="test_a.py::test_slow")
+    # 51 tests started within the interval: far fewer writes than tests ...
+    assert channel.flushes < 10
+    # ... while the record already holds every finished test and the running one.
+    recorded = [json.loads(line) for line in copy.getvalue().splitlines()]
+    assert [e["ev"] for e in recorded].count("finish") == 50
+    assert recorded[-1]["ev"] == "logstart" and recorded[-1]["nodeid"] == "test_a.py::test_slow"
+    assert [e["n"] for e in recorded] == list(range(1, len(recorded) + 1))
+
+    def kinds() -> list[str]:
+        return [json.loads(line)["ev"] for line in channel.getvalue().splitlines()]
+
+    # The slow test runs on: its start and every earlier result go out without
+    # another hook call, written by the flusher thread.
+    deadline = time.monotonic() + 10
+    while kinds().count("logstart") < 51 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert kinds().count("finish") == 50 and kinds()[-1] == "logstart"
+    assert '"test_a.py::test_slow"' in channel.getvalue().splitlines()[-1]
+
+
+@pytest.mark.parametrize("interval, copy", [(0, io.StringIO()), (0.2, None)],
+                         ids=["no-interval", "no-record-to-fall-back-on"])
+def test_every_test_start_is_written_at_once(
+        config: pytest.Config, interval: float, copy: io.StringIO | None) -> None:
+    channel = CountingChannel()
+    stream = EventStream(channel, copy, compact=True, interval=interval)
+    stream.pytest_configure(config)
+    before = channel.flushes
+    run_quick_tests(stream, 5)
+    assert channel.flushes - before == 5
+
+
+def test_nothing_follows_the_exit_event(config: pytest.Config) -> None:
+    channel = io.StringIO()
+    stream = EventStream(channel, io.StringIO(), compact=True, interval=0.05)
+    stream.pytest_configure(config)
+    run_quick_tests(stream, 3)
+    stream.finish(1)
+    stream.send("logstart", nodeid="late", location=["a", 0, "late"])
+    stream.flush()  # what the flusher thread would do
+    events = [json.loads(line) for line in channel.getvalue().splitlines()]
+    assert events[-1]["ev"] == "exit" and events[-1]["code"] == 1
+    assert sum(e["ev"] == "logstart" for e in events) == 3
+
+
+def test_a_cut_short_channel_is_completed_from_the_record_once(
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    # Replayed into a session of its own: no Allure listener, no terminal in between.
+    config = pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:allure_pytest",
+                                     "-p", "no:terminal")
+    feeder = EventFeeder(config, pytest.Session.from_config(config))
+    channel, copy = io.StringIO(), io.StringIO()
+    stream = EventStream(channel, copy, compact=True, interval=60)
+    stream.pytest_configure(config)
+    stream.send("collection_finish", nodeids=[f"test_a.py::test_{i}" for i in range(6)])
+    run_quick_tests(stream, 5, then_start="test_a.py::test_5")
+    # The container dies here: the channel carried the events up to the collection,
+    # the record has them all.  Stray output on the channel stays stray.
+    feeder.feed(channel.getvalue().encode() + b"[1, 2]\n")
+    feeder.report_keys = list(json.loads(channel.getvalue().splitlines()[0])["report_keys"])
+    assert feeder.finished == 0 and feeder.running == "test_a.py::test_0"
+    (tmp_path / "events.jsonl").write_text(copy.getvalue() + '{"ev": "logst')  # cut mid-line
+    assert feeder.recover(tmp_path / "events.jsonl") == 11  # 5 starts, 5 finishes, 1 start
+    assert feeder.finished == 5 and feeder.running == "test_a.py::test_5"
+    assert feeder.recover(tmp_path / "events.jsonl") == 0  # nothing twice
+    assert feeder.finished == 5 and feeder.stray == ["[1, 2]"]
+
+
+def test_the_running_test_is_told_by_collection_order_when_its_start_is_still_queued(
+        feeder: EventFeeder) -> None:
+    nodeids = ["test_a.py::test_0", "test_a.py::test_1", "test_a.py::test_2"]
+    feeder.handle({"ev": "collection_finish", "nodeids": nodeids})
+    assert feeder.running == "test_a.py::test_0"  # the run died before any start arrived
+    feeder.handle({"ev": "logstart", "nodeid": nodeids[0], "location": ["test_a.py", 0, "t"]})
+    feeder.handle({"ev": "logfinish", "nodeid": nodeids[0], "location": ["test_a.py", 0, "t"]})
+    assert feeder.running == "test_a.py::test_1"
+    feeder.handle({"ev": "logstart", "nodeid": nodeids[2], "location": ["test_a.py", 2, "t"]})
+    assert feeder.running == "test_a.py::test_2"  # a start that arrived is believed
+    feeder.handle({"ev": "logfinish", "nodeid": nodeids[2], "location": ["test_a.py", 2, "t"]})
+    assert feeder.running is None  # the last one finished
 
 
 def test_chart_markers_read_the_call_of_a_finish_event(tmp_path: Path,
