@@ -565,12 +565,18 @@ EVENT_INTERVAL_MS = 20.0
 
 
 def _flush_interval(value: str | None) -> float:
-    """``HIL_EVENT_INTERVAL_MS`` in seconds (the default when unset or not a number >= 0)."""
+    """``HIL_EVENT_INTERVAL_MS`` in seconds: 0 to 10000 ms, else the default (and a warning)."""
+    if not value:
+        return EVENT_INTERVAL_MS / 1000
     try:
-        ms = float(value) if value else EVENT_INTERVAL_MS
+        ms = float(value)
     except ValueError:
-        ms = EVENT_INTERVAL_MS
-    return ms / 1000 if ms >= 0 else EVENT_INTERVAL_MS / 1000
+        ms = -1.0
+    if not 0 <= ms <= 10_000:  # NaN fails both
+        print(f"hil worker: HIL_EVENT_INTERVAL_MS={value!r} is not a number of milliseconds "
+              f"from 0 to 10000; using {EVENT_INTERVAL_MS:g}", file=sys.stderr)
+        return EVENT_INTERVAL_MS / 1000
+    return ms / 1000
 
 
 def probe() -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 
 from hil import report as hil_report
 from hil.session import EventFeeder
-from hil.worker import EventStream
+from hil.worker import EventStream, _flush_interval
 
 NODEID = "test_a.py::test_x"
 LOCATION = ("test_a.py", 3, "test_x")
@@ -269,3 +269,14 @@ def test_chart_markers_read_the_call_of_a_finish_event(tmp_path: Path,
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     markers = hil_report.test_markers(hil_report.RunFolder(tmp_path, "box", "r1"), [])
     assert [(m.kind, m.t) for m in markers if m.kind == "passed"] == [("passed", 100.375)]
+
+
+@pytest.mark.parametrize("value, seconds, warned", [
+    (None, 0.02, False), ("", 0.02, False), ("0", 0.0, False), ("250", 0.25, False),
+    ("inf", 0.02, True), ("nan", 0.02, True), ("-5", 0.02, True), ("soon", 0.02, True),
+])
+def test_the_event_interval_setting(capsys: pytest.CaptureFixture[str], value: str | None,
+                                    seconds: float, warned: bool) -> None:
+    assert _flush_interval(value) == pytest.approx(seconds)
+    err = capsys.readouterr().err
+    assert ("HIL_EVENT_INTERVAL_MS" in err) == warned
