@@ -30,6 +30,7 @@ import pytest
 from hil.backends.base import Backend, Progress, RunEnd, RunPlan, load_backend
 from hil.errors import HilError, RunLostError, TargetUnhealthyError
 from hil.plugin import HilSettings, git_commit
+from hil.worker import only_pytest_implements
 
 #: Options that only make sense on the controller: (name, takes a value).
 HOST_ONLY_OPTIONS: dict[str, bool] = {
@@ -152,12 +153,17 @@ class EventFeeder:
         """Whether the worker sent its final ``exit`` event."""
         return self.exit_code is not None
 
-    def _line(self, line: bytes) -> None:
+    @staticmethod
+    def _decode(line: bytes) -> dict[str, Any] | None:
         try:
             event = json.loads(line)
         except ValueError:
-            event = None
-        if not isinstance(event, dict):
+            return None
+        return event if isinstance(event, dict) else None
+
+    def _line(self, line: bytes) -> None:
+        event = self._decode(line)
+        if event is None:
             # Output printed around pytest (not by it) is kept, never lost.
             self.stray.append(line.decode("utf-8", "replace"))
             return
@@ -184,12 +190,8 @@ class EventFeeder:
             return 0
         replayed = 0
         for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by the kill
-            if isinstance(event, dict) and isinstance(event.get("n"), int) \
-                    and event["n"] > self.last_n:
+            event = self._decode(line)  # None for a line cut short by the kill
+            if event is not None and isinstance(event.get("n"), int) and event["n"] > self.last_n:
                 self.last_n = event["n"]
                 self.handle(event)
                 replayed += 1
@@ -214,9 +216,8 @@ class EventFeeder:
     def _pytest_deserializes(self) -> bool:
         """Whether pytest's own ``pytest_report_from_serializable`` is the only one."""
         if self._only_pytest is None:
-            impls = self.config.hook.pytest_report_from_serializable.get_hookimpls()
-            self._only_pytest = all(
-                str(getattr(i.plugin, "__name__", "")).startswith("_pytest.") for i in impls)
+            self._only_pytest = only_pytest_implements(
+                self.config.hook.pytest_report_from_serializable)
         return self._only_pytest
 
     def _passed_reports(self, event: dict[str, Any]) -> Iterator[Any]:

@@ -283,6 +283,12 @@ def speed_up_allure_results(sink: AllureSink | None = None) -> bool:
     return patched
 
 
+def only_pytest_implements(hook: Any) -> bool:
+    """Whether every implementation of ``hook`` (a hook caller) is pytest's own."""
+    return all(str(getattr(i.plugin, "__name__", "")).startswith("_pytest.")
+               for i in hook.get_hookimpls())
+
+
 def _plain_report_shape() -> tuple[frozenset[str], list[str]]:
     """A passed report's attribute names and its serialized keys, in order, for this pytest."""
     report = pytest.TestReport("a.py::t", ("a.py", 0, "t"), {}, "passed", None, "call", [],
@@ -440,9 +446,7 @@ class EventStream:
             speed_up_allure_results()
         extra: dict[str, Any] = {}
         # Only pytest's own serializers may be skipped: a plugin's could add to the reports.
-        impls = config.hook.pytest_report_to_serializable.get_hookimpls()
-        if self.compact and all(str(getattr(i.plugin, "__name__", "")).startswith("_pytest.")
-                                for i in impls):
+        if self.compact and only_pytest_implements(config.hook.pytest_report_to_serializable):
             self.plain_attrs, extra["report_keys"] = _plain_report_shape()
         else:
             self.compact = False
