@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -30,10 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import pytest_seconds, start
+
 from hil.sim import Rig
 
 REPO = Path(__file__).resolve().parents[1]
-#: The interpreter that runs the measured pytest (--python: e.g. a venv holding only pytest-hil).
+#: The interpreter that runs the measured pytest (``--python``, see benchlib.start).
 PYTHON = sys.executable
 
 
@@ -82,14 +83,6 @@ def timed(cmd: list[str], cwd: Path) -> float:
     return timed_output(cmd, cwd)[0]
 
 
-def reported_duration(output: str) -> float:
-    """pytest's own session time from its last line (``2000 passed in 1.23s``)."""
-    found = re.findall(r" in ([0-9.]+)s", output)
-    if not found:
-        raise SystemExit(f"no duration in pytest's output:\n{output[-2000:]}")
-    return float(found[-1])
-
-
 def overhead(project: Path, folder: str, edit: bool, repeat: int) -> list[float]:
     cmd = [PYTHON, "-m", "pytest", "--target=bench", "-q", "-p", "no:cacheprovider", folder]
     figures = []
@@ -106,13 +99,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--tests", type=int, default=2000)
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter for the measured pytest runs (default: this one)")
-    args = parser.parse_args()
+    args, rig = start(parser)
     global PYTHON
     PYTHON = args.python
-    rig = Rig()
-    rig.ensure_up()
     with tempfile.TemporaryDirectory(prefix="hil-bench-") as tmp:
         project = make_project(Path(tmp), rig, args.tests)
         print("warming up (builds the image if needed) ...", flush=True)
@@ -141,7 +130,7 @@ def main() -> int:
                     wall.setdefault((name, folder), []).append(seconds)
                     if folder == "many":
                         inner[name].append(inner_duration(latest_run(project)) if name == "target"
-                                           else reported_duration(output))
+                                           else pytest_seconds(output))
 
     def fmt(values: list[float]) -> str:
         return f"median {statistics.median(values):.3f} s (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import shutil
 import statistics
@@ -37,6 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchlib import pytest_seconds, start  # noqa: E402
+
 from hil.sim import Rig  # noqa: E402
 from hil.sshmux import stop_all  # noqa: E402
 
@@ -46,11 +47,8 @@ TESTS = {
     "tests/test_text.py": "import pytest\n\n\n@pytest.mark.parametrize('n', range(5))\n"
                           "def test_upper(n):\n    assert 'ab'.upper() == 'AB'\n",
 }
-#: The interpreter that runs the measured pytest (--python: e.g. a venv holding only
-#: pytest-hil, so plugins installed here for other work, such as hypothesis at 0.7 s of
-#: import on our 2-core host, are not counted as pytest-hil's overhead).
+#: The interpreter that runs the measured pytest (``--python``, see benchlib.start).
 PYTHON = sys.executable
-_DURATION = re.compile(r" in (\d+(?:\.\d+)?)s")
 
 
 def make_project(where: Path) -> Path:
@@ -69,14 +67,6 @@ def make_project(where: Path) -> Path:
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
     return root
-
-
-def pytest_seconds(text: str) -> float:
-    """The duration on pytest's last summary line."""
-    found = _DURATION.findall(text)
-    if not found:
-        raise RuntimeError(f"no pytest duration in:\n{text[-2000:]}")
-    return float(found[-1])
 
 
 def run_ours(root: Path, control: Path) -> tuple[float, float]:
@@ -168,13 +158,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="measured runs per side (default 5)")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="netem delay each way")
-    parser.add_argument("--python", default=sys.executable,
-                        help="interpreter of the measured pytest runs (default: this one)")
-    args = parser.parse_args()
+    args, rig = start(parser)
     global PYTHON
     PYTHON = args.python
-    rig = Rig()
-    rig.ensure_up()
     with tempfile.TemporaryDirectory(prefix="hil-bench-") as tmp:
         root = make_project(Path(tmp))
         bare = show("bare rig link", measure(root, rig, args.runs))

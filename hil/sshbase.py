@@ -168,19 +168,7 @@ class Connection(ABC):
             wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
             with contextlib.suppress(OSError, ValueError):
                 select.select([fd], [], [], wait)
-            got = False
-            while chan.recv_ready():
-                data = chan.recv(1 << 16)
-                if not data:
-                    break
-                on_stdout(data)
-                got = True
-            while chan.recv_stderr_ready():
-                data = chan.recv_stderr(1 << 16)
-                if not data:
-                    break
-                on_stderr(data)
-                got = True
+            got = _drain(chan, on_stdout, on_stderr)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError
             if got:
@@ -189,11 +177,7 @@ class Connection(ABC):
             # close, so a channel seen closed here has its status, if it got one.
             closed = chan.closed
             if exited(chan) and (chan.eof_received or closed):
-                # Drain what raced with the exit status.
-                while chan.recv_ready():
-                    on_stdout(chan.recv(1 << 16))
-                while chan.recv_stderr_ready():
-                    on_stderr(chan.recv_stderr(1 << 16))
+                _drain(chan, on_stdout, on_stderr)  # what raced with the exit status
                 return chan.recv_exit_status()
             if not self.alive:
                 if exited(chan):
@@ -234,3 +218,17 @@ class Connection(ABC):
             chan.close()
         return Result(command, code, b"".join(out).decode("utf-8", "replace"),
                       b"".join(err).decode("utf-8", "replace"))
+
+
+def _drain(chan: Channel, on_stdout: ByteSink, on_stderr: ByteSink) -> bool:
+    """Pass what ``chan`` holds on stdout and stderr to the sinks; whether there was any."""
+    got = False
+    for ready, recv, sink in ((chan.recv_ready, chan.recv, on_stdout),
+                              (chan.recv_stderr_ready, chan.recv_stderr, on_stderr)):
+        while ready():
+            data = recv(1 << 16)
+            if not data:
+                break
+            sink(data)
+            got = True
+    return got
