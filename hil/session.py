@@ -444,6 +444,7 @@ class RemoteSession:
         self.log: list[str] = []
         self.backend: Backend | None = None
         self.publisher: threading.Thread | None = None
+        self.fetched = False
         # The run's own junit.xml, written here from the streamed reports.
         from _pytest.junitxml import LogXML
 
@@ -536,6 +537,11 @@ class RemoteSession:
                     self.timings["tests"] = round(run_end - hello, 3)
                     self.exitstatus = self._exit_code(feeder, end)
                 except HilError as err:
+                    if isinstance(err, RunLostError) and err.running_test is None:
+                        # A lost link: the worker's record comes back with the results, and
+                        # it knows the running test better than the events that got here.
+                        with self._phase("fetch"):
+                            self._fetch(backend, plan)  # its own fault is second to this one
                     self._recover(feeder)
                     if isinstance(err, RunLostError) and err.running_test is None and feeder.running:
                         err = RunLostError(err.message, running_test=feeder.running,
@@ -543,8 +549,11 @@ class RemoteSession:
                     self._fail(err)
                 finally:
                     with self._phase("fetch"):
-                        self._fetch(backend, plan)
-                    self._recover(feeder)  # after an interrupt, or a record fetched late
+                        fault = self._fetch(backend, plan)
+                    if fault is not None and self.error is None:
+                        self._fail(fault)
+                    self._recover(feeder)  # after an interrupt
+                    self._publish()
         finally:
             # Closed at unconfigure: the container's removal (and an SSH lease's release)
             # then overlaps with writing the reports and the summary.
@@ -593,13 +602,20 @@ class RemoteSession:
             "kind": err.kind, "exit_code": int(err.exit_code), "message": str(err),
             "target": self.spec.name, "tail": err.tail}, indent=1), encoding="utf-8")
 
-    def _fetch(self, backend: Any, plan: RunPlan) -> None:
+    def _fetch(self, backend: Any, plan: RunPlan) -> HilError | None:
+        """Bring the run's results folder here, once; the fault that stopped that, if any."""
+        if self.fetched:
+            return None
+        self.fetched = True
         try:
             backend.fetch(plan)
         except HilError as err:
             self.config.get_terminal_writer().line(f"hil: could not fetch results: {err}", red=True)
-            if self.error is None:
-                self._fail(err)
+            return err
+        return None
+
+    def _publish(self) -> None:
+        """Put the run's Allure results (and an infrastructure fault's) in the results folder."""
         allure_dir = self.settings.allure_dir
         if allure_dir is None:
             return

@@ -475,7 +475,11 @@ def test_e2e_link_cut_exits_run_lost_naming_the_test(pytester: pytest.Pytester, 
     import subprocess
     import sys
 
-    root = _e2e_project(pytester, sim_jetson, env='HIL_SLOW = "120"\n')
+    # Events held in the worker for 10 s: none of the tests' events cross the link before
+    # the cut, so the test names and results come from the worker's record, fetched after
+    # the link is back (with the default 20 ms, a cut right after a test starts is the same).
+    root = _e2e_project(pytester, sim_jetson,
+                        env='HIL_SLOW = "120"\nHIL_EVENT_INTERVAL_MS = "10000"\n')
     conn = SshConnection(resolve_endpoint(sim_jetson.ssh.host,
                                           config_file=sim_jetson.ssh.config)).open()
     outs = "$HOME/" + shlex.quote(sim_jetson.ssh.remote_dir.rsplit("/", 1)[0]) + "/.hil-out"
