@@ -101,6 +101,20 @@ def _serves(spec: TargetSpec) -> tuple[int, str]:
     return spec.tier, "declared"
 
 
+def _allure_listening() -> bool:
+    """Whether an allure-pytest listener is already registered in this process.
+
+    Called before allure-pytest's own configure, so a listener found belongs to
+    another (enclosing) pytest session.
+    """
+    try:
+        from allure_commons import plugin_manager
+        from allure_pytest.listener import AllureListener
+    except ImportError:
+        return False
+    return any(isinstance(p, AllureListener) for p in plugin_manager.get_plugins())
+
+
 def _exit_on(err: HilError) -> None:
     pytest.exit(f"hil: {err}", returncode=int(err.exit_code))
 
@@ -125,8 +139,13 @@ def pytest_configure(config: pytest.Config) -> None:
     reports = Path(config.getoption("hil_reports") or config.rootpath / "reports")
     allure_dir: Path | None = None
     has_allure = config.pluginmanager.hasplugin("allure_pytest")
-    if has_allure and not config.getoption("hil_no_allure") and not plan:
-        given = config.getoption("allure_report_dir")
+    given = config.getoption("allure_report_dir") if has_allure else None
+    # Allure by default only for the outermost session of a process: allure-pytest's
+    # listeners share one process-wide hook relay, so a nested in-process session
+    # (pytester's inline runs, parseconfigure) with a listener of its own would get
+    # the enclosing session's fixture events and fail on them.
+    if has_allure and not config.getoption("hil_no_allure") and not plan and (
+            given or not _allure_listening()):
         allure_dir = Path(given) if given else reports / "allure-results"
         keep = config.getoption("hil_keep_results")
         if spec.kind == "local":

@@ -265,3 +265,24 @@ def test_local_target_runs_without_docker_or_fabric(pytester: pytest.Pytester) -
     """)
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1)
+
+
+def test_a_nested_in_process_session_leaves_allure_to_the_enclosing_one(pytester: pytest.Pytester) -> None:
+    # The enclosing session (a subprocess) records Allure; the session its test runs
+    # in-process must not register a second allure-pytest listener, which would
+    # receive the outer session's fixture events and fail on them at teardown.
+    pytester.makepyfile(test_outer='''
+        import pytest
+
+        @pytest.fixture
+        def inner(pytester):
+            config = pytester.parseconfigure("-p", "no:cacheprovider")
+            yield config
+
+        def test_nested(inner):
+            assert inner.option.allure_report_dir is None
+    ''')
+    result = pytester.runpytest_subprocess("-p", "pytester", "-p", "no:cacheprovider",
+                                           f"--alluredir={pytester.path / 'allure'}")
+    result.assert_outcomes(passed=1)
+    assert list((pytester.path / "allure").glob("*-result.json"))
