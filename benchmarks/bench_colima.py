@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import pytest_seconds, start
+from benchlib import IMAGE_REQUIREMENTS, pytest_seconds, start
 
 from hil.sim import Rig
 
@@ -42,7 +42,8 @@ def make_project(base: Path, rig: Rig, n_tests: int) -> Path:
     project = base / "bench-project"
     (project / "targets").mkdir(parents=True)
     shutil.copy(REPO / "targets" / "Dockerfile", project / "targets" / "Dockerfile")
-    shutil.copy(REPO / "targets" / "requirements.txt", project / "targets" / "requirements.txt")
+    for rel in IMAGE_REQUIREMENTS:
+        shutil.copy(REPO / rel, project / rel)
     (project / "targets" / "bench.toml").write_text(
         f'kind = "docker"\ntier = 1\n[docker]\nengine = "{rig.colima_host}"\n'
         f'build_args = {{ BASE_IMAGE = "{rig.base_image}" }}\n'

@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchlib import pytest_seconds, start  # noqa: E402
+from benchlib import IMAGE_REQUIREMENTS, pytest_seconds, start  # noqa: E402
 
 from hil.sim import Rig  # noqa: E402
 from hil.sshmux import stop_all  # noqa: E402
@@ -54,7 +54,7 @@ PYTHON = sys.executable
 def make_project(where: Path) -> Path:
     """A small git checkout using the repo's Dockerfile (so the image is shared)."""
     root = where / "bench-project"
-    for rel in ("targets/Dockerfile", "targets/requirements.txt", "targets/sim-jetson.toml"):
+    for rel in ("targets/Dockerfile", *IMAGE_REQUIREMENTS, "targets/sim-jetson.toml"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rel, root / rel)
     toml = root / "targets" / "sim-jetson.toml"

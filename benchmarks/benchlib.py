@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+#: The dependencies image's requirement locks (what targets/Dockerfile COPYs).
+IMAGE_REQUIREMENTS = ("targets/requirements.txt", "targets/requirements-cpu.txt",
+                      "targets/requirements-jetson.txt")
 if str(REPO) not in sys.path:  # run as ``python3 benchmarks/bench_*.py`` from a checkout
     sys.path.insert(0, str(REPO))
 

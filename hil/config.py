@@ -248,7 +248,8 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
 def _load_toml(path: Path, display: str) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            data: dict[str, Any] = tomllib.load(fh)
+            return data
     except tomllib.TOMLDecodeError as err:
         # tomllib messages end with "(at line L, column C)".
         raise ConfigError(f"{display}: TOML syntax error: {err}") from None

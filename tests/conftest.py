@@ -19,6 +19,11 @@ from hil.sim import Rig
 # --- the simulated rig (hil sim) ---------------------------------------------
 
 SIM_REQUIRED_ENV = "HIL_SIM_REQUIRED"
+#: The dependencies image's requirement locks (what targets/Dockerfile COPYs).
+IMAGE_REQUIREMENTS = ("targets/requirements.txt", "targets/requirements-cpu.txt",
+                      "targets/requirements-jetson.txt")
+#: Debian packages the tests need beside the rig's own.
+TEST_PACKAGES = ("chromium", "git", "ca-certificates")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -34,12 +39,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def sim_rig() -> Iterator[Rig]:
     """The simulated rig, brought up if needed; yields :class:`hil.sim.Rig`.
 
+    Installs the rig's missing Debian packages first where it can (root, apt-get).
     Skips where the rig cannot run (not Linux, not root, tools missing) unless
     ``HIL_SIM_REQUIRED=1``, which makes that a failure.  It never takes the
     rig down (``hil sim down`` does), but undoes every fault injected through it.
     """
     rig = Rig()
+    # The test command does the whole set-up: on a fresh Debian machine, as root, the
+    # rig's packages (and the browser the report tests look through) come from apt.
+    install_problem = Rig.install_packages(extra=TEST_PACKAGES)
     reason = rig.unsupported_reason()
+    if reason and install_problem:
+        reason = f"{reason} ({install_problem})"
     if reason:
         if os.environ.get(SIM_REQUIRED_ENV) == "1":
             pytest.fail(f"{SIM_REQUIRED_ENV}=1 but {reason}", pytrace=False)
@@ -142,7 +153,7 @@ def rig_report_project(sim_rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     root = tmp_path / "project"
     repo = Path(__file__).resolve().parent.parent
-    for rel in ("targets/Dockerfile", "targets/requirements.txt"):
+    for rel in ("targets/Dockerfile", *IMAGE_REQUIREMENTS):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(repo / rel, root / rel)
     colima = (repo / "targets" / "sim-colima.toml").read_text(encoding="utf-8")
@@ -196,7 +207,7 @@ def sim_project(tmp_path: Path) -> Path:
 
     root = tmp_path / "project"
     repo = Path(__file__).resolve().parent.parent
-    for rel in ("targets/Dockerfile", "targets/requirements.txt", "targets/sim-jetson.toml"):
+    for rel in ("targets/Dockerfile", *IMAGE_REQUIREMENTS, "targets/sim-jetson.toml"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(repo / rel, root / rel)
     for rel, text in SIM_PROJECT_FILES.items():

@@ -15,6 +15,7 @@ from typing import Any
 import paramiko
 import pytest
 
+from conftest import IMAGE_REQUIREMENTS
 from hil.backends.base import CONTAINER_LABEL, Progress, RunPlan
 from hil.backends.ssh import SshBackend, jetpack_of, l4t_of_image
 from hil.errors import (
@@ -431,7 +432,7 @@ def _e2e_project(pytester: pytest.Pytester, spec: Any, env: str = "", memory: st
 
     root = pytester.path
     repo = Path(__file__).resolve().parent.parent
-    for rel in ("targets/Dockerfile", "targets/requirements.txt"):
+    for rel in ("targets/Dockerfile", *IMAGE_REQUIREMENTS):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes((repo / rel).read_bytes())
     toml = (repo / "targets" / "sim-jetson.toml").read_text(encoding="utf-8")

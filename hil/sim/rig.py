@@ -45,6 +45,15 @@ REQUIRED_TOOLS: dict[str, str] = {
 }
 
 
+def _dpkg_installed(package: str) -> bool:
+    """Whether dpkg has ``package`` installed (False where there is no dpkg)."""
+    if which("dpkg-query") is None:
+        return False
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package],
+                          capture_output=True, text=True, check=False)
+    return done.stdout.strip().endswith(" installed")
+
+
 class RigUnsupportedError(HilError):
     """The rig cannot run here: not Linux, not root, or tools missing (it says which)."""
 
@@ -158,6 +167,29 @@ class Rig:
     def missing_packages() -> list[str]:
         """The Debian packages whose tools are missing, sorted."""
         return sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if which(tool) is None})
+
+    @classmethod
+    def install_packages(cls, extra: tuple[str, ...] = ()) -> str | None:
+        """Install the rig's missing Debian packages (and ``extra``) with apt-get.
+
+        Only where that can work (Linux, root, apt-get present); returns why it
+        could not, or None once everything is there.  Packages already installed
+        cost nothing: apt-get is not called at all.
+        """
+        missing = sorted(set(cls.missing_packages()) | {p for p in extra if not _dpkg_installed(p)})
+        if not missing:
+            return None
+        if platform.system() != "Linux" or os.geteuid() != 0 or which("apt-get") is None:
+            return f"cannot install {' '.join(missing)}: needs root on a Debian-like Linux (apt-get)"
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        print(f"hil sim: installing Debian packages: {' '.join(missing)}", file=sys.stderr, flush=True)
+        for argv in (["apt-get", "update", "-qq"],
+                     ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+                return f"{' '.join(argv[:2])} failed (exit {done.returncode}): {tail}"
+        return None
 
     @classmethod
     def unsupported_reason(cls) -> str | None:
