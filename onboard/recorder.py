@@ -82,6 +82,7 @@ def _schema(kind: str, description: str, **fields: FieldSpec) -> RecordSchema:
 
 _S = FieldSpec
 _OPT_STR = FieldSpec("str", required=False, nullable=True)
+_NULL_STR = FieldSpec("str", nullable=True)
 
 #: Every kind of record the onboard software writes, by kind name.
 SCHEMAS: dict[str, RecordSchema] = {
@@ -108,6 +109,8 @@ SCHEMAS: dict[str, RecordSchema] = {
             runtime=_S("str"),
             label=_S("str"),
             fallback_from=_S("str"),
+            model_name=_S("str"),
+            reason=_NULL_STR,
         ),
         _schema(
             "cpu fallback",
@@ -116,6 +119,25 @@ SCHEMAS: dict[str, RecordSchema] = {
             requested_providers=_S("list"),
             active_providers=_S("list"),
             refused=_S("bool"),
+            model_name=_NULL_STR,
+            reason=_S("str"),
+        ),
+        _schema(
+            "tensorrt ep refused",
+            "ONNX Runtime was asked for the TensorRT EP (it is listed) but the session runs without it",
+            runtime=_S("str"),
+            model_name=_S("str"),
+            requested_providers=_S("list"),
+            active_providers=_S("list"),
+            reason=_S("str"),
+        ),
+        _schema(
+            "engine staged",
+            "a cached TensorRT engine was put into the TensorRT EP's cache folder",
+            runtime=_S("str"),
+            source=_S("str"),
+            target=_S("str"),
+            how=_S("str"),
         ),
         _schema(
             "engine built",

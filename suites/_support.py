@@ -11,6 +11,12 @@ import pytest
 
 from onboard.errors import RuntimeUnavailable
 from onboard.inference import InferenceRuntime, RuntimeConfig, create_runtime
+from onboard.inference.ort_providers import (
+    GPU_PROVIDERS,
+    library_load_error,
+    loadable_providers,
+    provider_library,
+)
 from onboard.recorder import FlightRecorder
 
 try:  # allure-pytest is optional: the suites also run where it is absent
@@ -32,16 +38,33 @@ def runtime_or_skip(
         pytest.skip(str(exc))
 
 
-def ort_gpu_providers() -> set[str]:
-    """The GPU execution providers the installed onnxruntime offers (empty without one)."""
+def ort_listed_gpu_providers() -> set[str]:
+    """The GPU execution providers the installed onnxruntime *lists* (whether or not they load)."""
     try:
         import onnxruntime
     except ImportError:
         return set()
-    return set(onnxruntime.get_available_providers()) & {
-        "TensorrtExecutionProvider",
-        "CUDAExecutionProvider",
-    }
+    return set(onnxruntime.get_available_providers()) & set(GPU_PROVIDERS)
+
+
+def ort_gpu_providers() -> set[str]:
+    """The GPU execution providers that really load here (a tiny session each, once per process).
+
+    onnxruntime-gpu lists the TensorRT EP on a host without TensorRT; a skip
+    condition asks this, not the list.
+    """
+    return set(loadable_providers()) & set(GPU_PROVIDERS)
+
+
+def ort_unloadable_reason(provider: str) -> str:
+    """Why a listed provider does not load here (the loader's words), for skip reasons."""
+    import onnxruntime
+
+    library = provider_library(onnxruntime, provider)
+    error = library_load_error(library) if library is not None else None
+    return f"{provider} is listed by onnxruntime {onnxruntime.__version__} but does not load here" + (
+        f": {error}" if error else ""
+    )
 
 
 def percentiles(samples_s: Sequence[float]) -> dict[str, float]:

@@ -7,6 +7,10 @@ The file's first line looks like::
 
 (one line in the file, wrapped here).
 R36 + REVISION 4.3 is L4T 36.4.3, which shipped in JetPack 6.2.
+
+The table ends at the newest release it knows (L4T 36.5.0, JetPack 6.2.2).  A
+newer L4T has no JetPack here: it is reported as unknown (``jetpack`` is
+``None``, ``newer_than_known`` is true) rather than guessed from its neighbours.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ L4T_TO_JETPACK: dict[str, str] = {
     "36.4.2": "6.1.1",
     "36.4.3": "6.2",
     "36.4.4": "6.2.1",
+    "36.5.0": "6.2.2",
 }
 
 _HEAD = re.compile(r"^#\s*R(?P<major>\d+)\s*\((?P<kind>[^)]*)\)\s*,\s*(?P<rest>.*)$")
@@ -59,6 +64,11 @@ class L4TRelease:
         """The JetPack release of this L4T version, or ``None`` when it is not in the table."""
         return jetpack_for_l4t(self.version)
 
+    @property
+    def newer_than_known(self) -> bool:
+        """Whether this L4T is newer than every release of the table (so its JetPack is unknown)."""
+        return _version_tuple(self.version) > _version_tuple(newest_known_l4t())
+
     def to_dict(self) -> dict[str, object]:
         """Plain data, with the derived L4T version and JetPack release."""
         return {
@@ -71,7 +81,17 @@ class L4TRelease:
             "date": self.date,
             "l4t": self.version,
             "jetpack": self.jetpack,
+            "newer_than_known": self.newer_than_known,
         }
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def newest_known_l4t() -> str:
+    """The newest L4T version the table maps to a JetPack release."""
+    return max(L4T_TO_JETPACK, key=_version_tuple)
 
 
 def jetpack_for_l4t(version: str) -> str | None:

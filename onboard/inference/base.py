@@ -105,7 +105,7 @@ class InferenceRuntime(Protocol):
         ...
 
     def infer(self, handle: EngineHandle, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the model on named inputs; return named float32 numpy outputs."""
+        """Run the model on named inputs; return named numpy outputs in the model's dtypes."""
         ...
 
     def release(self, handle: EngineHandle) -> None:
@@ -118,7 +118,11 @@ class InferenceRuntime(Protocol):
 
 
 class FallbackNotice:
-    """The one-shot ``fallback activated`` record and alert of a runtime built as a fallback."""
+    """The one-shot ``fallback activated`` record and alert of a runtime built as a fallback.
+
+    ``reason`` says why the preferred runtime does not serve (its unavailability,
+    or the engine it could not load); it travels in the record and the alert.
+    """
 
     def __init__(
         self,
@@ -126,15 +130,17 @@ class FallbackNotice:
         fallback_from: str | None,
         recorder: FlightRecorder | None,
         alert: AlertCallback | None,
+        reason: str | None = None,
     ) -> None:
         self.runtime = runtime
         self.fallback_from = fallback_from
+        self.reason = reason
         self._recorder = recorder
         self._alert = alert
         self._done = fallback_from is None
         self._lock = threading.Lock()
 
-    def on_infer(self, label: str) -> None:
+    def on_infer(self, label: str, model_name: str) -> None:
         """Record and alert on the first call only, and only for a fallback runtime."""
         if self._done:
             return
@@ -149,16 +155,28 @@ class FallbackNotice:
                 runtime=self.runtime,
                 label=label,
                 fallback_from=self.fallback_from,
+                model_name=model_name,
+                reason=self.reason,
             )
         if self._alert is not None:
+            why = f" ({self.reason})" if self.reason else ""
             self._alert(
                 label,
-                f"fallback activated: {label} serves inference instead of {self.fallback_from}",
+                f"fallback activated: {label} serves {model_name} instead of {self.fallback_from}{why}",
             )
 
 
-def check_inputs(runtime: str, model: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Check the input names against the model and return them as contiguous float32 arrays."""
+def check_inputs(
+    runtime: str,
+    model: ModelSpec,
+    inputs: Mapping[str, np.ndarray],
+    dtypes: Mapping[str, np.dtype[Any]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Check the input names against the model; return contiguous arrays.
+
+    Each input becomes ``dtypes[name]`` where given (the model's own input type),
+    else float32.
+    """
     from onboard.errors import InferenceError
 
     missing = [n for n in model.input_names if n not in inputs]
@@ -168,4 +186,5 @@ def check_inputs(runtime: str, model: ModelSpec, inputs: Mapping[str, np.ndarray
             runtime,
             f"inputs do not match the model {model.name}: missing {missing}, unknown {unknown}",
         )
-    return {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in model.input_names}
+    wanted = dtypes or {}
+    return {n: np.ascontiguousarray(inputs[n], dtype=wanted.get(n, np.float32)) for n in model.input_names}

@@ -49,8 +49,9 @@ def create_runtime(
     recorder: FlightRecorder | None = None,
     alert: AlertCallback | None = None,
     fallback_from: str | None = None,
+    fallback_reason: str | None = None,
 ) -> InferenceRuntime:
-    """Build one runtime by name.
+    """Build one runtime by name (``fallback_from`` and ``fallback_reason`` when it stands in).
 
     Raises :class:`UnknownRuntime` for a name not in :data:`RUNTIME_NAMES` and
     :class:`RuntimeUnavailable` when its library or device is missing.
@@ -63,6 +64,7 @@ def create_runtime(
         recorder=recorder,
         alert=alert,
         fallback_from=fallback_from,
+        fallback_reason=fallback_reason,
     )
 
 
@@ -77,7 +79,8 @@ def build_with_fallback(
     Each unavailable runtime writes a ``fallback step`` record with its reason;
     the one built writes ``runtime selected``.  A runtime other than the first
     is built as a fallback, so its first ``infer`` writes ``fallback activated``
-    and calls ``alert``.  Every name is checked before anything is built.
+    and calls ``alert``, both carrying the reasons of the runtimes before it.
+    Every name is checked before anything is built.
     """
     names = tuple(chain)
     if not names:
@@ -94,6 +97,7 @@ def build_with_fallback(
                 recorder=recorder,
                 alert=alert,
                 fallback_from=names[0] if position else None,
+                fallback_reason="; ".join(reasons) if position else None,
             )
         except RuntimeUnavailable as exc:
             reasons.append(str(exc))

@@ -6,6 +6,11 @@ engine cache under its host key.  Run: ``deserialize_cuda_engine``, named I/O
 tensors (``num_io_tensors``, ``get_tensor_name``, ``set_tensor_address``) and
 ``execute_async_v3`` on a torch CUDA stream; buffers are torch CUDA tensors,
 so no pycuda is needed.
+
+A cached engine whose key matches the host but which TensorRT cannot
+deserialize is not the end of inference: the model is then served through the
+ONNX Runtime strategy (:class:`~onboard.inference.ort_fallback.OrtFallbackServer`),
+with one ``fallback activated`` record and one alert.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from onboard.inference.base import (
     check_inputs,
 )
 from onboard.inference.cache import EngineCache, EngineCacheKey
+from onboard.inference.ort_fallback import OrtFallbackServer
 from onboard.model import ModelSpec
 from onboard.recorder import FlightRecorder
 
@@ -62,6 +68,7 @@ class TensorRTRuntime:
         recorder: FlightRecorder | None = None,
         alert: AlertCallback | None = None,
         fallback_from: str | None = None,
+        fallback_reason: str | None = None,
     ) -> None:
         self.config = config or RuntimeConfig()
         self._trt = import_tensorrt()
@@ -70,8 +77,9 @@ class TensorRTRuntime:
         self._logger = self._trt.Logger(self._trt.Logger.WARNING)
         self._recorder = recorder
         self._cache = EngineCache(self.config.cache_dir / "tensorrt")
-        self._notice = FallbackNotice(self.name, fallback_from, recorder, alert)
+        self._notice = FallbackNotice(self.name, fallback_from, recorder, alert, fallback_reason)
         self._gpu_name, self._capability = torch_gpu_identity(self._torch, self.config.device_index)
+        self._ort_fallback = OrtFallbackServer(self.name, self.config, recorder, alert)
 
     @property
     def version(self) -> str:
@@ -143,7 +151,11 @@ class TensorRTRuntime:
             config.add_optimization_profile(profile)
 
     def deserialize(self, entry: EngineEntry) -> EngineHandle:
-        """Deserialize an engine after checking its key against this host."""
+        """Deserialize an engine after checking its key against this host.
+
+        A foreign engine is refused (:class:`EngineCacheMismatch`); an engine of
+        this host that TensorRT cannot deserialize is served through ONNX Runtime.
+        """
         try:
             payload = self._cache.load(entry.path, self.host_key(entry.model))
         except EngineCacheMismatch as exc:
@@ -155,9 +167,16 @@ class TensorRTRuntime:
             )
             raise
         runtime = self._trt.Runtime(self._logger)
-        engine = runtime.deserialize_cuda_engine(payload)
+        try:
+            engine = runtime.deserialize_cuda_engine(payload)
+        except Exception as exc:  # TensorRT raises its own pybind11 types
+            engine, failure = None, f"{exc}"
+        else:
+            failure = "it returned None"
         if engine is None:
-            raise InferenceError(self.name, f"deserialize_cuda_engine failed for {entry.path}")
+            reason = f"deserialize_cuda_engine failed for {entry.path} ({failure})"
+            self._record("inference error", runtime=self.name, stage="deserialize", error=reason)
+            return self._ort_fallback.serve(entry, reason)
         context = engine.create_execution_context()
         if context is None:
             raise InferenceError(self.name, "create_execution_context failed")
@@ -189,13 +208,15 @@ class TensorRTRuntime:
 
     def infer(self, handle: EngineHandle, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Bind torch CUDA tensors by name and run ``execute_async_v3`` on the handle's stream."""
+        if self._ort_fallback.owns(handle):
+            return self._ort_fallback.infer(handle, inputs)
         if handle.released or handle.native is None:
             raise InferenceError(self.name, "infer on a released handle")
         model = handle.entry.model
         arrays = check_inputs(self.name, model, inputs)
         torch, context = self._torch, handle.native
         engine, stream = handle.extra["engine"], handle.extra["stream"]
-        self._notice.on_infer(self.label)
+        self._notice.on_infer(self.label, model.name)
         keep: list[Any] = []  # buffers must outlive the asynchronous execution
         for name in model.input_names:
             dtype = self._torch_dtype(engine.get_tensor_dtype(name))
@@ -220,8 +241,11 @@ class TensorRTRuntime:
         return {name: out.float().cpu().numpy() for name, out in results.items()}
 
     def release(self, handle: EngineHandle) -> None:
-        """Destroy the execution context and engine; idempotent."""
-        if handle.released:
+        """Destroy the execution context and engine; idempotent; a foreign handle is left alone."""
+        if self._ort_fallback.owns(handle):
+            self._ort_fallback.release(handle)
+            return
+        if handle.runtime != self.name or handle.released:
             return
         handle.native = None
         handle.extra.clear()

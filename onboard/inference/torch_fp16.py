@@ -44,13 +44,14 @@ class TorchFp16Runtime:
         recorder: FlightRecorder | None = None,
         alert: AlertCallback | None = None,
         fallback_from: str | None = None,
+        fallback_reason: str | None = None,
     ) -> None:
         self.config = config or RuntimeConfig()
         self._torch = require_cuda_torch(self.name, self.config.device_index)
         self._device = self._torch.device("cuda", self.config.device_index)
         self._recorder = recorder
         self._cache = EngineCache(self.config.cache_dir / "torch")
-        self._notice = FallbackNotice(self.name, fallback_from, recorder, alert)
+        self._notice = FallbackNotice(self.name, fallback_from, recorder, alert, fallback_reason)
         self._gpu_name, self._capability = torch_gpu_identity(self._torch, self.config.device_index)
 
     @property
@@ -113,7 +114,7 @@ class TorchFp16Runtime:
         model = handle.entry.model
         arrays = check_inputs(self.name, model, inputs)
         torch = self._torch
-        self._notice.on_infer(self.label)
+        self._notice.on_infer(self.label, model.name)
         with torch.inference_mode():
             tensors = [
                 torch.from_numpy(arrays[n]).to(self._device, non_blocking=False).half()
@@ -126,8 +127,11 @@ class TorchFp16Runtime:
             }
 
     def release(self, handle: EngineHandle) -> None:
-        """Drop the module and return its memory to the CUDA caching allocator; idempotent."""
-        if handle.released:
+        """Drop the module and return its memory to the CUDA caching allocator; idempotent.
+
+        A handle of another runtime is left alone.
+        """
+        if handle.runtime != self.name or handle.released:
             return
         handle.native = None
         handle.released = True

@@ -12,7 +12,6 @@ from onboard.inference.factory import create_runtime
 from onboard.inference.ort import CPU_EP
 from onboard.model import ModelSpec, make_input
 from onboard.recorder import FlightRecorder
-from suites._support import ort_gpu_providers
 
 pytestmark = pytest.mark.tier1
 
@@ -77,14 +76,17 @@ def test_fallback_chain_records_each_step_and_the_selection(
     assert kinds[: len(skipped) + 1] == ["fallback step"] * len(skipped) + ["runtime selected"]
     if skipped:
         runtime.infer(runtime.deserialize(runtime.compile(onnx_model)), {"image": make_input()})
-        assert len(recorder.of_kind("fallback activated")) == 1
+        (activated,) = recorder.of_kind("fallback activated")
+        assert activated.data["model_name"] == onnx_model.name
+        # The reason names every runtime passed over, in the words of its refusal.
+        for name in skipped:
+            assert f"{name}: {reasons[name]}" in activated.data["reason"]
 
 
 def test_a_chain_where_nothing_is_available_says_why_for_each(
     tmp_path: Path, recorder: FlightRecorder
 ) -> None:
-    if ort_gpu_providers():
-        pytest.skip("onnxruntime here has a GPU provider, so the CPU gate cannot empty the chain")
+    # The CPU alone, with the gate on: nothing is handed to ORT, whatever this build lists.
     config = RuntimeConfig(cache_dir=tmp_path, providers=(CPU_EP,), disallow_cpu_fallback=True)
     with pytest.raises(NoRuntimeAvailable, match="no runtime of the chain onnxruntime") as caught:
         build_with_fallback(("onnxruntime",), config=config, recorder=recorder)

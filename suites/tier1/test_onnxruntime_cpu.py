@@ -18,7 +18,7 @@ from onboard.inference.ort import (
 )
 from onboard.model import ModelSpec, build_onnx_model, make_input, reference_forward
 from onboard.recorder import FlightRecorder
-from suites._support import ort_gpu_providers
+from suites._support import ort_gpu_providers, ort_listed_gpu_providers
 
 pytestmark = pytest.mark.tier1
 
@@ -60,6 +60,8 @@ def test_cpu_fallback_is_recorded_once_per_runtime(
     assert records[0].data["active_providers"] == [CPU_EP]
     assert records[0].data["refused"] is False
     assert records[0].data["requested_providers"] == list(runtime.requested_providers)
+    assert records[0].data["model_name"] == onnx_model.name
+    assert f"came up on {CPU_EP} only" in records[0].data["reason"]
 
 
 def test_disallow_cpu_fallback_refuses_before_any_cpu_work(tmp_path: Path, recorder: FlightRecorder) -> None:
@@ -69,6 +71,8 @@ def test_disallow_cpu_fallback_refuses_before_any_cpu_work(tmp_path: Path, recor
         OnnxRuntimeRuntime(config, recorder=recorder)
     (record,) = recorder.of_kind("cpu fallback")
     assert record.data["refused"] is True
+    assert record.data["model_name"] is None  # refused before any model was read
+    assert "disallow_cpu_fallback is set" in record.data["reason"]
     assert not recorder.of_kind("engine built")
     assert not (tmp_path / "engines").exists()
 
@@ -76,8 +80,8 @@ def test_disallow_cpu_fallback_refuses_before_any_cpu_work(tmp_path: Path, recor
 def test_disallow_cpu_fallback_with_the_full_chain_on_a_cpu_only_onnxruntime(
     tmp_path: Path, recorder: FlightRecorder
 ) -> None:
-    if ort_gpu_providers():
-        pytest.skip(f"onnxruntime here has {sorted(ort_gpu_providers())}: no CPU-only fallback")
+    if ort_listed_gpu_providers():
+        pytest.skip(f"onnxruntime here lists {sorted(ort_listed_gpu_providers())}: no CPU-only build")
     config = RuntimeConfig(cache_dir=tmp_path / "engines", disallow_cpu_fallback=True)
     with pytest.raises(CpuFallbackRefused, match="only CPUExecutionProvider is available"):
         OnnxRuntimeRuntime(config, recorder=recorder)
@@ -93,6 +97,7 @@ def test_fallback_activated_is_recorded_and_alerted_once_on_first_infer(
         recorder=recorder,
         alert=lambda label, message: alerts.append((label, message)),
         fallback_from="tensorrt",
+        fallback_reason="tensorrt: tensorrt is not installed",
     )
     handle = runtime.deserialize(runtime.compile(onnx_model))
     assert not recorder.of_kind("fallback activated")  # nothing before the first inference
@@ -100,9 +105,12 @@ def test_fallback_activated_is_recorded_and_alerted_once_on_first_infer(
         runtime.infer(handle, {"image": make_input()})
     (record,) = recorder.of_kind("fallback activated")
     assert record.data["fallback_from"] == "tensorrt"
+    assert record.data["model_name"] == onnx_model.name
+    assert record.data["reason"] == "tensorrt: tensorrt is not installed"
     assert len(alerts) == 1
     assert alerts[0][0] == runtime.label
-    assert "instead of tensorrt" in alerts[0][1]
+    assert f"serves {onnx_model.name} instead of tensorrt" in alerts[0][1]
+    assert "(tensorrt: tensorrt is not installed)" in alerts[0][1]
 
 
 def test_a_primary_runtime_writes_no_fallback_activated(

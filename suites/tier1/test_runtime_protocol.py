@@ -36,7 +36,7 @@ def test_strategy_constructor_takes_config_recorder_alert_and_fallback_origin(
     strategy: type,
 ) -> None:
     params = list(inspect.signature(strategy.__init__).parameters)
-    assert params == ["self", "config", "recorder", "alert", "fallback_from"]
+    assert params == ["self", "config", "recorder", "alert", "fallback_from", "fallback_reason"]
 
 
 def test_onnxruntime_lifecycle_compile_deserialize_infer_release(

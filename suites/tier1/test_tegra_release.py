@@ -8,6 +8,7 @@ import pytest
 
 from onboard.diag.tegra_release import (
     jetpack_for_l4t,
+    newest_known_l4t,
     parse_nv_tegra_release,
     read_l4t_release,
 )
@@ -55,6 +56,8 @@ def test_the_jetpack_6_2_release_file() -> None:
         ("4.2", "36.4.2", "6.1.1"),
         ("4.3", "36.4.3", "6.2"),
         ("4.4", "36.4.4", "6.2.1"),
+        ("5.0", "36.5.0", "6.2.2"),
+        ("5", "36.5.0", "6.2.2"),
     ],
 )
 def test_l4t_to_jetpack_table(revision: str, l4t: str, jetpack: str) -> None:
@@ -62,11 +65,32 @@ def test_l4t_to_jetpack_table(revision: str, l4t: str, jetpack: str) -> None:
     assert release.version == l4t
     assert release.jetpack == jetpack
     assert jetpack_for_l4t(l4t) == jetpack
+    assert release.newer_than_known is False
+
+
+def test_the_newest_known_release_is_r36_5_0_jetpack_6_2_2() -> None:
+    assert newest_known_l4t() == "36.5.0"
+    release = parse_nv_tegra_release(
+        "# R36 (release), REVISION: 5.0, GCID: 1, BOARD: generic, EABI: aarch64, "
+        "DATE: Mon Jan  1 00:00:00 UTC 2024\n"
+    )
+    assert release.to_dict()["jetpack"] == "6.2.2"
+    assert release.to_dict()["newer_than_known"] is False
+
+
+@pytest.mark.parametrize(("major", "revision"), [(36, "5.1"), (36, "6.0"), (37, "0.0"), (38, "2.0")])
+def test_a_release_newer_than_the_table_is_unknown_not_guessed(major: int, revision: str) -> None:
+    text = _release(revision).replace("# R36 ", f"# R{major} ")
+    release = parse_nv_tegra_release(text)
+    assert release.jetpack is None
+    assert release.newer_than_known is True
+    assert release.to_dict()["jetpack"] is None
 
 
 def test_an_unknown_l4t_version_has_no_jetpack() -> None:
     assert parse_nv_tegra_release(_release("9.9")).jetpack is None
     assert jetpack_for_l4t("35.5.0") is None
+    assert parse_nv_tegra_release(_release("1.0")).newer_than_known is False  # older, not newer
     assert jetpack_for_l4t("36.4") == "6.1"
 
 

@@ -1,7 +1,10 @@
 """Session-creation and inference latency per runtime, next to the product budgets.
 
-Reported (Allure attachment, flight record, stdout), never asserted: shared
-and noisy hosts make latency a measurement, not a pass/fail criterion.
+Reported (Allure attachment, flight record, stdout).  Inference latency is
+never asserted: shared and noisy hosts make it a measurement, not a pass/fail
+criterion.  The session-creation budgets are the product's own p95 limits
+(30 s with an empty engine cache, 5 s with a warm one), far above any noise,
+and are asserted for each runtime that runs here.
 """
 
 from __future__ import annotations
@@ -88,3 +91,7 @@ def test_session_creation_and_inference_latency(
     attach(f"latency {name}", report)
     attach(f"latency {name} (table)", "\n".join(lines))
     assert all(value > 0 for value in cold + warm + timings)
+    for phase, (stats, budget) in phases.items():
+        if budget is not None:
+            shown = f"{runtime.label}: {phase} p95 {stats['p95_ms']:.0f} ms > budget {budget:.0f} ms"
+            assert stats["p95_ms"] <= budget, shown
