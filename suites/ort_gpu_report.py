@@ -83,7 +83,8 @@ def gate_on_default_chain(root: Path) -> dict[str, Any]:
         got = runtime.infer(handle, {"image": image})["embedding"]
         runtime.release(handle)
     return {
-        "handed": list(runtime.session_providers),
+        "asked": list(runtime.session_providers),
+        "handed": list(runtime.handed_providers()),
         "active": list(runtime.active_providers),
         "label": runtime.label,
         "max_abs_difference_to_fp32_reference": float(np.max(np.abs(got - reference_forward(image)))),

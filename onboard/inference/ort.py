@@ -6,11 +6,14 @@
 * With ``disallow_cpu_fallback`` the CPU EP is not handed to ORT at all and
   ORT's ``session.disable_cpu_ep_fallback`` is set; the runtime refuses before
   any CPU work (at construction when only CPU is listed, when the session came
-  up on the CPU alone, and when no handed GPU provider can load here).
-* The providers that run are read back from the session (``get_providers()``):
-  a listed provider the session does not use was refused by ORT.  A refused
-  TensorRT EP writes one ``tensorrt ep refused`` record with ORT's reason; the
-  provider really in use is logged at INFO.
+  up on the CPU alone, and when no GPU provider it would hand can load here).
+* A TensorRT EP whose library cannot load (no ``libnvinfer``) is not handed
+  to ORT: ORT's Python layer would retry the session with the CPU EP named,
+  which the gate forbids.  The providers that run are read back
+  from the session (``get_providers()``); each asked provider the session does
+  not use is logged once at INFO with the reason (the loader's words where it
+  has them), and a refused TensorRT EP writes one ``tensorrt ep refused``
+  record.  The provider really in use is logged at INFO.
 * When only the CPU provider is active, a one-shot ``cpu fallback`` record is
   written (with the model and the reason).
 * ``deserialize`` warms the session up with one run on zeros of the model's
@@ -58,6 +61,7 @@ from onboard.inference.ort_providers import (
     refused_providers,
     session_providers,
     tensorrt_version,
+    unloadable_providers,
 )
 from onboard.model import ModelSpec
 from onboard.recorder import FlightRecorder
@@ -152,6 +156,7 @@ class OnnxRuntimeRuntime:
         self._cpu_fallback_recorded = False
         self._refusals_noted: set[str] = set()
         self._logged_provider: str | None = None
+        self._unloadable: dict[str, str] | None = None
         if not self.providers:
             raise RuntimeUnavailable(
                 self.name,
@@ -187,9 +192,18 @@ class OnnxRuntimeRuntime:
         """The TensorRT EP's engine and timing cache folder, named by the ORT and TRT versions."""
         return self.config.cache_dir / f"ort-{self.version}-trt-{tensorrt_version()}"
 
+    def handed_providers(self) -> tuple[str, ...]:
+        """What a session is handed: the session providers less a TensorRT EP that cannot load here.
+
+        Its library is tried once per runtime, as ORT would load it.
+        """
+        if self._unloadable is None:
+            self._unloadable = unloadable_providers(self._ort, self.session_providers)
+        return tuple(p for p in self.session_providers if p not in self._unloadable)
+
     def provider_options(self) -> list[tuple[str, dict[str, Any]]]:
         """Each provider handed to ORT with its options, in order of preference."""
-        return build_provider_options(self.session_providers, self.config, self.trt_cache_dir())
+        return build_provider_options(self.handed_providers(), self.config, self.trt_cache_dir())
 
     def host_key(self, model: ModelSpec) -> EngineCacheKey:
         """The key of ``model``'s compiled form on this host with these providers."""
@@ -212,7 +226,13 @@ class OnnxRuntimeRuntime:
         if self.config.disallow_cpu_fallback:
             # ORT itself then refuses a graph that would put nodes on the CPU EP.
             options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-        if TRT_EP in self.session_providers:
+        if not self.handed_providers():  # only with the gate on: the CPU EP is handed otherwise
+            self.active_providers = ()
+            self._note_refusals(model, self.session_providers, ())
+            reason = f"none of the providers {list(self.session_providers)} can load here"
+            self._cpu_fallback(model.name, [], refused=True, reason=reason)
+            raise CpuFallbackRefused(self.name, f"{reason} and disallow_cpu_fallback is set")
+        if TRT_EP in self.handed_providers():
             self.trt_cache_dir().mkdir(parents=True, exist_ok=True)
         pairs = self.provider_options()
         try:
@@ -231,7 +251,7 @@ class OnnxRuntimeRuntime:
         self._note_providers(model)
         if self.active_providers[:1] == (CPU_EP,):
             refused = self.config.disallow_cpu_fallback
-            reason = f"the session came up on {CPU_EP} only (handed {list(self.session_providers)})"
+            reason = f"the session came up on {CPU_EP} only (handed {list(self.handed_providers())})"
             self._cpu_fallback(model.name, list(self.active_providers), refused, reason)
             if refused:
                 del session
@@ -244,24 +264,25 @@ class OnnxRuntimeRuntime:
         self._note_refusals(model, refused_providers(self.session_providers, active), active)
         if active[:1] != (self._logged_provider,):
             self._logged_provider = active[0] if active else None
-            handed = list(self.session_providers)
+            handed = list(self.handed_providers())
             logger.info("%s: %s runs on %s (handed %s)", self.name, model.name, active[0], handed)
 
     def _note_refusals(self, model: ModelSpec, refused: tuple[str, ...], active: tuple[str, ...]) -> None:
         """Log each refused provider once, with ORT's reason; a refused TensorRT EP is also recorded."""
-        handed = self.session_providers
+        asked = self.session_providers
         for provider in refused:
             if provider in self._refusals_noted:
                 continue
             self._refusals_noted.add(provider)
-            reason = refusal_reason(self._ort, provider, handed, active)
+            load_error = (self._unloadable or {}).get(provider)
+            reason = refusal_reason(self._ort, provider, asked, active, load_error)
             logger.info("%s: %s", self.name, reason)
             if provider == TRT_EP:
                 self._record(
                     "tensorrt ep refused",
                     runtime=self.name,
                     model_name=model.name,
-                    requested_providers=list(handed),
+                    requested_providers=list(asked),
                     active_providers=list(active),
                     reason=reason,
                 )
@@ -269,12 +290,12 @@ class OnnxRuntimeRuntime:
     def _refuse_when_no_gpu_provider_loads(self, model: ModelSpec, exc: BaseException) -> None:
         """With the gate on, a session that failed because no handed provider loads is a refusal."""
         loadable = set(loadable_providers())
-        if any(p in loadable for p in self.session_providers):
+        if any(p in loadable for p in self.handed_providers()):
             return
         self.active_providers = ()
         self._note_refusals(model, self.session_providers, ())
         reason = (
-            f"none of the handed providers {list(self.session_providers)} loads here "
+            f"none of the handed providers {list(self.handed_providers())} loads here "
             f"(loadable: {sorted(loadable)})"
         )
         self._cpu_fallback(model.name, [], refused=True, reason=reason)
@@ -289,7 +310,7 @@ class OnnxRuntimeRuntime:
     def compile(self, model: ModelSpec) -> EngineEntry:
         """Create a session once, which builds the TensorRT EP engine cache when that EP runs."""
         key = self.host_key(model)
-        cache_hit = TRT_EP in self.session_providers and bool(self._engine_files())
+        cache_hit = TRT_EP in self.handed_providers() and bool(self._engine_files())
         started = time.perf_counter()
         session = self._session(model)
         seconds = time.perf_counter() - started
@@ -329,7 +350,7 @@ class OnnxRuntimeRuntime:
         """Create the session and warm it up (the TensorRT EP loads its cached engine here).
 
         A ``.engine`` entry is gated, then staged into the TensorRT EP's cache
-        folder when that EP is handed to ORT.
+        folder when the runtime asks for that EP.
         """
         if entry.path.suffix == ".engine":
             self._pass_engine_gate(entry)

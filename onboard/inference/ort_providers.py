@@ -3,16 +3,25 @@
 ``onnxruntime.get_available_providers()`` lists what the build was compiled
 with, not what can load here: onnxruntime-gpu lists the TensorRT EP on a host
 without ``libnvinfer``, and a session asked for it quietly runs on the next
-provider.  So the ONNX Runtime strategy trusts the session, not the list:
+provider.  Worse, ORT's Python layer answers a TensorRT EP that fails to load
+by retrying the session with the CPU EP named explicitly, which a session that
+disables CPU fallback refuses ("Conflicting session configuration").  So the
+ONNX Runtime strategy trusts neither the list nor that retry:
 
 * :func:`session_providers` leaves the CPU EP out when CPU fallback is
   disallowed (ORT refuses a session that lists the CPU EP and also disables
   fallback to it);
-* :func:`refused_providers` compares what was asked with what the session uses;
-* :func:`refusal_reason` loads the EP's shared library the way ORT does, to name
-  ORT's own reason (``libnvinfer.so.10: cannot open shared object file ...``);
-* :func:`loadable_providers` probes each listed GPU EP with a one-node session:
-  the "can it run here" question the suites skip on.
+* :func:`unloadable_providers` loads the TensorRT EP's shared library the way
+  ORT does, so an EP that cannot load is not handed to ORT at all, and its
+  reason is the loader's own (``libnvinfer.so.10: cannot open shared object
+  file ...``).  Only the TensorRT EP is tried ahead: it is the one ORT's Python
+  layer retries on; the CUDA EP's libraries may be found by ORT's own preloading
+  at session time, and a CUDA EP that does not load is seen in the session;
+* :func:`refused_providers` compares what was asked with what the session
+  really uses (``get_providers()``), which also catches an EP whose library
+  loads but which ORT declines;
+* :func:`loadable_providers` probes each listed GPU EP (its library, then a
+  one-node session): the "can it run here" question the suites skip on.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ CPU_EP = "CPUExecutionProvider"
 KNOWN_PROVIDERS = (TRT_EP, CUDA_EP, CPU_EP)
 #: The GPU providers, whose listing says nothing about whether they load.
 GPU_PROVIDERS = (TRT_EP, CUDA_EP)
+#: The providers whose library is tried before a session is handed them (see the module docstring).
+PRECHECKED_PROVIDERS = (TRT_EP,)
 
 #: The shared library ORT loads for each provider (``lib<stem>.so``, ``<stem>.dll``).
 _LIBRARY_STEMS = {
@@ -139,10 +150,28 @@ def library_load_error(library: Path) -> str | None:
     return None
 
 
-def refusal_reason(ort: Any, provider: str, asked: Sequence[str], used: Sequence[str]) -> str:
-    """Why ``provider`` is not in use: ORT's load error where there is one, and always asked/used."""
+def provider_load_error(ort: Any, provider: str) -> str | None:
+    """The loader's words when ``provider``'s library cannot load; ``None`` when it loads (or has none)."""
     library = provider_library(ort, provider)
-    error = library_load_error(library) if library is not None else None
+    return library_load_error(library) if library is not None else None
+
+
+def unloadable_providers(ort: Any, providers: Sequence[str]) -> dict[str, str]:
+    """The pre-checked providers among ``providers`` whose library cannot load here, with the reason."""
+    found: dict[str, str] = {}
+    for provider in providers:
+        if provider in PRECHECKED_PROVIDERS:
+            error = provider_load_error(ort, provider)
+            if error is not None:
+                found[provider] = error
+    return found
+
+
+def refusal_reason(
+    ort: Any, provider: str, asked: Sequence[str], used: Sequence[str], load_error: str | None = None
+) -> str:
+    """Why ``provider`` is not in use: what was asked and used, and the loader's error if any."""
+    error = load_error if load_error is not None else provider_load_error(ort, provider)
     uses = ", ".join(used) or "nothing (no session was created)"
     base = f"{provider} was asked ({', '.join(asked)}) but the session uses {uses}"
     return f"{base}: {error}" if error else f"{base}; its library loads, so ORT declined it"
@@ -182,14 +211,21 @@ def loadable_providers() -> tuple[str, ...]:
     """The known providers this onnxruntime lists *and* can load here, in ORT's order.
 
     Empty without onnxruntime.  Each listed GPU provider costs one tiny session
-    (once per process); the CPU EP is taken on trust.
+    (once per process), the TensorRT EP only if its library loads; the CPU EP is
+    taken on trust.
     """
     try:
         import onnxruntime as ort
     except ImportError:
         return ()
-    loadable: list[str] = []
-    for provider in ort.get_available_providers():
-        if provider == CPU_EP or (provider in GPU_PROVIDERS and probe_provider(ort, provider)):
-            loadable.append(provider)
+    def loads(provider: str) -> bool:
+        if provider == CPU_EP:
+            return True
+        if provider not in GPU_PROVIDERS:
+            return False
+        if provider in PRECHECKED_PROVIDERS and provider_load_error(ort, provider) is not None:
+            return False
+        return probe_provider(ort, provider)
+
+    loadable = [p for p in ort.get_available_providers() if loads(p)]
     return tuple(loadable)

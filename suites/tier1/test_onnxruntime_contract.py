@@ -29,8 +29,10 @@ from onboard.inference.ort_providers import (
     loadable_providers,
     probe_provider,
     provider_library,
+    provider_load_error,
     refused_providers,
     session_providers,
+    unloadable_providers,
 )
 from onboard.model import ModelSpec, make_input, reference_forward
 from onboard.recorder import FlightRecorder
@@ -127,6 +129,14 @@ def test_a_provider_asked_but_not_in_use_is_refused_the_cpu_ep_never() -> None:
     assert refused_providers(asked, asked) == ()
 
 
+def test_only_a_tensorrt_ep_that_cannot_load_is_kept_from_ort() -> None:
+    unloadable = unloadable_providers(ort, (TRT_EP, CUDA_EP, CPU_EP))
+    assert set(unloadable) <= {TRT_EP}  # the CUDA EP is judged by the session, not ahead
+    if TRT_EP not in ort_gpu_providers():
+        assert unloadable[TRT_EP] == provider_load_error(ort, TRT_EP)
+        assert unloadable[TRT_EP]  # the loader's words (or "not part of this onnxruntime build")
+
+
 def test_a_real_session_reports_an_unlisted_provider_as_not_in_use() -> None:
     if CUDA_EP in ort_listed_gpu_providers():
         pytest.skip("this onnxruntime lists the CUDA EP")
@@ -155,11 +165,10 @@ def test_a_listed_tensorrt_ep_that_does_not_load_is_recorded_once_and_logged(
     caplog.set_level(logging.INFO, logger="onboard.inference.ort")
     runtime = OnnxRuntimeRuntime(_cpu_only(tmp_path), recorder=recorder)
     _listed_but_unloadable(runtime)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(2):
-            handle = runtime.deserialize(runtime.compile(onnx_model))
-            runtime.infer(handle, {"image": make_input()})
+    assert runtime.handed_providers() == (CPU_EP,)  # its library does not load: not handed to ORT
+    for _ in range(2):
+        handle = runtime.deserialize(runtime.compile(onnx_model))
+        runtime.infer(handle, {"image": make_input()})
     assert runtime.active_providers == (CPU_EP,)
     (refused,) = recorder.of_kind("tensorrt ep refused")
     assert refused.data["model_name"] == onnx_model.name
@@ -256,7 +265,7 @@ def test_an_engine_entry_of_this_host_serves_and_an_onnx_entry_skips_the_gate(
     handle = runtime.deserialize(_engine_entry(runtime, onnx_model, tmp_path / "shipped"))
     got = runtime.infer(handle, {"image": image})["embedding"]
     np.testing.assert_allclose(got, reference_forward(image), atol=FP32_ATOL, rtol=FP32_RTOL)
-    assert not recorder.of_kind("engine staged")  # the TensorRT EP is not handed to ORT here
+    assert not recorder.of_kind("engine staged")  # this runtime does not ask for the TensorRT EP
     # An .onnx entry has no key to check: even an unreadable sidecar beside it changes nothing.
     model_copy = tmp_path / "copy" / "embedder.onnx"
     model_copy.parent.mkdir()
@@ -267,15 +276,13 @@ def test_an_engine_entry_of_this_host_serves_and_an_onnx_entry_skips_the_gate(
     assert not recorder.of_kind("engine refused")
 
 
-def test_an_engine_entry_is_staged_into_the_tensorrt_ep_cache_when_that_ep_is_handed(
+def test_an_engine_entry_is_staged_into_the_tensorrt_ep_cache_when_that_ep_is_asked_for(
     onnx_model: ModelSpec, tmp_path: Path, recorder: FlightRecorder
 ) -> None:
     runtime = OnnxRuntimeRuntime(_cpu_only(tmp_path), recorder=recorder)
     _listed_but_unloadable(runtime)
     entry = _engine_entry(runtime, onnx_model, tmp_path / "shipped")  # keyed for the TensorRT EP
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        handle = runtime.deserialize(entry)
+    handle = runtime.deserialize(entry)
     (staged,) = recorder.of_kind("engine staged")
     target = runtime.trt_cache_dir() / entry.path.name
     assert staged.data["target"] == str(target)
