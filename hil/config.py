@@ -11,6 +11,13 @@ Sources, in order of precedence:
 * ``[tool.hil.targets.NAME]`` tables in the rootdir's ``pyproject.toml``;
 * ``targets/*.toml`` under the rootdir (or ``[tool.hil] targets_dir``).
 
+Where the rootdir declares none (a monorepo's subfolder with a pytest
+configuration of its own), its parents are searched up to the repository's
+top (the folder holding ``.git``): the first folder that declares targets is
+the inventory's ``root``, the folder its relative paths (Dockerfile,
+``hash_files``) and the synced checkout start from.  An unknown name lists the
+places looked at.
+
 A ``local`` target serving the detected tier always exists unless declared.
 """
 
@@ -269,6 +276,10 @@ class Inventory:
     """All declared targets, by name."""
 
     targets: Mapping[str, TargetSpec]
+    #: The folder the targets were declared in: where their relative paths start.
+    root: Path = Path(".")
+    #: Where targets were looked for, for the unknown-name error.
+    searched: tuple[str, ...] = ()
 
     def names(self) -> list[str]:
         """Known target names, sorted."""
@@ -279,14 +290,45 @@ class Inventory:
         try:
             return self.targets[name]
         except KeyError:
+            looked = (f" (looked for pyproject.toml [tool.hil] and targets/*.toml in: "
+                      f"{', '.join(self.searched)})" if self.searched else "")
             raise ConfigError(
-                f"unknown target '{name}'; known targets: {', '.join(self.names())}"
+                f"unknown target '{name}'; known targets: {', '.join(self.names())}{looked}"
             ) from None
 
 
+def _declares_targets(folder: Path) -> bool:
+    """Whether ``folder`` has a ``[tool.hil]`` table or a ``targets/`` folder of TOML files."""
+    pyproject = folder / "pyproject.toml"
+    if pyproject.is_file() and "hil" in _load_toml(pyproject, str(pyproject)).get("tool", {}):
+        return True
+    return any((folder / "targets").glob("*.toml"))
+
+
+def inventory_root(rootdir: Path) -> tuple[Path, tuple[str, ...]]:
+    """The folder whose targets apply to ``rootdir``, and the folders looked in.
+
+    ``rootdir`` itself when it declares targets, else the nearest parent that
+    does, up to the repository's top (outside a git repository, ``rootdir``
+    alone); ``rootdir`` when none does.
+    """
+    start = rootdir.resolve()
+    chain = (start, *start.parents)
+    top = next((i for i, folder in enumerate(chain) if (folder / ".git").exists()), 0)
+    searched: list[str] = []
+    for folder in chain[:top + 1]:
+        searched.append(f"{folder}/")
+        if _declares_targets(folder):
+            return folder, tuple(searched)
+    return start, tuple(searched)
+
+
 def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
-    """Read every declared target under ``rootdir`` (see the module docstring)."""
+    """Read every declared target for ``rootdir`` (see the module docstring)."""
     found: dict[str, TargetSpec] = {}
+    searched: tuple[str, ...] = ()
+    if targets_dir is None:
+        rootdir, searched = inventory_root(rootdir)
 
     def add(spec: TargetSpec) -> None:
         if spec.name in found:
@@ -331,4 +373,4 @@ def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
             name=DEFAULT_TARGET, kind="local", tier=1, source="built-in", detect_tier=True,
             description="this host, in-process; tier detected",
         )
-    return Inventory(targets=found)
+    return Inventory(targets=found, root=rootdir, searched=searched)

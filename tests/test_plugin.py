@@ -101,7 +101,7 @@ def test_unknown_target_lists_the_known_ones(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_a="def test_a(): pass")
     result = pytester.runpytest_subprocess("--target=nosuch")
     assert result.ret == 4
-    result.stderr.fnmatch_lines(["ERROR: unknown target 'nosuch'; known targets: colima, jetson, local"])
+    result.stderr.fnmatch_lines(["ERROR: unknown target 'nosuch'; known targets: colima, jetson, local (*"])
 
 
 def test_hil_target_variable_chooses_the_default_target(
@@ -111,7 +111,7 @@ def test_hil_target_variable_chooses_the_default_target(
     pytester.makepyfile(test_a="def test_a(): pass")
     result = pytester.runpytest_subprocess()
     assert result.ret == 4
-    result.stderr.fnmatch_lines(["ERROR: unknown target 'ghost'; known targets: local"])
+    result.stderr.fnmatch_lines(["ERROR: unknown target 'ghost'; known targets: local (*"])
 
 
 def test_targets_folder_option_replaces_the_inventory(pytester: pytest.Pytester) -> None:
@@ -286,3 +286,37 @@ def test_a_nested_in_process_session_leaves_allure_to_the_enclosing_one(pytester
                                            f"--alluredir={pytester.path / 'allure'}")
     result.assert_outcomes(passed=1)
     assert list((pytester.path / "allure").glob("*-result.json"))
+
+
+def test_a_monorepo_subproject_finds_the_targets_at_the_repository_top(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    (pytester.path / ".git").mkdir()
+    write_target(pytester, "bench", 'kind = "local"\ntier = 1\n')
+    sub = pytester.path / "packages" / "app"
+    sub.mkdir(parents=True)
+    (sub / "pytest.ini").write_text("[pytest]\n")
+    (sub / "test_app.py").write_text("def test_ok():\n    pass\n")
+    monkeypatch.chdir(sub)
+    result = pytester.runpytest_subprocess("--target=bench", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["hil target: bench (local, serves tier 1*"])
+    missing = pytester.runpytest_subprocess("--target=nowhere", "-p", "no:cacheprovider")
+    assert missing.ret == 4
+    assert (f"unknown target 'nowhere'; known targets: bench, local (looked for pyproject.toml "
+            f"[tool.hil] and targets/*.toml in: {sub}/, {sub.parent}/, {pytester.path}/)"
+            ) in missing.stderr.str()
+
+
+def test_the_search_stops_at_the_repository_top(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    outer = pytester.path
+    write_target(pytester, "outside", 'kind = "local"\ntier = 1\n')
+    repo = outer / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "pytest.ini").write_text("[pytest]\n")
+    (repo / "test_x.py").write_text("def test_ok():\n    pass\n")
+    monkeypatch.chdir(repo)
+    result = pytester.runpytest_subprocess("--target=outside", "-p", "no:cacheprovider")
+    assert result.ret == 4
+    assert (f"unknown target 'outside'; known targets: local (looked for pyproject.toml "
+            f"[tool.hil] and targets/*.toml in: {repo}/)") in result.stderr.str()
