@@ -36,6 +36,8 @@ class HilSettings:
     """What the plugin resolved at configure time (kept in the config's stash)."""
 
     target: TargetSpec
+    #: The checkout root: where the target was declared (the rootdir or a parent of it).
+    root: Path
     tier: int
     tier_how: str
     reports: Path
@@ -78,12 +80,13 @@ def git_commit(root: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def _resolve_target(config: pytest.Config) -> TargetSpec:
+def _resolve_target(config: pytest.Config) -> tuple[TargetSpec, Path]:
+    """The chosen target and the folder its inventory was declared in."""
     folder = config.getoption("hil_targets")
     try:
         inventory = load_inventory(config.rootpath, Path(folder) if folder else None)
         name = config.getoption("hil_target") or os.environ.get("HIL_TARGET") or DEFAULT_TARGET
-        return inventory.get(name)
+        return inventory.get(name), inventory.root
     except ConfigError as err:
         raise pytest.UsageError(str(err)) from None
 
@@ -124,7 +127,7 @@ def pytest_configure(config: pytest.Config) -> None:
     register_markers(config)
     if hasattr(config, "workerinput"):  # an xdist worker: the controller resolved everything
         return
-    spec = _resolve_target(config)
+    spec, root = _resolve_target(config)
     plan = bool(config.getoption("hil_plan"))
     try:
         tier, how = _serves(spec)
@@ -155,7 +158,7 @@ def pytest_configure(config: pytest.Config) -> None:
             # The container writes the results; session.py copies them here.
             config.option.allure_report_dir = None
     settings = HilSettings(
-        target=spec, tier=tier, tier_how=how, reports=reports, allure_dir=allure_dir,
+        target=spec, root=root, tier=tier, tier_how=how, reports=reports, allure_dir=allure_dir,
         keep_results=bool(config.getoption("hil_keep_results")), plan=plan,
     )
     config.stash[SETTINGS_KEY] = settings
