@@ -1,137 +1,43 @@
-"""Telemetry of a run as CSV and as a PNG chart, in pure Python.
+"""Telemetry of a run as CSV and as a PNG chart drawn with matplotlib.
 
-The chart is drawn on an RGB canvas and encoded with :mod:`zlib` and
-:mod:`struct`: no matplotlib, no browser, no fonts.  That keeps it working on
-any CI box with the standard library only, gives byte-identical output for the
-same input, and costs a few milliseconds.  Text (panel titles, axis values,
-series names) is drawn with a built-in 3x5 pixel font.
+The CSV needs nothing beyond the standard library.  The chart needs the
+``chart`` extra (``pip install 'pytest-hil[chart]'``): matplotlib is imported
+only when a chart is drawn, with its Agg canvas and no pyplot, so nothing
+global (backend, figure registry) is touched and importing this module stays
+cheap.  Without matplotlib, :func:`render_chart` raises
+:class:`ChartUnavailableError`, whose message is the one-line hint to show.
 
 Panels, top to bottom: GPU load (%), RAM used (MB), temperatures (C) and power
-rails (mW) over time, with test boundaries as vertical lines: grey where a
-test starts, green/red/orange where it passed/failed/broke.
+rails (mW) over time, with test boundaries as vertical lines: grey dashed
+where a test starts, green/red/orange where it passed/failed/broke.
 """
 
 from __future__ import annotations
 
-import itertools
-import struct
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 RGB = tuple[int, int, int]
 
-#: 3x5 glyphs, one string of 15 bits per character (rows top to bottom).
-_FONT: dict[str, str] = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111",
-    "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
-    "6": "111100111101111", "7": "111001001010010", "8": "111101111101111",
-    "9": "111101111001111", "A": "010101111101101", "B": "110101110101110",
-    "C": "011100100100011", "D": "110101101101110", "E": "111100110100111",
-    "F": "111100110100100", "G": "011100101101011", "H": "101101111101101",
-    "I": "111010010010111", "J": "001001001101010", "K": "101101110101101",
-    "L": "100100100100111", "M": "101111111101101", "N": "110101101101101",
-    "O": "010101101101010", "P": "110101110100100", "Q": "010101101110011",
-    "R": "110101110101101", "S": "011100010001110", "T": "111010010010010",
-    "U": "101101101101111", "V": "101101101101010", "W": "101101111111101",
-    "X": "101101010101101", "Y": "101101010010010", "Z": "111001010100111",
-    ".": "000000000000010", "-": "000000111000000", "%": "101001010100101",
-    ":": "000010000010000", "/": "001001010100100", "_": "000000000000111",
-    " ": "000000000000000", "(": "010100100100010", ")": "010001001001010",
-    "=": "000111000111000", "+": "000010111010000",
-}
-
+#: Series colours, in order (matplotlib's ``tab10``).
 PALETTE: tuple[RGB, ...] = (
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 )
+#: Colour of a test-boundary line per marker kind.
 OUTCOME_COLOURS: dict[str, RGB] = {
-    "passed": (60, 170, 60), "failed": (220, 40, 40), "broken": (240, 150, 20),
-    "skipped": (170, 170, 170),
+    "start": (128, 128, 128), "passed": (60, 170, 60), "failed": (220, 40, 40),
+    "broken": (240, 150, 20), "skipped": (170, 170, 170),
 }
+UNKNOWN_MARKER_COLOUR: RGB = (200, 200, 200)
+#: What to install for the chart; shown when matplotlib is missing.
+CHART_HINT = "telemetry chart not drawn: pip install 'pytest-hil[chart]' (matplotlib) to get it"
+DPI = 100
 
 
-class Canvas:
-    """An RGB pixel buffer with the few drawing primitives a line chart needs."""
-
-    def __init__(self, width: int, height: int, background: RGB = (255, 255, 255)) -> None:
-        self.width = width
-        self.height = height
-        self.pixels = bytearray(bytes(background) * (width * height))
-
-    def set(self, x: int, y: int, colour: RGB) -> None:
-        """Colour one pixel (ignored outside the canvas)."""
-        if 0 <= x < self.width and 0 <= y < self.height:
-            i = (y * self.width + x) * 3
-            self.pixels[i : i + 3] = bytes(colour)
-
-    def get(self, x: int, y: int) -> RGB:
-        """The colour of one pixel."""
-        i = (y * self.width + x) * 3
-        return (self.pixels[i], self.pixels[i + 1], self.pixels[i + 2])
-
-    def rect(self, x0: int, y0: int, x1: int, y1: int, colour: RGB) -> None:
-        """Fill the rectangle with corners (x0, y0) and (x1, y1), inclusive."""
-        for y in range(max(0, min(y0, y1)), min(self.height, max(y0, y1) + 1)):
-            for x in range(max(0, min(x0, x1)), min(self.width, max(x0, x1) + 1)):
-                self.set(x, y, colour)
-
-    def line(self, x0: int, y0: int, x1: int, y1: int, colour: RGB, width: int = 1,
-             dash: int = 0) -> None:
-        """Bresenham line; ``width`` 2 thickens it, ``dash`` > 0 draws dashes of that length."""
-        dx, dy = abs(x1 - x0), -abs(y1 - y0)
-        sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
-        err, step = dx + dy, 0
-        while True:
-            if not dash or (step // dash) % 2 == 0:
-                self.set(x0, y0, colour)
-                if width > 1:
-                    self.set(x0 + 1, y0, colour)
-                    self.set(x0, y0 + 1, colour)
-            if x0 == x1 and y0 == y1:
-                return
-            step += 1
-            e2 = 2 * err
-            if e2 >= dy:
-                err += dy
-                x0 += sx
-            if e2 <= dx:
-                err += dx
-                y0 += sy
-
-    def text(self, x: int, y: int, text: str, colour: RGB, scale: int = 2) -> int:
-        """Draw ``text`` (upper-cased; unknown characters become spaces); returns the end x."""
-        for ch in text.upper():
-            glyph = _FONT.get(ch, _FONT[" "])
-            for bit, on in enumerate(glyph):
-                if on == "1":
-                    gx, gy = bit % 3, bit // 3
-                    self.rect(x + gx * scale, y + gy * scale,
-                              x + gx * scale + scale - 1, y + gy * scale + scale - 1, colour)
-            x += 4 * scale
-        return x
-
-    def png(self) -> bytes:
-        """The canvas encoded as an 8-bit RGB PNG."""
-        raw = bytearray()
-        row = self.width * 3
-        for y in range(self.height):
-            raw.append(0)  # filter type None
-            raw += self.pixels[y * row : (y + 1) * row]
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            body = kind + data
-            return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                + chunk(b"IDAT", zlib.compress(bytes(raw), 9)) + chunk(b"IEND", b""))
-
-
-def text_width(text: str, scale: int = 2) -> int:
-    """Width in pixels of ``text`` drawn by :meth:`Canvas.text`."""
-    return len(text) * 4 * scale
+class ChartUnavailableError(ImportError):
+    """matplotlib is not installed; the message says how to get the chart."""
 
 
 @dataclass(frozen=True)
@@ -235,105 +141,61 @@ def panels_from_samples(samples: Sequence[Mapping[str, Any]]) -> list[Panel]:
                 continue
             series = groups[group].setdefault(key, Series(_series_name(key)))
             series.points.append((float(t), value))
-    titles = {"gpu": "GPU LOAD %", "ram": "RAM USED MB", "temp": "TEMPERATURE C",
-              "power": "POWER MW"}
+    titles = {"gpu": "GPU load (%)", "ram": "RAM used (MB)", "temp": "Temperature (°C)",
+              "power": "Power (mW)"}
     return [Panel(titles[g], tuple(s.values()), floor_zero=g != "temp")
             for g, s in groups.items() if s]
 
 
+def _rgb(colour: RGB) -> tuple[float, float, float]:
+    return (colour[0] / 255, colour[1] / 255, colour[2] / 255)
+
+
 def render_chart(panels: Sequence[Panel], markers: Iterable[Marker] = (), *,
                  width: int = 1200, panel_height: int = 170, title: str = "") -> bytes:
-    """Stacked line panels sharing one time axis, as PNG bytes."""
+    """Stacked line panels sharing one time axis, as PNG bytes of ``width`` pixels.
+
+    Raises :class:`ChartUnavailableError` when matplotlib is not installed.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ChartUnavailableError(CHART_HINT) from err
+    import io
+
     markers = list(markers)
+    panels = list(panels) or [Panel("no telemetry", ())]
     times = [t for p in panels for s in p.series for t, _ in s.points] + [m.t for m in markers]
-    t0, t1 = (min(times), max(times)) if times else (0.0, 1.0)
-    if t1 - t0 < 1e-9:
-        t1 = t0 + 1.0
-    left, right, top, gap, bottom = 90, 20, 34 if title else 12, 34, 40
-    height = top + max(1, len(panels)) * (panel_height + gap) - gap + bottom
-    canvas = Canvas(width, height)
-    ink, grid, frame = (30, 30, 30), (228, 228, 228), (150, 150, 150)
+    t0 = min(times) if times else 0.0
+    height = len(panels) * panel_height + (40 if title else 0) + 60
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
     if title:
-        canvas.text(left, 10, title, ink, 2)
-    plot_w = width - left - right
-
-    def x_of(t: float) -> int:
-        return left + round((t - t0) / (t1 - t0) * (plot_w - 1))
-
-    for i, panel in enumerate(panels or [Panel("NO TELEMETRY", ())]):
-        y_top = top + i * (panel_height + gap) + 14
-        y_bot = y_top + panel_height - 14
-        values = [v for s in panel.series for _, v in s.points]
-        lo = min(values + ([0.0] if panel.floor_zero else [])) if values else 0.0
-        hi = max(values) if values else 1.0
-        if hi - lo < 1e-9:
-            hi = lo + 1.0
-        hi += (hi - lo) * 0.05
-
-        def y_of(v: float, lo: float = lo, hi: float = hi, y_top: int = y_top,
-                 y_bot: int = y_bot) -> int:
-            return y_bot - round((v - lo) / (hi - lo) * (y_bot - y_top))
-
-        for frac in (0.25, 0.5, 0.75):
-            gy = y_bot - round(frac * (y_bot - y_top))
-            canvas.line(left, gy, left + plot_w - 1, gy, grid)
-        canvas.text(6, y_top - 2, _num(round(hi, 1)), frame, 2)
-        canvas.text(6, y_bot - 10, _num(round(lo, 1)), frame, 2)
-        canvas.text(left, y_top - 14, panel.title, ink, 2)
-        for m in markers:
-            colour = OUTCOME_COLOURS.get(m.kind, (200, 200, 200))
-            canvas.line(x_of(m.t), y_top, x_of(m.t), y_bot, colour, dash=0 if m.kind != "start"
-                        else 3)
-        legend_x = left + text_width(panel.title) + 24
+        figure.suptitle(title, fontsize=10)
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, panel in zip(axes, panels, strict=True):
         for j, series in enumerate(panel.series):
-            colour = PALETTE[j % len(PALETTE)]
             pts = sorted(series.points)
-            for (ta, va), (tb, vb) in itertools.pairwise(pts):
-                canvas.line(x_of(ta), y_of(va), x_of(tb), y_of(vb), colour, width=2)
-            if len(pts) == 1:
-                canvas.rect(x_of(pts[0][0]) - 1, y_of(pts[0][1]) - 1,
-                            x_of(pts[0][0]) + 1, y_of(pts[0][1]) + 1, colour)
-            if legend_x < width - 80:
-                canvas.rect(legend_x, y_top - 12, legend_x + 7, y_top - 6, colour)
-                legend_x = canvas.text(legend_x + 10, y_top - 14, series.name[:18], colour, 2) + 12
-        canvas.line(left, y_top, left, y_bot, frame)
-        canvas.line(left, y_bot, left + plot_w - 1, y_bot, frame)
-    # Time axis: elapsed seconds at five ticks.
-    axis_y = height - bottom + 8
-    for k in range(5):
-        t = t0 + (t1 - t0) * k / 4
-        label = f"{t - t0:.0f}S"
-        x = min(x_of(t), width - right - text_width(label))
-        canvas.text(x, axis_y, label, frame, 2)
-    canvas.text(left, axis_y + 16, "TIME SINCE FIRST SAMPLE. GREY: TEST START  GREEN/RED/ORANGE: "
-                "PASSED/FAILED/BROKEN", frame, 2)
-    return canvas.png()
-
-
-def read_png_size(data: bytes) -> tuple[int, int]:
-    """Width and height from a PNG's header (raises ValueError when not a PNG)."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-        raise ValueError("not a PNG")
-    width, height = struct.unpack(">II", data[16:24])
-    return int(width), int(height)
-
-
-def decode_png_rgb(data: bytes) -> Canvas:
-    """Decode a PNG written by :meth:`Canvas.png` (filter 0, RGB 8-bit) back into a canvas."""
-    width, height = read_png_size(data)
-    pos, idat = 8, b""
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        if kind == b"IDAT":
-            idat += data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-    raw = zlib.decompress(idat)
-    canvas = Canvas(width, height)
-    row = width * 3
-    for y in range(height):
-        start = y * (row + 1)
-        if raw[start] != 0:
-            raise ValueError("only unfiltered rows are supported")
-        canvas.pixels[y * row : (y + 1) * row] = raw[start + 1 : start + 1 + row]
-    return canvas
+            ax.plot([t - t0 for t, _ in pts], [v for _, v in pts], marker="." if len(pts) == 1
+                    else "", linewidth=1.5, color=_rgb(PALETTE[j % len(PALETTE)]),
+                    label=series.name)
+        for m in markers:
+            # Vertical lines need no antialiasing; without it they keep their exact colour.
+            ax.axvline(m.t - t0, color=_rgb(OUTCOME_COLOURS.get(m.kind, UNKNOWN_MARKER_COLOUR)),
+                       linewidth=1.2, linestyle="--" if m.kind == "start" else "-", zorder=1,
+                       antialiased=False)
+        if panel.floor_zero:
+            ax.set_ylim(bottom=0)
+        ax.set_title(panel.title, loc="left", fontsize=9)
+        ax.grid(axis="y", color=(0.9, 0.9, 0.9), linewidth=0.8)
+        ax.tick_params(labelsize=8)
+        if panel.series:
+            ax.legend(loc="upper left", fontsize=7, ncol=min(6, len(panel.series)),
+                      frameon=False)
+    axes[-1].set_xlabel("seconds since the first sample; grey dashed: test start, "
+                        "green/red/orange: passed/failed/broken", fontsize=8)
+    out = io.BytesIO()
+    # No "Software" entry: the file does not change with the matplotlib version alone.
+    figure.savefig(out, format="png", metadata={"Software": None})
+    return out.getvalue()

@@ -161,21 +161,23 @@ def ensure_infrastructure_result(run: TargetRun) -> None:
     The session writes the synthetic result itself; this covers faults raised
     before it (plugin configure time) and runs killed by nightly.
     """
-    from hil.report import INFRA_PREFIX, infrastructure_result, read_json, result_target
+    from hil.allure_results import (
+        is_infrastructure_result,
+        read_result,
+        result_target,
+        write_infrastructure_result,
+    )
 
     if run.exit_code not in INFRA_CODES:
         return
     run.results.mkdir(parents=True, exist_ok=True)
     for path in run.results.glob("*-result.json"):
-        data = read_json(path)
-        if (isinstance(data, dict) and result_target(data) == run.target
-                and str((data.get("statusDetails") or {}).get("message", "")).startswith(
-                    INFRA_PREFIX)):
+        result = read_result(path)
+        if (result is not None and result_target(result) == run.target
+                and is_infrastructure_result(result)):
             return
-    message = run.fault or _fault_message(run)
-    result = infrastructure_result(run.target, _kind_of(run.exit_code), run.exit_code, message)
-    (run.results / f"{result['uuid']}-result.json").write_text(json.dumps(result),
-                                                               encoding="utf-8")
+    write_infrastructure_result(run.results, run.target, _kind_of(run.exit_code), run.exit_code,
+                                run.fault or _fault_message(run))
 
 
 def _fault_message(run: TargetRun) -> str:
@@ -192,14 +194,14 @@ def _fault_message(run: TargetRun) -> str:
 
 def count_statuses(run: TargetRun) -> dict[str, int]:
     """Allure statuses of a target's results (failed, broken, passed, skipped)."""
-    from hil.report import read_json
+    from hil.allure_results import read_result
 
     counts: dict[str, int] = {}
     if run.results.is_dir():
         for path in run.results.glob("*-result.json"):
-            data = read_json(path)
-            if isinstance(data, dict):
-                status = str(data.get("status", "unknown"))
+            result = read_result(path)
+            if result is not None:
+                status = str(result.status or "unknown")
                 counts[status] = counts.get(status, 0) + 1
     return counts
 

@@ -8,7 +8,9 @@ Steps (each shown as a progress line):
    from the CI's variables, the checked-in ``categories.json``, per failing
    test the tail of its remote log, and per run one "hil run" fixture
    carrying the build log, the preflight table, the phase timings and the
-   telemetry (CSV and a PNG chart);
+   telemetry (CSV, and a PNG chart with the ``chart`` extra); every item is
+   written as allure-commons' model objects by its file logger
+   (:mod:`hil.allure_results`);
 2. **generate** with Allure 3 (npm, pinned, installed on demand) or Allure 2's
    commandline, carrying the history (trends) from the history folder;
 3. optionally **serve** the report on localhost (``--open``).
@@ -35,6 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from allure_commons.model2 import (
+    Label,
+    Parameter,
+    Status,
+    StatusDetails,
+    TestBeforeResult,
+    TestResultContainer,
+)
+
 from hil.allure3 import (
     Engine,
     ReportToolError,
@@ -45,15 +56,28 @@ from hil.allure3 import (
     select_engine,
     trim_allure2_history,
 )
+from hil.allure_results import (
+    attach_data,
+    file_logger,
+    infrastructure_message,
+    is_infrastructure_result,
+    read_result,
+    result_target,
+)
 from hil.backends.base import Progress
-from hil.chart import Marker, panels_from_samples, render_chart, telemetry_csv
+from hil.chart import (
+    ChartUnavailableError,
+    Marker,
+    panels_from_samples,
+    render_chart,
+    telemetry_csv,
+)
 
 #: Where the checked-in report configuration lives, relative to the project root.
 CONFIG_DIR = Path("reports") / "allure"
 DEFAULT_HISTORY_LIMIT = 20
 #: Lines of remote log attached to a failing test.
 LOG_TAIL_LINES = 120
-INFRA_PREFIX = "hil infrastructure fault"
 
 HELP_RESULTS = "Allure results folders (default: reports/allure-results); several merge into one"
 HELP_OUTPUT = "folder the HTML report is written to (default: reports/allure-report)"
@@ -87,33 +111,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             if isinstance(item, dict):
                 out.append(item)
     return out
-
-
-def parse_properties(text: str) -> dict[str, str]:
-    """``key=value`` lines (Allure's environment.properties) -> dict."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.strip() and not line.lstrip().startswith(("#", "!")) and "=" in line:
-            key, _, value = line.partition("=")
-            out[key.strip()] = value.strip()
-    return out
-
-
-def result_target(result: Mapping[str, Any]) -> str | None:
-    """The value of a result's ``target`` parameter, without allure-pytest's quotes."""
-    for param in result.get("parameters") or ():
-        if isinstance(param, dict) and param.get("name") == "target":
-            value = str(param.get("value", ""))
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-            return value
-    return None
-
-
-def is_infrastructure_result(result: Mapping[str, Any]) -> bool:
-    """Whether a result is the synthetic one written for an infrastructure fault."""
-    message = str((result.get("statusDetails") or {}).get("message", ""))
-    return message.startswith(INFRA_PREFIX)
 
 
 @dataclass
@@ -221,26 +218,23 @@ def merge_environments(per_target: Mapping[str, Mapping[str, str]]) -> dict[str,
     """One environment.properties for all targets: ``<target>.<key>`` when there are several.
 
     Keys stay free of spaces and colons, which Java's properties format (Allure 2)
-    would take as separators.
+    would take as separators; values are put on one line.
     """
     def clean(text: str) -> str:
         return re.sub(r"[\s:=]+", "_", text)
 
+    def one_line(text: str) -> str:
+        return " ".join(str(text).split())
+
     if len(per_target) == 1:
         ((_, env),) = per_target.items()
-        return {clean(k): v for k, v in env.items()}
+        return {clean(k): one_line(v) for k, v in env.items()}
     merged: dict[str, str] = {"targets": ", ".join(sorted(per_target))}
     for target, env in sorted(per_target.items()):
         for key, value in env.items():
             if key != "target":
-                merged[f"{clean(target)}.{clean(key)}"] = value
+                merged[f"{clean(target)}.{clean(key)}"] = one_line(value)
     return merged
-
-
-def write_properties(path: Path, values: Mapping[str, str]) -> None:
-    """Write ``environment.properties`` (values on one line each)."""
-    lines = [f"{k}={' '.join(str(v).split())}" for k, v in sorted(values.items())]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def executor_from_env(env: Mapping[str, str]) -> dict[str, Any] | None:
@@ -287,11 +281,11 @@ def nodeid_key(nodeid: str) -> tuple[str, str]:
     return f"{package}{class_part}#{name}", (bracket + params)
 
 
-def result_key(result: Mapping[str, Any]) -> tuple[str, str]:
-    """(``fullName``, parameter suffix of ``name``) of an Allure result."""
-    name = str(result.get("name", ""))
+def result_key(result: Any) -> tuple[str, str]:
+    """(``fullName``, parameter suffix of ``name``) of an Allure ``TestResult``."""
+    name = str(result.name or "")
     suffix = name[name.index("[") :] if "[" in name and name.endswith("]") else ""
-    return str(result.get("fullName", "")), suffix
+    return str(result.fullName or ""), suffix
 
 
 def _report_text(report: Mapping[str, Any]) -> str:
@@ -401,11 +395,11 @@ def timings_table(timings: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_markers(run: RunFolder, results: Sequence[Mapping[str, Any]]) -> list[Marker]:
+def test_markers(run: RunFolder, results: Sequence[Any]) -> list[Marker]:
     """Test boundaries on the telemetry time axis.
 
     From ``events.jsonl`` when its events carry a wall-clock ``t``; otherwise
-    from the Allure results' own start/stop (epoch milliseconds).
+    from the Allure ``TestResult``s' own start/stop (epoch milliseconds).
     """
     markers: list[Marker] = []
     for event in run.events():
@@ -427,11 +421,10 @@ def test_markers(run: RunFolder, results: Sequence[Mapping[str, Any]]) -> list[M
     if markers:
         return markers
     for result in results:
-        start, stop = result.get("start"), result.get("stop")
+        start, stop, name = result.start, result.stop, str(result.name or "")
         if isinstance(start, (int, float)) and isinstance(stop, (int, float)):
-            markers.append(Marker(start / 1000.0, "start", str(result.get("name", ""))))
-            markers.append(Marker(stop / 1000.0, str(result.get("status", "")),
-                                  str(result.get("name", ""))))
+            markers.append(Marker(start / 1000.0, "start", name))
+            markers.append(Marker(stop / 1000.0, str(result.status or ""), name))
     return markers
 
 
@@ -460,52 +453,53 @@ class Staged:
 
 
 class Stager:
-    """Copies results folders into one staging folder and adds pytest-hil's extras."""
+    """Copies results folders into one staging folder and adds pytest-hil's extras.
+
+    Everything it writes (results, the run containers, attachments) goes through
+    allure-commons' file logger as ``allure_commons.model2`` objects.
+    """
 
     def __init__(self, folder: Path, progress: Progress) -> None:
         self.folder = folder
         self.progress = progress
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        self.logger = file_logger(folder, clean=True)
         self.staged = Staged(folder=folder, targets={})
+        self.chart_hint_shown = False
 
-    def attach(self, name: str, content: bytes | str, mime: str, ext: str) -> dict[str, str]:
-        """Write one attachment file; returns its Allure attachment entry."""
-        source = f"{uuid.uuid4()}-attachment.{ext}"
-        data = content.encode("utf-8") if isinstance(content, str) else content
-        (self.folder / source).write_bytes(data)
+    def attach(self, name: str, content: bytes | str, mime: str, ext: str) -> Any:
+        """Write one attachment file; returns its ``Attachment`` entry."""
         self.staged.attachments += 1
-        return {"name": name, "source": source, "type": mime}
+        return attach_data(self.logger, name, content, mime, ext)
 
     def add_folder(self, results: Path) -> None:
         """Stage one results folder with its run folders' extras."""
+        from hil.worker import parse_environment  # the worker writes the file
+
         if not results.is_dir():
             raise ReportToolError(f"no Allure results folder at {results}")
         props_file = results / "environment.properties"
-        properties = (parse_properties(props_file.read_text(encoding="utf-8"))
+        properties = (parse_environment(props_file.read_text(encoding="utf-8"))
                       if props_file.is_file() else {})
-        loaded: list[tuple[Path, dict[str, Any]]] = []
+        loaded: list[Any] = []
         for path in sorted(results.iterdir()):
             if not path.is_file() or path.name in ("environment.properties", "categories.json",
                                                    "executor.json"):
                 continue
             if path.name.endswith("-result.json"):
-                data = read_json(path)
-                if isinstance(data, dict):
-                    loaded.append((path, data))
+                result = read_result(path)
+                if result is not None:
+                    loaded.append(result)
                     continue
             shutil.copy2(path, self.folder / path.name)
         default_target = properties.get("target") or results.parent.name
-        by_target: dict[str, list[dict[str, Any]]] = {}
-        for _, result in loaded:
+        by_target: dict[str, list[Any]] = {}
+        for result in loaded:
             target = result_target(result)
             if target is None:
                 target = default_target
-                result.setdefault("parameters", []).append(
-                    {"name": "target", "value": repr(target)})
-            labels = result.setdefault("labels", [])
-            if not any(label.get("name") == "target" for label in labels):
-                labels.append({"name": "target", "value": target})
+                result.parameters.append(Parameter(name="target", value=repr(target)))
+            if not any(label.name == "target" for label in result.labels):
+                result.labels.append(Label(name="target", value=target))
             by_target.setdefault(target, []).append(result)
         targets = set(by_target) or ({properties["target"]} if "target" in properties else set())
         runs = runs_for(results, targets)
@@ -518,29 +512,50 @@ class Stager:
             env = target_environment({**properties, "target": target} if own
                                      else {"target": target}, found)
             info.environment.update(env)
-        for path, result in loaded:
-            target = result_target(result) or default_target
+        for target, group in by_target.items():
             info = self.staged.targets.setdefault(target, StagedTarget(target))
-            status = str(result.get("status", "unknown"))
-            info.statuses[status] = info.statuses.get(status, 0) + 1
-            if is_infrastructure_result(result):
-                info.infrastructure.append(str(result["statusDetails"]["message"]))
-            (self.folder / path.name).write_text(json.dumps(result), encoding="utf-8")
-            self.staged.results += 1
+            for result in group:
+                status = str(result.status or "unknown")
+                info.statuses[status] = info.statuses.get(status, 0) + 1
+                if is_infrastructure_result(result):
+                    info.infrastructure.append(str(result.statusDetails.message))
+                self.logger.report_result(result)
+                self.staged.results += 1
 
-    def _add_run(self, run: RunFolder, results: list[dict[str, Any]]) -> None:
+    def _add_run(self, run: RunFolder, results: list[Any]) -> None:
         """Failing tests get their log tail; the run gets a fixture with its artifacts."""
         self.staged.targets.setdefault(run.target, StagedTarget(run.target)).runs.append(
             run.run_id)
         logs = failure_logs(run)
         for result in results:
-            if result.get("status") not in ("failed", "broken") or is_infrastructure_result(result):
+            if (result.status not in (Status.FAILED, Status.BROKEN)
+                    or is_infrastructure_result(result)):
                 continue
             text = find_log(logs, result_key(result))
             if text:
-                result.setdefault("attachments", []).append(
+                result.attachments.append(
                     self.attach(f"remote log tail ({run.target})", text, "text/plain", "txt"))
-        attachments: list[dict[str, str]] = []
+        attachments = self._run_attachments(run, results)
+        started = run.run.get("started")
+        finished = run.run.get("finished")
+        start_ms = int(float(started) * 1000) if isinstance(started, (int, float)) else 0
+        stop_ms = int(float(finished) * 1000) if isinstance(finished, (int, float)) else start_ms
+        fixture = TestBeforeResult(
+            name=f"hil run {run.run_id} on {run.target}",
+            status=Status.BROKEN if run.error else Status.PASSED, stage="finished",
+            start=start_ms, stop=stop_ms, attachments=attachments)
+        if run.error:
+            fixture.statusDetails = StatusDetails(message=infrastructure_message(
+                str(run.error.get("kind")), run.error.get("exit_code"),
+                str(run.error.get("message"))))
+        self.logger.report_container(TestResultContainer(
+            uuid=str(uuid.uuid4()), name=f"hil run {run.run_id}",
+            children=[r.uuid for r in results if r.uuid], befores=[fixture],
+            start=start_ms, stop=stop_ms))
+
+    def _run_attachments(self, run: RunFolder, results: list[Any]) -> list[Any]:
+        """The run fixture's attachments: logs, preflight, timings, telemetry, run files."""
+        attachments: list[Any] = []
         for name, title in (("build.log", "build log"), ("pytest.log", "pytest.log (in target)"),
                             ("hil.log", "hil log")):
             path = run.path / name
@@ -561,40 +576,32 @@ class Stager:
         if samples:
             attachments.append(self.attach("telemetry (CSV)", telemetry_csv(samples),
                                            "text/csv", "csv"))
-            png = render_chart(panels_from_samples(samples), test_markers(run, results),
-                               title=f"{run.target}  {run.run_id}")
-            attachments.append(self.attach("telemetry chart", png, "image/png", "png"))
+            try:
+                png = render_chart(panels_from_samples(samples), test_markers(run, results),
+                                   title=f"{run.target}  {run.run_id}")
+            except ChartUnavailableError as missing:
+                if not self.chart_hint_shown:
+                    self.progress.step(str(missing))
+                    self.chart_hint_shown = True
+            else:
+                attachments.append(self.attach("telemetry chart", png, "image/png", "png"))
         for name in ("run.json", "error.json"):
             if (run.path / name).is_file():
                 attachments.append(self.attach(name, (run.path / name).read_bytes(),
                                                "application/json", "json"))
-        started = run.run.get("started")
-        finished = run.run.get("finished")
-        start_ms = int(float(started) * 1000) if isinstance(started, (int, float)) else 0
-        stop_ms = int(float(finished) * 1000) if isinstance(finished, (int, float)) else start_ms
-        fixture: dict[str, Any] = {
-            "name": f"hil run {run.run_id} on {run.target}",
-            "status": "broken" if run.error else "passed",
-            "stage": "finished", "start": start_ms, "stop": stop_ms,
-            "attachments": attachments, "steps": [], "parameters": [],
-        }
-        if run.error:
-            fixture["statusDetails"] = {
-                "message": f"{INFRA_PREFIX} [{run.error.get('kind')}] "
-                           f"(exit {run.error.get('exit_code')}): {run.error.get('message')}"}
-        container = {"uuid": str(uuid.uuid4()), "name": f"hil run {run.run_id}",
-                     "children": [r["uuid"] for r in results if "uuid" in r],
-                     "befores": [fixture], "afters": [], "start": start_ms, "stop": stop_ms}
-        (self.folder / f"{container['uuid']}-container.json").write_text(
-            json.dumps(container), encoding="utf-8")
+        return attachments
 
     def finish(self, categories: Sequence[Mapping[str, Any]],
                executor: Mapping[str, Any] | None) -> Staged:
-        """Write the merged environment, categories and executor files."""
+        """Write the merged environment, categories and executor files.
+
+        allure-commons has no model for these three; they are Allure 2's plain formats.
+        """
+        from hil.worker import write_environment  # the one writer of environment.properties
+
         per_target = {name: t.environment for name, t in self.staged.targets.items()}
         if per_target:
-            write_properties(self.folder / "environment.properties",
-                             merge_environments(per_target))
+            write_environment(self.folder, merge_environments(per_target))
         (self.folder / "categories.json").write_text(json.dumps(list(categories), indent=1),
                                                     encoding="utf-8")
         if executor:
@@ -712,22 +719,6 @@ def build_report(request: ReportRequest, progress: Progress) -> ReportOutcome:
                      if request.history else ""))
     return ReportOutcome(index=index, engine=engine, staged=staged, history_runs=history_runs,
                          seconds=seconds)
-
-
-def infrastructure_result(target: str, kind: str, exit_code: int, message: str,
-                          when: float | None = None) -> dict[str, Any]:
-    """A synthetic broken result for an infrastructure fault (same shape as the session's)."""
-    now = int((when if when is not None else time.time()) * 1000)
-    return {
-        "uuid": str(uuid.uuid4()), "historyId": f"hil-infrastructure-{target}",
-        "name": f"infrastructure: {target}", "fullName": f"hil.infrastructure.{target}",
-        "status": "broken", "stage": "finished", "start": now, "stop": now,
-        "statusDetails": {"message": f"{INFRA_PREFIX} [{kind}] (exit {exit_code}): {message}",
-                          "trace": ""},
-        "labels": [{"name": "suite", "value": "hil infrastructure"},
-                   {"name": "framework", "value": "pytest-hil"}],
-        "parameters": [{"name": "target", "value": repr(target)}],
-    }
 
 
 def serve(folder: Path, port: int, open_browser: bool = True) -> None:

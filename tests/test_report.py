@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import attr
+import numpy as np
 import pytest
+from matplotlib.image import imread
 
 from hil.allure3 import ReportToolMissingError, select_engine
+from hil.allure_results import infrastructure_result, result_from_json, write_infrastructure_result
 from hil.backends.base import Progress
 from hil.chart import (
+    CHART_HINT,
     OUTCOME_COLOURS,
+    PALETTE,
     Marker,
-    decode_png_rgb,
     panels_from_samples,
     render_chart,
     telemetry_csv,
@@ -27,7 +34,6 @@ from hil.report import (
     Stager,
     build_report,
     executor_from_env,
-    infrastructure_result,
     load_categories,
     merge_environments,
     nodeid_key,
@@ -61,6 +67,11 @@ def samples(t0: float, n: int = 20) -> list[dict[str, object]]:
         sample["t"] = t0 + i
         out.append(sample)
     return out
+
+
+def rgb_pixels(png: bytes) -> Any:
+    """A PNG as an (height, width, 3) array of 0-255 ints, read by matplotlib."""
+    return (imread(io.BytesIO(png))[..., :3] * 255).round().astype(int)
 
 
 def write_run_folder(reports: Path, target: str, results: Path) -> Path:
@@ -106,7 +117,7 @@ def write_run_folder(reports: Path, target: str, results: Path) -> Path:
 def test_infrastructure_category_matches_every_hil_error_kind(kind: str) -> None:
     infra, product, broken = load_categories(REPO)
     message = infrastructure_result("sim-jetson", kind, int(ERROR_KINDS[kind].exit_code),
-                                    "target 'sim-jetson': board down")["statusDetails"]["message"]
+                                    "target 'sim-jetson': board down").statusDetails.message
     # Allure 2 (Java) matches the whole message; Allure 3 (JavaScript) searches in it.
     assert re.fullmatch(infra["messageRegex"], message)
     assert re.search(infra["messageRegex"], message)
@@ -187,7 +198,8 @@ def test_staging_adds_log_tail_run_fixture_and_per_target_environment(
             "telemetry (CSV)", "telemetry chart", "run.json"} <= set(names)
     assert "ok   ssh" in (staged.folder / names["preflight"]["source"]).read_text()
     png = (staged.folder / names["telemetry chart"]["source"]).read_bytes()
-    assert png.startswith(b"\x89PNG")
+    assert rgb_pixels(png).shape[1] == 1200
+    assert names["telemetry chart"]["type"] == "image/png"
     env = (staged.folder / "environment.properties").read_text().splitlines()
     assert "local-b.L4T=R36.4.3" in env and "local-b.board.hostname=board-7" in env
     assert "local-b.image=hil-deps:1234abcd" in env and "local-b.GPU=Orin (nvgpu)" in env
@@ -196,17 +208,74 @@ def test_staging_adds_log_tail_run_fixture_and_per_target_environment(
         "Infrastructure faults")
 
 
+def test_results_read_into_allure_commons_models_lose_nothing(report_project: Path) -> None:
+    results = report_project / "results"
+    assert run_local(report_project, "local-a", results, fail=True) == 1
+    files = sorted(results.glob("*-result.json"))
+    assert len(files) == 4
+    for path in files:
+        data = json.loads(path.read_text())
+        again = attr.asdict(result_from_json(data), filter=lambda _, v: v or v is False)
+        assert again == data, path.name
+
+
 def test_telemetry_chart_draws_series_and_marks_test_boundaries() -> None:
     data = samples(1000.0, n=30)
-    markers = [Marker(1005.0, "start"), Marker(1020.0, "failed")]
-    png = render_chart(panels_from_samples(data), markers, width=600, title="sim-jetson")
-    canvas = decode_png_rgb(png)
-    assert canvas.width == 600
-    colours = {canvas.get(x, y) for x in range(canvas.width) for y in range(canvas.height)}
-    assert OUTCOME_COLOURS["failed"] in colours
-    assert (31, 119, 180) in colours  # first series' colour: lines were drawn
+    markers = [Marker(1005.0, "start"), Marker(1020.0, "failed"), Marker(1029.0, "passed")]
+    pixels = rgb_pixels(render_chart(panels_from_samples(data), markers, width=600,
+                                     title="sim-jetson"))
+    height, width = pixels.shape[:2]
+    assert width == 600 and height == 4 * 170 + 40 + 60
+
+    def near(colour: tuple[int, int, int]) -> Any:
+        return np.abs(pixels - np.array(colour)).max(axis=2) <= 10
+
+    def line_x(colour: tuple[int, int, int], share: float) -> float:
+        """Mean x of the columns that are ``colour`` over ``share`` of the height."""
+        columns = np.flatnonzero(near(colour).sum(axis=0) > share * height)
+        assert columns.size, f"no vertical line of {colour}"
+        assert columns.max() - columns.min() <= 3  # one line, not a smear
+        return float(columns.mean())
+
+    start = line_x(OUTCOME_COLOURS["start"], 0.15)  # dashed
+    failed = line_x(OUTCOME_COLOURS["failed"], 0.3)
+    passed = line_x(OUTCOME_COLOURS["passed"], 0.3)
+    # One time axis for all: 15 s of the 24 s from the start line to the passed line.
+    assert (failed - start) / (passed - start) == pytest.approx(15 / 24, abs=0.02)
+    assert not (near(OUTCOME_COLOURS["broken"]).sum(axis=0) > 0.3 * height).any()
+    assert near(PALETTE[0]).sum() > 500  # the first series of each panel was drawn
     titles = [p.title for p in panels_from_samples(data)]
-    assert titles == ["GPU LOAD %", "RAM USED MB", "TEMPERATURE C", "POWER MW"]
+    assert titles == ["GPU load (%)", "RAM used (MB)", "Temperature (°C)", "Power (mW)"]
+
+
+def test_without_matplotlib_the_csv_is_attached_and_one_line_says_how_to_get_the_chart(
+        tmp_path: Path) -> None:
+    folders = []
+    for target in ("box-a", "box-b"):
+        results = tmp_path / f"{target}-results"
+        write_infrastructure_result(results, target, "unhealthy", 16, "no CUDA in the container")
+        folders.append(write_run_folder(tmp_path / "reports", target, results) / "allure-results")
+    stage = tmp_path / "stage"
+    blocked = ("import sys; sys.modules['matplotlib'] = None\n"  # import matplotlib fails
+               "from pathlib import Path\n"
+               "from hil.backends.base import Progress\n"
+               "from hil.report import Stager\n"
+               "stager = Stager(Path(sys.argv[1]), Progress())\n"
+               "for folder in sys.argv[2:]:\n"
+               "    stager.add_folder(Path(folder))\n"
+               "stager.finish([], None)\n")
+    proc = subprocess.run([sys.executable, "-c", blocked, str(stage), *map(str, folders)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"hil: {CHART_HINT}"]
+    assert "pip install 'pytest-hil[chart]'" in CHART_HINT
+    containers = [json.loads(p.read_text()) for p in stage.glob("*-container.json")]
+    assert len(containers) == 2
+    for container in containers:
+        names = {a["name"]: a["source"] for a in container["befores"][0]["attachments"]}
+        assert "telemetry chart" not in names
+        csv = (stage / names["telemetry (CSV)"]).read_text().splitlines()
+        assert csv[0].startswith("t,elapsed_s,") and len(csv) == 21
 
 
 def test_telemetry_csv_has_one_row_per_sample_and_every_numeric_field() -> None:
