@@ -58,7 +58,8 @@ def test_the_gate_on_with_the_default_chain_runs_on_a_gpu_provider(
         "gate on, default chain",
         {
             "label": runtime.label,
-            "handed": list(runtime.session_providers),
+            "asked": list(runtime.session_providers),
+            "handed": list(runtime.handed_providers()),
             "active": list(runtime.active_providers),
             "tensorrt ep refused": [dict(r.data) for r in refusals],
             "max_abs_difference": float(np.max(np.abs(got - reference_forward(image)))),
