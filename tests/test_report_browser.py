@@ -11,13 +11,13 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from hil.backends.base import Progress
-from hil.chart import read_png_size
 from hil.nightly import nightly
 from hil.sim import Rig
 
@@ -26,6 +26,13 @@ ARTIFACTS = REPO / "reports" / "artifacts"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync")
+
+
+def read_png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's header."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
 
 
 def require_tool(ok: bool, reason: str) -> None:
