@@ -22,7 +22,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("hil.sim.cli", "bring the simulated Jetson + Colima rig up, down, or show it"),
     "report": ("hil.report", "turn Allure results into an HTML report"),
     "nightly": ("hil.nightly", "run every target and publish one report"),
-    "disconnect": ("hil.sshmux", "close the SSH connections kept open for the next session"),
 }
 
 

@@ -168,11 +168,19 @@ class RunLostError(HilError):
     exit_code = ExitCode.RUN_LOST
     kind = "run-lost"
 
-    def __init__(self, message: str, *, running_test: str | None = None, **kw: object) -> None:
+    def __init__(self, message: str, *, running_test: str | None = None,
+                 not_run: Sequence[str] = (), **kw: object) -> None:
         if running_test:
             message = f"{message} while running {running_test}"
+        if not_run:
+            shown = ", ".join(not_run[:5]) + (f" and {len(not_run) - 5} more"
+                                              if len(not_run) > 5 else "")
+            message = f"{message}; {len(not_run)} test(s) not run: {shown}"
+            kw.setdefault("tail", "tests not run:\n" + "\n".join(not_run))
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.running_test = running_test
+        #: The tests the run did not get to (a crash past the resume limit).
+        self.not_run = tuple(not_run)
 
 
 class RunTimedOutError(HilError):

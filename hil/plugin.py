@@ -12,6 +12,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,8 @@ HELP_REBUILD = "rebuild the target's dependencies image even when its content ha
 HELP_LEASE = "seconds to wait for a board's lease before exiting with the device-busy code"
 HELP_REPORTS = "folder for run output: reports/<run-id>/, allure-results/ (default: reports)"
 HELP_NO_ALLURE = "do not write Allure results"
+HELP_MAX_RESUMES = ("container targets: how many times a run resumes in a fresh container after "
+                    "a test crashed the interpreter (default 3); past it, exit 19")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=HELP_REPORTS)
     group.addoption("--hil-no-allure", dest="hil_no_allure", action="store_true",
                     help=HELP_NO_ALLURE)
+    group.addoption("--hil-max-resumes", dest="hil_max_resumes", metavar="N", type=int,
+                    default=3, help=HELP_MAX_RESUMES)
 
 
 def git_commit(root: Path) -> str:
@@ -125,9 +130,13 @@ def _exit_on(err: HilError) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     register_markers(config)
-    if hasattr(config, "workerinput"):  # an xdist worker: the controller resolved everything
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # an xdist worker: the controller resolved everything
+        _configure_worker(config, workerinput.get(WORKERINPUT_KEY))
         return
     spec, root = _resolve_target(config)
+    if spec.is_container:
+        _no_local_workers(config)
     plan = bool(config.getoption("hil_plan"))
     try:
         tier, how = _serves(spec)
@@ -172,6 +181,49 @@ def pytest_configure(config: pytest.Config) -> None:
         from hil.session import RemoteSession
 
         config.pluginmanager.register(RemoteSession(config, settings), "hil-session")
+
+
+#: Where a local xdist worker finds what its controller resolved (``workerinput``).
+WORKERINPUT_KEY = "hil"
+
+
+def _no_local_workers(config: pytest.Config) -> None:
+    """No xdist workers here for a container target: ``-n`` runs xdist in the container.
+
+    pytest-xdist resolved ``-n`` into test environments in its
+    ``pytest_cmdline_main``; without them its controller is not started (its
+    configure runs after this one).  The options themselves travel to the
+    container with the rest of the command line.
+    """
+    if getattr(config.option, "tx", None):
+        config.option.tx = []
+    if getattr(config.option, "dist", "no") != "no":
+        config.option.dist = "no"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist (local target): each worker gets the target, tier and Allure folder resolved here."""
+    settings = node.config.stash.get(SETTINGS_KEY, None)
+    if settings is None:
+        return
+    local_allure = settings.allure_dir if settings.target.kind == "local" else None
+    node.workerinput[WORKERINPUT_KEY] = {
+        "target": settings.target.name, "tier": settings.tier,
+        "allure_dir": str(local_allure) if local_allure else None}
+
+
+def _configure_worker(config: pytest.Config, given: dict[str, Any] | None) -> None:
+    """A local xdist worker collects and runs the tests: the tier gate and Allure go here too."""
+    if not given:
+        return
+    allure_dir = given.get("allure_dir")
+    if allure_dir and config.pluginmanager.hasplugin("allure_pytest"):
+        config.option.allure_report_dir = allure_dir
+        config.option.clean_alluredir = False  # the controller cleaned it
+    config.pluginmanager.register(
+        TierGate(given["target"], int(given["tier"]), allure_dir, write_environment=False),
+        "hil-tiergate")
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

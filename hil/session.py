@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -27,16 +28,25 @@ from typing import Any
 
 import pytest
 
-from hil.backends.base import Backend, Progress, RunEnd, RunPlan, load_backend
+from hil.backends.base import (
+    Backend,
+    ByteSink,
+    Progress,
+    RunEnd,
+    RunPlan,
+    describe_exit,
+    load_backend,
+)
+from hil.crash import CrashReport
 from hil.errors import HilError, RunLostError, TargetUnhealthyError
 from hil.plugin import HilSettings, git_commit
-from hil.worker import only_pytest_implements
+from hil.worker import encode_resume, only_pytest_implements
 
 #: Options that only make sense on the controller: (name, takes a value).
 HOST_ONLY_OPTIONS: dict[str, bool] = {
     "--target": True, "--hil-targets": True, "--hil-require-tier": True,
     "--hil-keep-results": False, "--hil-rebuild": False, "--hil-lease-timeout": True,
-    "--hil-reports": True, "--hil-no-allure": False, "--hil-plan": False,
+    "--hil-reports": True, "--hil-no-allure": False, "--hil-plan": False, "--hil-max-resumes": True,
     "--junitxml": True, "--junit-xml": True, "--alluredir": True, "--clean-alluredir": False,
     "--basetemp": True, "--result-log": True, "--resultlog": True, "--pastebin": True,
 }
@@ -105,6 +115,15 @@ class EventFeeder:
         self.root = str(config.rootpath)
         self.buffer = b""
         self.started: str | None = None  # the test of the last logstart, until it finishes
+        #: Every test started and not finished (several under xdist): node id -> its
+        #: logstart event, and the (when, outcome) of each of its reports so far.
+        self.active: dict[str, dict[str, Any]] = {}
+        self.phases: dict[str, list[tuple[str, str]]] = {}
+        self.done_ids: set[str] = set()
+        #: xdist's workers in the container (``hello``; 0 without -n).
+        self.workers = 0
+        #: Set for a container resumed after a crash: its collection was counted already.
+        self.resumed = False
         self.order: dict[str, int] = {}  # collected node ids -> their place in the run
         self.collected: list[str] = []
         self.last_done = -1  # the place of the last finished test
@@ -121,32 +140,61 @@ class EventFeeder:
         self._only_pytest: bool | None = None
 
     def feed(self, data: bytes) -> bool:
-        """Take a chunk of the container's standard output; True once the worker is done."""
+        """Take a chunk of the container's standard output; True once the worker is done.
+
+        A worker whose pytest stopped before its first event (``exit`` without
+        ``hello``) is not done early: its standard error, the reason, is read
+        to the end.
+        """
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
         for line in lines:
             if line.strip():
                 self._line(line)
-        return self.done
+        return self.done and self.hello is not None
 
     @property
     def running(self) -> str | None:
-        """The test the worker is running, as far as the events tell.
+        """The test(s) the worker is running as far as the events tell, comma-separated.
 
-        The last ``logstart``; when that event is still queued in the worker
-        (events are batched), the test after the last finished one in the
-        collection order, which is the order pytest runs them in.
+        The tests started and not finished; when none is and the last start is
+        still queued in the worker (events are batched), the test after the
+        last finished one in the collection order, which is the order pytest
+        runs them in (not under xdist, whose workers take tests as they go).
         """
-        if self.started is not None:
-            return self.started
-        if self.remote_exit is not None or not 0 <= self.last_done + 1 < len(self.collected):
+        if self.active:
+            return ", ".join(self.active)
+        if (self.workers or self.remote_exit is not None
+                or not 0 <= self.last_done + 1 < len(self.collected)):
             return None
         return self.collected[self.last_done + 1]
 
     def _finished(self, nodeid: str) -> None:
         self.started = None
+        self.active.pop(nodeid, None)
+        self.phases.pop(nodeid, None)
+        self.done_ids.add(nodeid)
         self.finished += 1
         self.last_done = self.order.get(nodeid, self.last_done)
+
+    def next_segment(self) -> None:
+        """Get ready for the events of a container resumed after a crashed one."""
+        self.buffer = b""
+        self.started = None
+        self.active.clear()
+        self.phases.clear()
+        self.last_done = -1
+        self.remote_exit = self.exit_code = None
+        self.hello = None
+        self.hello_at = None
+        self.resumed = True
+
+    def remaining(self, nodeid: str) -> list[str]:
+        """The collected tests after ``nodeid`` that have not finished, in their order."""
+        place = self.order.get(nodeid)
+        if place is None:
+            return []
+        return [n for n in self.collected[place + 1:] if n not in self.done_ids]
 
     @property
     def done(self) -> bool:
@@ -246,6 +294,7 @@ class EventFeeder:
         kind = event.get("ev")
         if kind == "logstart":
             self.started = event["nodeid"]
+            self.active[event["nodeid"]] = event
             hook.pytest_runtest_logstart(nodeid=event["nodeid"], location=tuple(event["location"]))
         elif kind == "finish":
             for report in self._passed_reports(event):
@@ -253,10 +302,15 @@ class EventFeeder:
             hook.pytest_runtest_logfinish(nodeid=event["nodeid"], location=tuple(event["location"]))
             self._finished(event["nodeid"])
         elif kind == "logreport":
-            hook.pytest_runtest_logreport(report=self._report(event["report"]))
+            report = self._report(event["report"])
+            if report.nodeid in self.active:
+                self.phases.setdefault(report.nodeid, []).append((report.when, report.outcome))
+            hook.pytest_runtest_logreport(report=report)
         elif kind == "logfinish":
             hook.pytest_runtest_logfinish(nodeid=event["nodeid"], location=tuple(event["location"]))
             self._finished(event["nodeid"])
+        elif kind in ("collectreport", "deselected") and self.resumed:
+            return  # the crashed container's collection reported these already
         elif kind == "collectreport":
             hook.pytest_collectreport(report=self._report(event["report"]))
         elif kind == "deselected":
@@ -265,12 +319,16 @@ class EventFeeder:
         elif kind == "collection_finish":
             self.collected = list(event["nodeids"])
             self.order = {nodeid: i for i, nodeid in enumerate(self.collected)}
+            if self.resumed:
+                return  # the tests after a crashed one, counted with the first collection
             self.session.testscollected = len(event["nodeids"])
             terminal = self.config.pluginmanager.get_plugin("terminalreporter")
             if terminal is not None:
                 # Items were collected remotely; give the terminal their count.
                 terminal._numcollected = self.session.testscollected + self.deselected
             hook.pytest_collection_finish(session=self.session)
+        elif kind == "warning" and self.resumed and event["when"] != "runtest":
+            return  # the crashed container's configuration and collection warned already
         elif kind == "warning":
             category = getattr(builtins, event["category"], UserWarning)
             if not (isinstance(category, type) and issubclass(category, Warning)):
@@ -293,6 +351,12 @@ class EventFeeder:
             self.hello = event
             self.hello_at = time.monotonic()
             self.report_keys = list(event.get("report_keys") or ())
+            self.workers = int(event.get("workers") or 0)
+            terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+            if self.workers and terminal is not None:
+                # Reports of several files interleave: progress without file names, as
+                # pytest-xdist shows it.
+                terminal.showfspath = False
         elif kind == "internalerror":
             self.config.get_terminal_writer().line(f"remote INTERNALERROR> {event['text']}",
                                                    red=True)
@@ -436,6 +500,10 @@ class RemoteSession:
         self.config = config
         self.settings = settings
         self.spec = settings.target
+        if self.spec.kind == "ssh":  # the handshake overlaps the rest of the start-up
+            from hil.sshconn import connect_in_background
+
+            connect_in_background(self.spec)
         self.run_id = new_run_id(self.spec.name)
         self.run_dir = settings.reports / "runs" / self.run_id
         self.timings: dict[str, float] = {}
@@ -502,7 +570,7 @@ class RemoteSession:
                              allure_dir=self.run_dir / "allure-results")
         progress = TerminalProgress(self.config, self.log)
         backend_cls = load_backend(self.spec)
-        plan = self._plan()
+        self.plan = plan = self._plan()
         started = time.time()
         stderr_log = (self.run_dir / "stderr.log").open("ab")
         backend = backend_cls(self.spec, self.config.rootpath, progress,
@@ -519,7 +587,6 @@ class RemoteSession:
                     with self._phase("image"):
                         image = backend.prepare(plan)
                     progress.step(f"running tests in {image} on '{self.spec.name}'")
-                    run_start = time.monotonic()
 
                     def on_stderr(data: bytes) -> None:
                         stderr_log.write(data)
@@ -528,28 +595,24 @@ class RemoteSession:
                         if text:
                             self.config.get_terminal_writer().line(text, yellow=True)
 
-                    end = backend.run(plan, image, feeder.feed, on_stderr)
-                    feeder.close()
-                    self._recover(feeder)
-                    run_end = time.monotonic()
-                    hello = feeder.hello_at if feeder.hello_at is not None else run_end
-                    self.timings["container start"] = round(hello - run_start, 3)
-                    self.timings["tests"] = round(run_end - hello, 3)
-                    self.exitstatus = self._exit_code(feeder, end)
+                    self.exitstatus = self._run_tests(session, backend, image, feeder,
+                                                      on_stderr, progress)
                 except HilError as err:
-                    if isinstance(err, RunLostError) and err.running_test is None:
+                    unnamed = (isinstance(err, RunLostError) and err.running_test is None
+                               and not err.not_run)
+                    if unnamed:
                         # A lost link: the worker's record comes back with the results, and
                         # it knows the running test better than the events that got here.
                         with self._phase("fetch"):
-                            self._fetch(backend, plan)  # its own fault is second to this one
+                            self._fetch(backend, self.plan)  # its own fault is second
                     self._recover(feeder)
-                    if isinstance(err, RunLostError) and err.running_test is None and feeder.running:
+                    if unnamed and feeder.running:
                         err = RunLostError(err.message, running_test=feeder.running,
                                            target=err.target or self.spec.name, tail=err.tail)
                     self._fail(err)
                 finally:
                     with self._phase("fetch"):
-                        fault = self._fetch(backend, plan)
+                        fault = self._fetch(backend, self.plan)
                     if fault is not None and self.error is None:
                         self._fail(fault)
                     self._recover(feeder)  # after an interrupt
@@ -559,8 +622,78 @@ class RemoteSession:
             # then overlaps with writing the reports and the summary.
             self.backend = backend
             stderr_log.close()
-            self._save(plan, image, started, feeder)
+            self._save(self.plan, image, started, feeder)
         return True
+
+    def _run_tests(self, session: pytest.Session, backend: Backend, image: str,
+                   feeder: EventFeeder, on_stderr: ByteSink, progress: Progress) -> int:
+        """Run the test container, and a fresh one after each test that crashes it; the code.
+
+        The exit code is pytest's rule over the whole run: the last container's
+        own code, but 1 where a test crashed and the rest passed.
+        """
+        limit = int(self.config.getoption("hil_max_resumes"))
+        crashes = 0
+        while True:
+            run_start = time.monotonic()
+            stderr_at = (self.run_dir / "stderr.log").stat().st_size
+            end = backend.run(self.plan, image, feeder.feed, on_stderr)
+            feeder.close()
+            crash = self._crash(feeder, end)
+            if crash is not None:
+                with self._phase("fetch"):
+                    backend.fetch(self.plan)  # results that did not come back with the run
+            self._recover(feeder)
+            run_end = time.monotonic()
+            hello = feeder.hello_at if feeder.hello_at is not None else run_end
+            for name, seconds in (("container start", hello - run_start),
+                                  ("tests", run_end - hello)):
+                self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 3)
+            crash = self._crash(feeder, end)
+            if crash is None:
+                code = self._exit_code(feeder, end)
+                return 1 if crashes and code in (0, 5) else code
+            crashes += 1
+            nodeid, how = crash
+            CrashReport(feeder, nodeid, how, self.run_dir, segment=self.plan.segment,
+                        stderr_from=stderr_at, target=self.spec.name,
+                        allure=self.settings.allure_dir is not None).replay()
+            remaining = feeder.remaining(nodeid)
+            if not remaining or session.shouldfail or session.shouldstop:
+                return 1  # a crashed test is a failed one; -x stops here too
+            if crashes > limit:
+                raise RunLostError(
+                    f"{nodeid} crashed ({how}) after {limit} resume(s), the limit "
+                    "(--hil-max-resumes)", not_run=remaining, target=self.spec.name)
+            progress.step(f"{nodeid} crashed ({how}); resuming with the {len(remaining)} "
+                          f"test(s) after it in a fresh container ({crashes} of {limit})")
+            self.plan = self._resume_plan(remaining, nodeid, how, feeder.last_n, crashes,
+                                          failed=session.testsfailed)
+            feeder.next_segment()
+
+    def _crash(self, feeder: EventFeeder, end: RunEnd) -> tuple[str, str] | None:
+        """(node id, how) of the test that crashed the interpreter, if that ended the run.
+
+        The worker's process ended (the container was not killed, the link not
+        lost) without its final report while the record names one running test.
+        Under xdist, pytest-xdist itself reports a crashed worker's test.
+        """
+        if (feeder.done or feeder.hello is None or feeder.workers or end.exit_code is None
+                or end.reason or end.oom_killed or feeder.started is None):
+            return None
+        return feeder.started, describe_exit(end.exit_code)
+
+    def _resume_plan(self, remaining: list[str], after: str, how: str, seq: int,
+                     segment: int, failed: int) -> RunPlan:
+        """The plan of the container resumed after ``after`` crashed: the tests after it."""
+        env = {**self.plan.env, "HIL_SEGMENT": str(segment),
+               "HIL_RESUME": encode_resume(remaining, after, how, seq)}
+        maxfail = int(self.config.getoption("maxfail") or 0)
+        args = self.plan.pytest_args
+        if maxfail:
+            # The failures so far count towards --maxfail, as in one pytest session.
+            args = (*args, f"--maxfail={max(1, maxfail - failed)}")
+        return dataclasses.replace(self.plan, segment=segment, env=env, pytest_args=args)
 
     def _recover(self, feeder: EventFeeder) -> None:
         """Replay what the worker recorded but the channel never carried (a run cut short)."""
@@ -577,6 +710,15 @@ class RemoteSession:
     def _exit_code(self, feeder: EventFeeder, end: RunEnd) -> int:
         if feeder.remote_exit is not None and feeder.hello is not None:
             return feeder.remote_exit
+        if feeder.exit_code is not None and feeder.hello is None:
+            # pytest in the container stopped before its first event (an option it does not
+            # know, a bad ini file, a plugin that fails to import): its own code, and its
+            # reason is on its standard error, shown above as it came.
+            self.config.get_terminal_writer().line(
+                f"hil: pytest in the container stopped before its session started "
+                f"(exit {feeder.exit_code}); its standard error is above and in "
+                f"{os.path.relpath(self.run_dir / 'stderr.log')}", red=True)
+            return feeder.exit_code
         if feeder.hello is None and feeder.remote_exit is None:
             stderr = self.run_dir / "stderr.log"
             raise TargetUnhealthyError(

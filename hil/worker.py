@@ -28,7 +28,22 @@ with these variables:
     one once the controller has it.  Attachments are still written here.
 ``HIL_EVENT_INTERVAL_MS``
     how long events may wait to be written together (default 20; ``0``
-    writes at every test's start).
+    writes at every test's start);
+``HIL_CAPTURE``
+    a folder of the container (not the results folder) where pytest's fd
+    capture keeps its files instead of unlinked temporary ones, so that the
+    output of a test that kills the interpreter survives it (the container's
+    entry script copies the folder into the results when the worker did not
+    end; see ``hil.backends.base.CONTAINER_ENTRY``);
+``HIL_RESUME``
+    set by the controller after a test crashed the interpreter: which tests
+    this fresh container runs (those the crashed one did not reach, in their
+    order) and the sequence number its events continue from (see
+    :func:`encode_resume`); ``pytest.log`` and ``events.jsonl`` are appended to.
+
+Under pytest-xdist (``-n``) this process is xdist's controller: its hooks see
+every worker's reports, which stream as usual, and the workers load this
+module as the plugin ``hil_worker`` (the tier gate, Allure's writer).
 
 Channel: standard output carries nothing but events, one JSON object per line
 (``{"ev": "...", ...}``), pytest's terminal output is moved to ``pytest.log``,
@@ -38,9 +53,11 @@ are serialized with pytest's own ``pytest_report_to_serializable`` hook.
 
 from __future__ import annotations
 
+import base64
 import functools
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -51,7 +68,8 @@ import time
 import types
 import uuid
 import warnings
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -116,11 +134,14 @@ class TierGate:
     """
 
     def __init__(self, target: str, tier: int, allure_dir: str | None = None,
-                 environment: dict[str, str] | None = None) -> None:
+                 environment: dict[str, str] | None = None, *,
+                 write_environment: bool = True) -> None:
         self.target = target
         self.tier = tier
         self.allure_dir = allure_dir
         self.environment = environment or {}
+        #: False in xdist workers: their controller writes environment.properties.
+        self.write_environment = write_environment
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -141,7 +162,7 @@ class TierGate:
             _allure_target_parameter(self.target)
 
     def pytest_sessionfinish(self) -> None:
-        if self.allure_dir:
+        if self.allure_dir and self.write_environment:
             write_environment(Path(self.allure_dir), self.environment_lines())
 
     def environment_lines(self) -> dict[str, str]:
@@ -298,6 +319,12 @@ def _plain_report_shape() -> tuple[frozenset[str], list[str]]:
     return frozenset(report.__dict__), list(serialized)
 
 
+#: Attributes the reports in an xdist controller carry beside pytest's own: the keys the
+#: workers add when serializing, and the controller's node.  None is sent on: the
+#: controller's reports then look like those of a run without xdist.
+XDIST_REPORT_ATTRS = frozenset({"$report_type", "worker_id", "item_index", "testrun_uid", "node"})
+
+
 class EventStream:
     """Sends pytest's hooks to the controller as JSON lines on a file object.
 
@@ -308,10 +335,11 @@ class EventStream:
     ``interval`` behind.  Each write crosses the container runtime and the
     engine to the controller, so one write per test would cost more than a
     trivial test itself.  The ``copy`` (``events.jsonl``), a local file write,
-    still gets every event before the next test starts: when the container is
-    killed, the controller reads what the channel had not carried yet from it
-    (by ``n``), so no finished test's result is lost and the running test is
-    named.  ``interval=0`` writes the channel at every ``logstart`` too.
+    still gets every event before the next test starts (and before the
+    session's end): when the container is killed, the controller reads what
+    the channel had not carried yet from it (by ``n``), so no finished test's
+    result is lost and the running test is named.  ``interval=0`` writes the
+    channel at every ``logstart`` too.
 
     With ``compact``, a test's passed phases that carry nothing but timings
     (no output, no longrepr, no user properties, no extra attributes) travel
@@ -319,13 +347,18 @@ class EventStream:
     ``logfinish``: ``{"ev": "finish", "nodeid", "location", "keywords",
     "passed": [[when, duration, start, stop], ...]}``.  The controller rebuilds
     the very reports pytest would have deserialized, with the key order given
-    by ``report_keys`` in ``hello``.  Any other report goes out in full, after
-    the compact phases queued before it.
+    by ``report_keys`` in ``hello``.  Any other report of a test goes out in
+    full, after that test's compact phases queued before it.
+
+    Under pytest-xdist several tests run at once and their hooks interleave:
+    what is queued and which tests run is kept per test, ``hello`` says how
+    many workers there are, and ``collection_finish`` comes from the first
+    worker's collection (xdist's controller collects nothing itself).
     """
 
     def __init__(self, channel: IO[str], copy: IO[str] | None = None,
                  compact: bool = False, allure_events: bool = False,
-                 interval: float = 0.0) -> None:
+                 interval: float = 0.0, first_seq: int = 0) -> None:
         self.channel = channel
         self.copy = copy
         self.compact = compact
@@ -333,12 +366,17 @@ class EventStream:
         self.interval = interval
         self.config: pytest.Config | None = None
         self.started = time.perf_counter()
-        self.test: tuple[str, Any] | None = None  # (nodeid, location) of the running test
-        self.held: list[pytest.TestReport] = []  # its compact phases, not yet sent
+        #: The running tests (several under xdist): node id -> location.
+        self.running: dict[str, Any] = {}
+        #: Their compact phases, not yet sent.
+        self.held: dict[str, list[pytest.TestReport]] = {}
         self.plain_attrs: frozenset[str] = frozenset()
+        #: xdist's workers (0 without xdist): their reports carry XDIST_REPORT_ATTRS.
+        self.workers = 0
+        self.collection_sent = False
         # Shared with the flusher thread: the sequence, both queues, the writes.
         self.lock = threading.Lock()
-        self.seq = 0
+        self.seq = first_seq  # a resumed run continues the crashed one's numbering
         self.pending: list[str] = []  # lines the channel has not carried yet
         self.unrecorded: list[str] = []  # lines the copy has not got yet
         self.last_write = 0.0
@@ -416,24 +454,32 @@ class EventStream:
 
     def _is_plain(self, report: pytest.TestReport) -> bool:
         """Whether the controller can rebuild ``report`` from its phase and timings alone."""
-        return (type(report) is pytest.TestReport and report.outcome == "passed"
+        if not (type(report) is pytest.TestReport and report.outcome == "passed"
                 and report.longrepr is None and not report.sections
-                and not report.user_properties and report.__dict__.keys() == self.plain_attrs
-                and self.test is not None and report.nodeid == self.test[0]
-                and report.location == self.test[1]
-                and (not self.held or report.keywords == self.held[0].keywords))
+                and not report.user_properties):
+            return False
+        attrs = report.__dict__.keys()
+        if (attrs - XDIST_REPORT_ATTRS if self.workers else attrs) != self.plain_attrs:
+            return False
+        location = self.running.get(report.nodeid)
+        held = self.held.get(report.nodeid)
+        return (location is not None and tuple(report.location) == tuple(location)
+                and (not held or report.keywords == held[0].keywords))
 
-    def _release_held(self) -> None:
-        """Send the compact phases queued so far as full reports (something else follows)."""
-        held, self.held = self.held, []
-        for report in held:
-            self.send("logreport", flush=False, report=self._report(report))
+    def _release_held(self, nodeid: str | None = None) -> None:
+        """Send a test's compact phases queued so far (every test's: ``None``) as full reports."""
+        for test in list(self.held) if nodeid is None else [nodeid]:
+            for report in self.held.pop(test, ()):
+                self.send("logreport", flush=False, report=self._report(report))
 
     def _report(self, report: pytest.CollectReport | pytest.TestReport) -> dict[str, Any]:
         assert self.config is not None
         data: dict[str, Any] = self.config.hook.pytest_report_to_serializable(
             config=self.config, report=report
         )
+        if self.workers:
+            for key in XDIST_REPORT_ATTRS - {"$report_type"}:
+                data.pop(key, None)
         return data
 
     @pytest.hookimpl(trylast=True)
@@ -450,9 +496,13 @@ class EventStream:
             self.plain_attrs, extra["report_keys"] = _plain_report_shape()
         else:
             self.compact = False
+        # xdist resolved -n into its test environments in pytest_cmdline_main.
+        tx = config.getoption("tx", None) or []
+        if config.getoption("dist", "no") != "no" and tx:
+            self.workers = len(tx)
         self.send("hello", protocol=PROTOCOL, pytest=pytest.__version__,
                   python=platform.python_version(), host=socket.gethostname(), pid=os.getpid(),
-                  **extra)
+                  workers=self.workers, **extra)
 
     def pytest_sessionstart(self) -> None:
         self.started = time.perf_counter()
@@ -467,24 +517,31 @@ class EventStream:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.collection_sent = True
         self.send("collection_finish", nodeids=[item.nodeid for item in session.items])
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        # Every worker collects the same tests (xdist checks): the first one says which.
+        if not self.collection_sent:
+            self.collection_sent = True
+            self.send("collection_finish", nodeids=list(ids))
+
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
-        self._release_held()
-        self.test = (nodeid, location)
+        self.running[nodeid] = location
         # Written with the previous tests' events, within ``interval``.
         self.send("logstart", flush=False, soon=True, nodeid=nodeid, location=location)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.compact and self._is_plain(report):
-            self.held.append(report)
+            self.held.setdefault(report.nodeid, []).append(report)
             return
-        self._release_held()
+        self._release_held(report.nodeid)
         self.send("logreport", flush=False, report=self._report(report))
 
     def pytest_runtest_logfinish(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
-        held, self.held = self.held, []
-        self.test = None
+        held = self.held.pop(nodeid, [])
+        self.running.pop(nodeid, None)
         # Not written yet: the next logstart (or the session's end) carries it.
         if held:
             self.send("finish", flush=False, nodeid=nodeid, location=location,
@@ -495,7 +552,7 @@ class EventStream:
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str,
                                 nodeid: str, location: tuple[str, int, str] | None) -> None:
-        self._release_held()
+        self._release_held(nodeid or None)
         self.send("warning", flush=False, message=str(warning_message.message),
                   category=type(warning_message.message).__name__,
                   filename=warning_message.filename, lineno=warning_message.lineno,
@@ -504,8 +561,13 @@ class EventStream:
     def pytest_internalerror(self, excrepr: object) -> None:
         self.send("internalerror", text=str(excrepr))
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_sessionfinish(self, session: pytest.Session,
+                             exitstatus: int) -> Generator[None, None, None]:
+        # The last test's events reach the record before any plugin's session end runs:
+        # an interpreter that dies there must not leave that test looking unfinished.
+        self.record()
+        yield
         self.send("sessionfinish", exitstatus=int(exitstatus),
                   duration=round(time.perf_counter() - self.started, 4),
                   shouldfail=str(session.shouldfail or ""),
@@ -523,6 +585,125 @@ def _prepare_cache(out: Path) -> list[str]:
     return ["-o", f"cache_dir={cache}"]
 
 
+#: The module name xdist's workers load this file as (``PYTEST_PLUGINS``); the
+#: container mounts it under this name, in a folder of its own.
+WORKER_MODULE = "hil_worker"
+
+
+class XdistWorkers:
+    """Gives xdist's workers, started by this process, what the worker gives pytest here.
+
+    The workers are fresh interpreters that load plugins from their command line
+    and ``PYTEST_PLUGINS``: this module is named there before they start, and
+    each gets the target, tier and Allure folder in its ``workerinput``.
+    """
+
+    def __init__(self, target: str, tier: int, allure_dir: str | None) -> None:
+        self.settings = {"target": target, "tier": tier, "allure_dir": allure_dir}
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_setupnodes(self) -> None:
+        names = [n for n in os.environ.get("PYTEST_PLUGINS", "").split(",") if n.strip()]
+        if WORKER_MODULE not in names:
+            os.environ["PYTEST_PLUGINS"] = ",".join([*names, WORKER_MODULE])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[WORKER_MODULE] = self.settings
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """In an xdist worker of the worker's pytest: the tier gate and Allure's faster writer."""
+    settings = getattr(config, "workerinput", {}).get(WORKER_MODULE)
+    if not settings:
+        return
+    register_markers(config)
+    config.pluginmanager.register(
+        TierGate(settings["target"], settings["tier"], settings["allure_dir"],
+                 write_environment=False), "hil-tiergate")
+    if settings["allure_dir"]:
+        speed_up_allure_results()
+
+
+def encode_resume(ids: list[str], after: str, how: str, seq: int) -> str:
+    """``HIL_RESUME``: the tests a fresh container runs after ``after`` crashed, compressed.
+
+    ``seq`` is the last event number handled, which the new events continue from.
+    """
+    data = json.dumps({"ids": ids, "after": after, "how": how, "n": seq}).encode("utf-8")
+    return base64.b64encode(zlib.compress(data, 9)).decode("ascii")
+
+
+def decode_resume(value: str) -> dict[str, Any]:
+    """The inverse of :func:`encode_resume`."""
+    data: dict[str, Any] = json.loads(zlib.decompress(base64.b64decode(value)))
+    return data
+
+
+class ResumeFilter:
+    """Runs only the tests a crashed run did not reach, in the order it would have.
+
+    The rest are left out silently (not "deselected": the first run counted
+    them), after every other plugin's selection (``-k``, ``--lf``, ...).
+    """
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        by_id = {item.nodeid: item for item in items}
+        items[:] = [by_id[nodeid] for nodeid in self.ids if nodeid in by_id]
+
+
+def keep_capture_files(folder: Path) -> bool:
+    """Have pytest's fd capture write into named files in ``folder``; False if it cannot.
+
+    pytest captures a test's output in unlinked temporary files, lost with a
+    process that dies; these outlive it, so a crashed test's output so far can
+    be reported.  Each is named ``<seq>-fd<N>`` (N: the captured descriptor).
+    """
+    try:
+        import _pytest.capture as capture
+    except ImportError:  # pragma: no cover - every pytest has it
+        return False
+    if not callable(getattr(capture, "TemporaryFile", None)):
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = itertools.count(1)
+
+    def temporary_file(*args: Any, **kwargs: Any) -> IO[bytes]:
+        targetfd = sys._getframe(1).f_locals.get("targetfd")  # FDCaptureBinary's descriptor
+        name = f"{next(counter):04d}-fd{targetfd if isinstance(targetfd, int) else 'x'}"
+        return open(folder / name, "w+b", buffering=0)
+
+    capture.TemporaryFile = temporary_file  # type: ignore[attr-defined,assignment]
+    return True
+
+
+def _open_record(path: Path, resume: bool) -> IO[str]:
+    """``events.jsonl``: new, or appended to after a crashed run (on a line of its own)."""
+    copy = open(path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
+    if resume and copy.tell():
+        with open(path, "rb") as old:
+            old.seek(-1, os.SEEK_END)
+            if old.read(1) != b"\n":  # the crash cut the last line short
+                copy.write("\n")
+    return copy
+
+
+def _run_pytest(args: list[str], plugins: list[object]) -> int:
+    """``pytest.main``; an exception it lets out ends with its traceback, as the CLI's does."""
+    try:
+        return int(pytest.main(args, plugins=plugins))
+    except Exception:  # e.g. a plugin that fails to import, on an older pytest
+        import traceback
+
+        traceback.print_exc()
+        return 1  # what the interpreter exits with, under pytest's own command line
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run pytest with ``argv`` and stream its reports on standard output."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -530,19 +711,27 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     target = os.environ.get("HIL_TARGET", "container")
     tier = int(os.environ.get("HIL_TIER", "1"))
+    resume = decode_resume(os.environ["HIL_RESUME"]) if os.environ.get("HIL_RESUME") else None
 
     # Standard output becomes the event channel; pytest's terminal goes to the log.
     sys.stdout.flush()
     channel = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-    log = open(out / "pytest.log", "w", buffering=1, encoding="utf-8")  # noqa: SIM115
+    log = open(out / "pytest.log", "a" if resume else "w", buffering=1,  # noqa: SIM115
+               encoding="utf-8")
+    if resume:
+        log.write(f"\nhil: {resume['after']} crashed ({resume['how']}); resumed in a fresh "
+                  f"container with the {len(resume['ids'])} test(s) after it\n")
     os.dup2(log.fileno(), 1)
     sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
-    copy = open(out / "events.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+    copy = _open_record(out / "events.jsonl", resume is not None)
 
     stream = EventStream(channel, copy, compact=os.environ.get("HIL_EVENTS") == "compact",
                          allure_events=os.environ.get("HIL_ALLURE_RESULTS") == "events",
-                         interval=_flush_interval(os.environ.get("HIL_EVENT_INTERVAL_MS")))
+                         interval=_flush_interval(os.environ.get("HIL_EVENT_INTERVAL_MS")),
+                         first_seq=int(resume["n"]) if resume else 0)
     plugins: list[object] = [stream]
+    if resume:
+        plugins.append(ResumeFilter(list(resume["ids"])))
     # junit.xml is written by the controller from the streamed reports (see session.py):
     # it then exists also when the container dies mid-run.
     extra = ["-p", "no:hil"]
@@ -551,16 +740,31 @@ def main(argv: list[str] | None = None) -> int:
     allure_dir: str | None = None
     if importlib.util.find_spec("allure_pytest") is not None:
         allure_dir = str(out / "allure-results")
-        extra += ["--alluredir", allure_dir]
+        # One token: a separate value naming an existing folder (a resumed run's) would be
+        # taken for a test path when pytest determines the rootdir.
+        extra += [f"--alluredir={allure_dir}"]
     environment = parse_environment(os.environ.get("HIL_ENVIRONMENT", ""))
     plugins.append(TierGate(target, tier, allure_dir, environment))
+    here = Path(__file__).resolve()
+    if here.stem == WORKER_MODULE:
+        # xdist's workers get this sys.path: appended, so no project module is shadowed.
+        if str(here.parent) not in sys.path:
+            sys.path.append(str(here.parent))
+        plugins.append(XdistWorkers(target, tier, allure_dir))
+    capture = os.environ.get("HIL_CAPTURE")
+    if capture:
+        keep_capture_files(Path(capture))
     try:
-        code = int(pytest.main(extra + args, plugins=plugins))
+        code = _run_pytest(extra + args, plugins)
     finally:
         stream.flush()  # what a session that never finished queued
         sys.stdout.flush()
     stream.finish(code)
     copy.close()
+    if capture:  # the run ended: nothing to keep for a crash report
+        import shutil
+
+        shutil.rmtree(capture, ignore_errors=True)
     return code
 
 

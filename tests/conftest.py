@@ -67,30 +67,6 @@ def sim_rig() -> Iterator[Rig]:
         rig.restore_injected()
 
 
-# --- SSH connection keepers (hil.sshmux) ------------------------------------
-
-
-@pytest.fixture(scope="session", autouse=True)
-def ssh_keepers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Connection keepers of this test session live in a folder of their own.
-
-    None from an earlier run (or from the user's own sessions) serves these
-    tests, and every keeper they started is stopped at the end, so none
-    outlives the test session.  Child processes (``pytest --target=...``,
-    ``hil``) inherit the folder through ``HIL_SSH_CONTROL_DIR``.
-    """
-    from hil.sshmux import stop_all
-
-    folder = tmp_path_factory.mktemp("ssh-control")
-    folder.chmod(0o700)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HIL_SSH_CONTROL_DIR", str(folder))
-        try:
-            yield folder
-        finally:
-            stop_all(folder)
-
-
 # --- reports (hil report, hil nightly) ---------------------------------------
 
 REPORT_TEST_FILE = '''

@@ -14,6 +14,7 @@ paths (local paths for the docker backend, paths on the board for ssh).
 from __future__ import annotations
 
 import abc
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,22 @@ CONTAINER_LABEL = "io.pytest-hil.run"
 #: Where the results folder is mounted inside the container.
 CONTAINER_OUT = "/hil/out"
 #: Where hil/worker.py (self-contained) is mounted: the project need not ship pytest-hil.
-CONTAINER_WORKER = "/hil/worker.py"
+#: A folder of its own and a name of its own: xdist's workers import it as a plugin.
+CONTAINER_WORKER = "/hil/lib/hil_worker.py"
+#: Where pytest's capture files are kept in the container (see hil.worker.keep_capture_files).
+CONTAINER_CAPTURE = "/tmp/hil-capture"
+#: The container's first process: a shell that runs the worker (``$0``) with pytest's
+#: arguments.  pytest is then not PID 1, which the kernel shields from the signals it
+#: has no handler for (a test's ``os.kill(os.getpid(), SIGSEGV)`` would be ignored), and
+#: when a test kills the interpreter the shell outlives it: its exit code tells how
+#: (128 + the signal), and it copies the capture files, the crashed test's output so
+#: far, into the results folder as ``capture-<segment>``.  The worker removes them when
+#: it ends, so a run that ends copies nothing.
+CONTAINER_ENTRY = (
+    f'export HIL_CAPTURE={CONTAINER_CAPTURE}; python3 "$0" "$@"; rc=$?; '
+    '[ -d "$HIL_CAPTURE" ] && cp -R "$HIL_CAPTURE" '
+    '"${HIL_OUT:-/hil/out}/capture-${HIL_SEGMENT:-0}" 2>/dev/null; exit $rc'
+)
 
 
 def worker_source() -> Path:
@@ -38,8 +54,18 @@ def worker_source() -> Path:
 
 
 def worker_command(pytest_args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """The container's command: the mounted worker, then the user's pytest arguments."""
-    return ("python3", CONTAINER_WORKER, *pytest_args)
+    """The container's command: the entry shell, the mounted worker, the pytest arguments."""
+    return ("sh", "-c", CONTAINER_ENTRY, CONTAINER_WORKER, *pytest_args)
+
+
+def describe_exit(code: int) -> str:
+    """How a process ended, from its exit code as a shell reports it: 128 + N is signal N."""
+    if code > 128:
+        try:
+            return f"signal {signal.Signals(code - 128).name}"
+        except ValueError:
+            pass
+    return f"exit code {code}"
 
 #: Takes a chunk of a container's output; a sink of standard output may return True to say
 #: the worker has sent its last event, so the backend need not wait for the stream's end.
@@ -124,6 +150,13 @@ class RunPlan:
     local_out: Path
     #: Contents of ``lastfailed.json`` for ``--lf``/``--ff`` (None when absent).
     lastfailed: str | None = None
+    #: 0 for the run's first container; N for the Nth resumed after a test crashed it.
+    segment: int = 0
+
+    @property
+    def container_name(self) -> str:
+        """The test container's name: one per segment, as the last one may still be going."""
+        return f"hil-{self.run_id}" + (f"-{self.segment}" if self.segment else "")
 
 
 @dataclass(frozen=True)
@@ -179,7 +212,8 @@ class RunEnd:
 
     exit_code: int | None
     oom_killed: bool = False
-    #: Why the stream ended early, when it did (killed, connection lost...).
+    #: Why the stream ended early, when it did (killed, connection lost...); "" when the
+    #: container's own process ended (normally, or a test crashed the interpreter).
     reason: str = ""
 
 

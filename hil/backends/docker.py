@@ -289,7 +289,7 @@ class DockerBackend(Backend):
         env = {"HIL_EVENTS": "compact", "HIL_ALLURE_RESULTS": "events", **plan.env,
                "HIL_OUT": "/hil/out", "HOME": "/tmp"}
         return RunRequest(
-            name=f"hil-{plan.run_id}",
+            name=plan.container_name,
             image=image,
             command=worker_command(plan.pytest_args),
             env=env,
@@ -366,7 +366,9 @@ class DockerBackend(Backend):
             return RunEnd(exit_code=None)
         code = int(result.get("StatusCode", state.get("ExitCode", -1)) or 0)
         reason = ""
-        if code in (137, 143) or state.get("OOMKilled"):
+        # SIGKILL of the entry shell: docker kill, the engine, the OOM killer. Anything else
+        # is how the worker ended (a test that crashed the interpreter: its code or signal).
+        if code == 137 or state.get("OOMKilled"):
             reason = ("the test container was killed" + (" (OOM)" if state.get("OOMKilled") else
                                                          f" (exit {code})"))
         return RunEnd(exit_code=code, oom_killed=bool(state.get("OOMKilled")), reason=reason)

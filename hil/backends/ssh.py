@@ -1,7 +1,7 @@
 """The Jetson target: a board's Docker engine reached over one SSH connection.
 
-Every step travels over the same paramiko transport (:mod:`hil.sshconn`), kept
-open between sessions by a local keeper (:mod:`hil.sshmux`), on channels of
+Every step travels over the same SSH connection (:mod:`hil.sshconn`, a Fabric
+connection opened in the background from configure time on), on channels of
 their own; round trips are what a remote session costs, so:
 
 * preflight is one remote shell script (identity, L4T, tools, ``docker
@@ -63,7 +63,8 @@ from hil.errors import (
 )
 from hil.images import ImageRecipe, recipe
 from hil.lease import Holder, Lease
-from hil.sshbase import Connection, ConnectionLostError
+from hil.sshconn import ConnectionLostError
+from hil.sshconn import SshConnection as Connection
 from hil.sync import (
     Rsync,
     SyncStats,
@@ -186,6 +187,11 @@ def fetch_tree(conn: Connection, remote: str, local: Path, timeout: float = 600.
         chan.close()
 
 
+def _pgid_file(req: RunRequest) -> str:
+    """Where the run script keeps its process group id while the container runs."""
+    return posixpath.join(posixpath.dirname(req.out), req.name + ".pgid")
+
+
 class _EndFilter:
     """Passes standard error through, minus the run script's end marker line.
 
@@ -278,35 +284,18 @@ class SshBackend(Backend):
         self._telemetry: Telemetry | None = None
         #: Run ids whose container was started (their results folder exists on the board).
         self._started: set[str] = set()
-        #: Run ids whose results came back on the run's channel (nothing left to fetch).
-        self._inband: set[str] = set()
+        #: (run id, segment) of the runs whose results came back on the run's channel.
+        self._inband: set[tuple[str, int]] = set()
 
     # -- connection -------------------------------------------------------------------------
     def connect(self) -> Connection:
-        """The session's connection, opened on first use.
-
-        With ``ssh.persist`` above 0 (the default) the connection is the one a
-        local keeper holds for this board (:mod:`hil.sshmux`), started by the
-        first session and reused by the next ones; with 0 each session opens
-        and closes its own.
-        """
+        """The session's connection: the one opened at configure time, else a new one."""
         if self.conn is None or not self.conn.alive:
-            ssh = self.spec.ssh
             if self.conn is not None:
                 self.conn.close()
-            conn: Connection
-            if ssh.persist > 0:
-                from hil.sshmux import MuxConnection
+            from hil.sshconn import connect
 
-                conn = MuxConnection.open(host=ssh.host, config_file=ssh.config, user=ssh.user,
-                                          port=ssh.port, connect_timeout=self.spec.timeouts.connect,
-                                          persist=float(ssh.persist), target=self.spec.name)
-            else:
-                from hil.sshconn import SshConnection, resolve_endpoint
-
-                ep = resolve_endpoint(ssh.host, config_file=ssh.config, user=ssh.user,
-                                      port=ssh.port, connect_timeout=self.spec.timeouts.connect)
-                conn = SshConnection(ep, self.spec.name).open()
+            conn = connect(self.spec)
             self.conn = conn
             if self.rsync is not None:
                 self.rsync.close()
@@ -438,7 +427,8 @@ class SshBackend(Backend):
         facts["ssh"] = f"{ep.user}@{ep.hostname}:{ep.port}"
         if "end" not in sec:
             raise TargetUnhealthyError("the preflight script did not finish on the board",
-                                       target=spec.name, exited=res.exited, tail=res.tail())
+                                       target=spec.name, exited=res.exited,
+                                       tail=res.tail("stdout", 20).strip())
         board = self.board
         ids = sec.get("id", "").split()
         board.uid, board.gid = [*ids, "", ""][:2]
@@ -782,7 +772,7 @@ class SshBackend(Backend):
         """The test container for ``plan``, with paths on the board."""
         worker, _ = self.worker_path()
         return RunRequest(
-            name=f"hil-{plan.run_id}",
+            name=plan.container_name,
             image=image,
             command=worker_command(plan.pytest_args),
             env={**plan.env, "HIL_OUT": CONTAINER_OUT, "HOME": "/tmp"},
@@ -803,7 +793,7 @@ class SshBackend(Backend):
         q = shlex.quote
         worker, data = self.worker_path()
         cli = req.docker_cli()
-        pgid_file = req.out + ".pgid"
+        pgid_file = _pgid_file(req)
         outs = posixpath.dirname(req.out)
         parts = [
             f"out={q(req.out)}; name={q(req.name)}; pidf={q(pgid_file)}",
@@ -855,7 +845,7 @@ class SshBackend(Backend):
         req = self.request(plan, image)
         script = self._run_script(plan, req)
         command = f"exec setsid -w sh -c {shlex.quote(script)}"
-        self._dirty = (req.name, req.out + ".pgid")
+        self._dirty = (req.name, _pgid_file(req))
         self._started.add(plan.run_id)
         plan.local_out.mkdir(parents=True, exist_ok=True)
         if self.board.telemetry:
@@ -890,7 +880,7 @@ class SshBackend(Backend):
 
             with contextlib.suppress(tarfile.TarError, OSError):
                 self.fetched = extract_results(io.BytesIO(bytes(errs.trailer)), plan.local_out)
-                self._inband.add(plan.run_id)
+                self._inband.add((plan.run_id, plan.segment))
         if errs.end is None:
             # The script died before its last line: the container may still be there.
             return RunEnd(exit_code=code, reason=f"the run script on the board exited {code} "
@@ -901,7 +891,8 @@ class SshBackend(Backend):
         exit_code = int(errs.end[2]) if len(errs.end) > 2 and errs.end[2].lstrip("-").isdigit() \
             else (int(rc_text) if rc_text.lstrip("-").isdigit() else code)
         reason = ""
-        if oom or exit_code in (137, 143):
+        # As on a local engine: SIGKILL (docker kill, OOM) is a kill, the rest the worker's end.
+        if oom or exit_code == 137:
             reason = "the test container was killed" + (" (OOM)" if oom else
                                                          f" (exit {exit_code})")
         return RunEnd(exit_code=exit_code, oom_killed=oom, reason=reason)
@@ -909,7 +900,7 @@ class SshBackend(Backend):
     def _kill(self, req: RunRequest, conn: Connection) -> None:
         """Kill the run's process group and remove its container (best effort, bounded)."""
         with contextlib.suppress(HilError, OSError):
-            conn.run(self._kill_command(req.name, req.out + ".pgid"), timeout=30)
+            conn.run(self._kill_command(req.name, _pgid_file(req)), timeout=30)
             self._dirty = None
 
     # -- fetch ------------------------------------------------------------------------------
@@ -917,7 +908,7 @@ class SshBackend(Backend):
         """Copy the run's results folder back; after a lost link, reconnect and clean up first."""
         if plan.run_id not in self._started:
             return  # nothing ran on the board
-        if plan.run_id in self._inband:
+        if (plan.run_id, plan.segment) in self._inband:
             self.timings["fetch"] = 0.0
             return  # the results came back with the run
         start = time.monotonic()
