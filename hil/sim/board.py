@@ -6,6 +6,11 @@ face and ``/run`` is a private tmpfs holding ``/run/sshd`` and a
 ``/run/docker.sock`` link to the jetson engine's socket.  Every SSH session
 inherits that view, so a plain ``docker`` on the board reaches the jetson
 engine, exactly as on a real Jetson, and the rest of the host sees none of it.
+
+A pool board (``hil-sim-jetson-N``) also gets its own hostname (a UTS
+namespace), its own ``/etc/hostname`` in the face, and its own home and
+``/tmp`` bound over the user's: separate machines share no files, and the
+board lease (``/tmp/pytest-hil``) is per board.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import pwd
 import shlex
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from hil.errors import TargetUnhealthyError
@@ -39,11 +45,16 @@ class Board:
     # -- one-time setup ---------------------------------------------------
 
     def prepare(self) -> None:
-        """Create the user, the keys, the ssh files and the face (idempotent)."""
+        """Create the user, the keys, sshd's config and the face (idempotent).
+
+        The client's files (ssh_config, known_hosts) list every board: see
+        :func:`write_client_files`.
+        """
+        lay = self.layout
         self._ensure_user()
         self._ensure_keys()
-        self._write_ssh_files()
-        write_face(self.layout.face_dir)
+        self._write_sshd_config()
+        write_face(lay.face_dir, hostname=lay.ssh_alias if lay.index else None)
 
     def _ensure_user(self) -> None:
         lay = self.layout
@@ -84,7 +95,15 @@ class Board:
                     what="ssh-keygen",
                 )
         user = pwd.getpwnam(lay.user)
-        home_ssh = Path(user.pw_dir) / ".ssh"
+        home = Path(user.pw_dir)
+        if lay.home_dir is not None and lay.tmp_dir is not None:
+            home = lay.home_dir
+            home.mkdir(parents=True, exist_ok=True)
+            os.chown(home, user.pw_uid, user.pw_gid)
+            home.chmod(0o755)
+            lay.tmp_dir.mkdir(parents=True, exist_ok=True)
+            lay.tmp_dir.chmod(0o1777)
+        home_ssh = home / ".ssh"
         home_ssh.mkdir(mode=0o700, exist_ok=True)
         auth = home_ssh / "authorized_keys"
         auth.write_text(lay.client_key.with_suffix(".pub").read_text())
@@ -92,28 +111,8 @@ class Board:
             os.chown(path, user.pw_uid, user.pw_gid)
             path.chmod(mode)
 
-    def _write_ssh_files(self) -> None:
+    def _write_sshd_config(self) -> None:
         lay = self.layout
-        host_pub = lay.host_key.with_suffix(".pub").read_text().split()
-        lay.known_hosts.write_text(f"{lay.ssh_alias},{lay.board_address} {host_pub[0]} {host_pub[1]}\n")
-        lay.ssh_config.write_text(
-            f"# Written by `hil sim up`: the simulated Jetson board.\n"
-            f"Host {lay.ssh_alias}\n"
-            f"    HostName {lay.board_address}\n"
-            f"    Port {lay.ssh_port}\n"
-            f"    User {lay.user}\n"
-            f"    IdentityFile {lay.client_key}\n"
-            f"    IdentitiesOnly yes\n"
-            f"    UserKnownHostsFile {lay.known_hosts}\n"
-            f"    GlobalKnownHostsFile /dev/null\n"
-            f"    StrictHostKeyChecking yes\n"
-            f"    CheckHostIP no\n"
-            f"    PasswordAuthentication no\n"
-            f"    BatchMode yes\n"
-            f"    ConnectTimeout 10\n"
-            f"    ServerAliveInterval 5\n"
-            f"    ServerAliveCountMax 3\n"
-        )
         lay.sshd_config.write_text(
             f"# Written by `hil sim up`: sshd of the simulated board.\n"
             f"ListenAddress {lay.board_address}:{lay.ssh_port}\n"
@@ -132,8 +131,34 @@ class Board:
             f"AcceptEnv LANG LC_*\n"
             f"Subsystem sftp internal-sftp\n"
         )
-        for path in (lay.ssh_config, lay.known_hosts, lay.sshd_config):
-            path.chmod(0o644)
+        lay.sshd_config.chmod(0o644)
+
+    def host_key_line(self) -> str:
+        """The board's known_hosts line: its alias and address, and its host key."""
+        lay = self.layout
+        host_pub = lay.host_key.with_suffix(".pub").read_text().split()
+        return f"{lay.ssh_alias},{lay.board_address} {host_pub[0]} {host_pub[1]}\n"
+
+    def ssh_config_entry(self) -> str:
+        """The board's ``Host`` block of the rig's ssh_config."""
+        lay = self.layout
+        return (
+            f"Host {lay.ssh_alias}\n"
+            f"    HostName {lay.board_address}\n"
+            f"    Port {lay.ssh_port}\n"
+            f"    User {lay.user}\n"
+            f"    IdentityFile {lay.client_key}\n"
+            f"    IdentitiesOnly yes\n"
+            f"    UserKnownHostsFile {lay.known_hosts}\n"
+            f"    GlobalKnownHostsFile /dev/null\n"
+            f"    StrictHostKeyChecking yes\n"
+            f"    CheckHostIP no\n"
+            f"    PasswordAuthentication no\n"
+            f"    BatchMode yes\n"
+            f"    ConnectTimeout 10\n"
+            f"    ServerAliveInterval 5\n"
+            f"    ServerAliveCountMax 3\n"
+        )
 
     # -- sshd -------------------------------------------------------------
 
@@ -158,9 +183,19 @@ class Board:
         sshd_dir = lay.sshd_pidfile.parent
         q = shlex.quote
         sshd = which("sshd") or "/usr/sbin/sshd"
+        own: list[str] = []
+        if lay.home_dir is not None and lay.tmp_dir is not None:
+            # A pool board: its own name, home and /tmp (so its own board lease).
+            home = pwd.getpwnam(lay.user).pw_dir
+            own = [
+                f"hostname {q(lay.ssh_alias)}",
+                f"mount -n --bind {q(str(lay.home_dir))} {q(home)}",
+                f"mount -n --bind {q(str(lay.tmp_dir))} /tmp",
+            ]
         return "\n".join(
             [
                 "set -e",
+                *own,
                 # The Jetson face, seen by sshd and its sessions only (read-only overlays).
                 f"mount -n -t overlay hil-sim-etc -o lowerdir={q(str(lay.face_dir / 'etc'))}:/etc /etc",
                 "mount -n -t overlay hil-sim-bin -o "
@@ -168,10 +203,10 @@ class Board:
                 # The board's own /run: sshd's privsep dir, the engine socket, sshd's pid file.
                 f"mount -n -t tmpfs -o mode=755,size=64m hil-sim-run {q(str(stage))}",
                 f"mkdir -m 755 {q(str(stage / 'sshd'))} {q(str(stage / 'lock'))}",
-                f"mkdir -p {q(str(stage / 'hil-sim' / 'jetson'))}",
-                f"mkdir -p {q(str(stage / 'hil-sim' / 'sshd'))}",
-                f"mount -n --bind {q(str(jetson_dir))} {q(str(stage / 'hil-sim' / 'jetson'))}",
-                f"mount -n --bind {q(str(sshd_dir))} {q(str(stage / 'hil-sim' / 'sshd'))}",
+                f"mkdir -p {q(str(stage / 'hil-sim' / jetson_dir.name))}",
+                f"mkdir -p {q(str(stage / 'hil-sim' / sshd_dir.name))}",
+                f"mount -n --bind {q(str(jetson_dir))} {q(str(stage / 'hil-sim' / jetson_dir.name))}",
+                f"mount -n --bind {q(str(sshd_dir))} {q(str(stage / 'hil-sim' / sshd_dir.name))}",
                 # A link, not a bind: it survives the engine re-creating its socket.
                 f"ln -s {q(str(lay.jetson.socket))} {q(str(stage / 'docker.sock'))}",
                 f"mount -n --move {q(str(stage))} /run",
@@ -201,6 +236,7 @@ class Board:
                 lay.netns,
                 "unshare",
                 "--mount",
+                *(["--uts"] if lay.index else []),
                 "--propagation",
                 "private",
                 "sh",
@@ -244,3 +280,22 @@ class Board:
             stdin=subprocess.DEVNULL,
             check=False,
         )
+
+
+def write_client_files(boards: Sequence[Board]) -> None:
+    """Write the rig's ssh_config and known_hosts naming ``boards`` (board 0 first).
+
+    Both files are replaced atomically: sessions reading them while ``up`` runs
+    see the old list or the new one, never half of either.
+    """
+    lay = boards[0].layout
+    header = "# Written by `hil sim up`: the simulated Jetson board"
+    header += "s (hil-sim-jetson, then the pool).\n" if len(boards) > 1 else ".\n"
+    for path, text in (
+        (lay.known_hosts, "".join(board.host_key_line() for board in boards)),
+        (lay.ssh_config, header + "\n".join(board.ssh_config_entry() for board in boards)),
+    ):
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(text)
+        partial.chmod(0o644)
+        partial.replace(path)

@@ -1,11 +1,14 @@
-"""``hil sim up | down | status | restore``: the simulated rig from the command line."""
+"""``hil sim up [--boards N] | down | status | restore``: the simulated rig from the command line."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
+from hil.errors import ExitCode
+from hil.sim.layout import MAX_POOL_BOARDS
 from hil.sim.rig import Rig
 
 
@@ -18,6 +21,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "status: show each part; restore: undo injected faults",
     )
     parser.add_argument("--json", action="store_true", help="status as JSON")
+    parser.add_argument(
+        "--boards",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"up: also N pool boards hil-sim-jetson-1..N beside hil-sim-jetson (0..{MAX_POOL_BOARDS}; "
+        "0 takes the pool down; default: keep the pool the rig has)",
+    )
 
 
 def _render(status: dict[str, Any]) -> str:
@@ -29,9 +40,20 @@ def _render(status: dict[str, Any]) -> str:
     for name, part in status["parts"].items():
         details = ", ".join(f"{k}={v}" for k, v in part.items() if k != "up" and v not in (None, "", [], {}))
         lines.append(f"  {name:<14} {'up' if part['up'] else 'DOWN':<5} {details}")
+    for alias, board in status.get("boards", {}).items():
+        parts = " ".join(f"{name}={'up' if part['up'] else 'DOWN'}" for name, part in board["parts"].items())
+        state = "up" if board["healthy"] else ("FAULT" if board["up"] else "DOWN")
+        lines.append(f"  {alias:<18} {state:<5} {board['address']}  {parts}")
     for fault in status["faults"]:
         lines.append(f"  fault: {fault}")
     return "\n".join(lines)
+
+
+def _all_parts_up(status: dict[str, Any]) -> bool:
+    boards = status.get("boards", {}).values()
+    return all(p["up"] for p in status["parts"].values()) and all(
+        p["up"] for b in boards for p in b["parts"].values()
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,9 +63,12 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "status":
         status = rig.status()
         print(json.dumps(status, indent=2) if args.json else _render(status))
-        return 0 if status["up"] == all(p["up"] for p in status["parts"].values()) else 1
+        return 0 if status["up"] == _all_parts_up(status) else 1
+    if args.boards is not None and args.action != "up":
+        print(f"hil sim: --boards goes with up, not {args.action}", file=sys.stderr)
+        return int(ExitCode.USAGE_ERROR)
     if args.action == "up":
-        rig.up()
+        rig.up(boards=args.boards)
     elif args.action == "down":
         rig.down()
     else:

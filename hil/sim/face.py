@@ -102,13 +102,19 @@ def face_digest() -> str:
     return hashlib.sha256((NV_TEGRA_RELEASE + TEGRASTATS).encode()).hexdigest()[:16]
 
 
-def write_face(root: Path) -> None:
-    """Write the face under ``root``: ``root/etc/nv_tegra_release`` and ``root/bin/tegrastats``."""
+def write_face(root: Path, hostname: str | None = None) -> None:
+    """Write the face under ``root``: ``root/etc/nv_tegra_release`` and ``root/bin/tegrastats``.
+
+    With ``hostname`` (a pool board) also ``root/etc/hostname``: a file that differs per board.
+    """
     (root / "etc").mkdir(parents=True, exist_ok=True)
     (root / "bin").mkdir(parents=True, exist_ok=True)
     release = root / "etc" / "nv_tegra_release"
     release.write_text(NV_TEGRA_RELEASE)
     release.chmod(0o644)
+    if hostname is not None:
+        (root / "etc" / "hostname").write_text(f"{hostname}\n")
+        (root / "etc" / "hostname").chmod(0o644)
     tool = root / "bin" / "tegrastats"
     tool.write_text(TEGRASTATS)
     tool.chmod(0o755)

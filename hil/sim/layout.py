@@ -4,16 +4,24 @@ Plain data.  The state dir (``/var/lib/hil-sim``, env ``HIL_SIM_ROOT``) keeps
 what survives a ``down``: keys, image cache, engine data.  The runtime dir
 (``/run/hil-sim``) keeps sockets and pid files.  Both locations, the engine
 sockets and the SSH alias are a contract with the rest of the project.
+
+Board 0 is the rig's single board (``hil-sim-jetson``); boards 1..N of
+``hil sim up --boards N`` (``hil-sim-jetson-1`` ...) get a layout of their own
+from :meth:`RigLayout.pool_board`: own namespace, link, addresses, engine,
+disk, host key and sshd, beside board 0's and sharing its ssh_config, client
+key and image cache.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 DEFAULT_STATE_DIR = Path("/var/lib/hil-sim")
 RUNTIME_DIR = Path("/run/hil-sim")
+#: The most pool boards ``hil sim up --boards N`` makes (each takes a /24 of 10.213/16).
+MAX_POOL_BOARDS = 16
 
 
 @dataclass(frozen=True)
@@ -60,11 +68,40 @@ class RigLayout:
     #: Size of the sparse ext4 file holding the jetson engine's data root.
     jetson_disk_gb: int = 24
     netem_queue: int = 4213
+    #: 0 for the rig's single board; 1..N for the boards of the pool.
+    index: int = 0
 
     @classmethod
     def from_env(cls) -> RigLayout:
         """The layout for ``HIL_SIM_ROOT`` (default ``/var/lib/hil-sim``)."""
         return cls(state_dir=Path(os.environ.get("HIL_SIM_ROOT") or DEFAULT_STATE_DIR))
+
+    def pool_board(self, index: int) -> RigLayout:
+        """The layout of pool board ``index`` (1..MAX_POOL_BOARDS): ``hil-sim-jetson-INDEX``."""
+        if not 1 <= index <= MAX_POOL_BOARDS:
+            raise ValueError(f"pool board index must be 1..{MAX_POOL_BOARDS}, not {index}")
+        base = replace(self, index=0)
+        return replace(
+            base,
+            index=index,
+            netns=f"{base.netns}-{index}",
+            host_if=f"hilsim{index}-host",
+            board_if=f"hilsim{index}-board",
+            host_address=f"10.213.{index}.1",
+            board_address=f"10.213.{index}.2",
+            ssh_alias=f"{base.ssh_alias}-{index}",
+            netem_queue=base.netem_queue + index,
+        )
+
+    @property
+    def board_name(self) -> str:
+        """The board's engine name and state folder: "jetson", "jetson-1", ..."""
+        return "jetson" if self.index == 0 else f"jetson-{self.index}"
+
+    @property
+    def board_dir(self) -> Path:
+        """The board's own state folder: disk file, mount point, face, private /run, home."""
+        return self.state_dir / self.board_name
 
     def _engine(self, name: str, data_root: Path) -> EngineLayout:
         return EngineLayout(
@@ -85,17 +122,17 @@ class RigLayout:
     @property
     def jetson(self) -> EngineLayout:
         """The "jetson" engine: the board's engine, data root on a loop-mounted ext4."""
-        return self._engine("jetson", self.jetson_disk_mount / "docker")
+        return self._engine(self.board_name, self.jetson_disk_mount / "docker")
 
     @property
     def jetson_disk_image(self) -> Path:
         """The sparse file holding the jetson engine's filesystem."""
-        return self.state_dir / "jetson" / "disk.ext4"
+        return self.board_dir / "disk.ext4"
 
     @property
     def jetson_disk_mount(self) -> Path:
         """Where the jetson engine's filesystem is mounted."""
-        return self.state_dir / "jetson" / "disk"
+        return self.board_dir / "disk"
 
     @property
     def disk_balloon(self) -> Path:
@@ -134,38 +171,69 @@ class RigLayout:
 
     @property
     def host_key(self) -> Path:
-        """The board sshd's private host key."""
-        return self.ssh_dir / "ssh_host_ed25519_key"
+        """The board sshd's private host key (one per board)."""
+        name = "ssh_host_ed25519_key"
+        return self.ssh_dir / (name if self.index == 0 else f"{name}_{self.board_name}")
 
     @property
     def sshd_config(self) -> Path:
         """The board sshd's private configuration."""
-        return self.ssh_dir / "sshd_config"
+        return self.ssh_dir / ("sshd_config" if self.index == 0 else f"sshd_config_{self.board_name}")
 
     @property
     def sshd_pidfile(self) -> Path:
         """The board sshd's pid file (written by sshd inside the namespace)."""
-        return self.runtime_dir / "sshd" / "sshd.pid"
+        return self.runtime_dir / ("sshd" if self.index == 0 else f"sshd-{self.index}") / "sshd.pid"
 
     @property
     def sshd_log(self) -> Path:
         """The board sshd's log."""
-        return self.log_dir / "sshd.log"
+        return self.log_dir / ("sshd.log" if self.index == 0 else f"sshd-{self.index}.log")
 
     @property
     def face_dir(self) -> Path:
         """The Jetson face: files overlaid on /etc and /usr/local/bin on the board."""
-        return self.state_dir / "face"
+        return self.state_dir / "face" if self.index == 0 else self.board_dir / "face"
 
     @property
     def board_run_staging(self) -> Path:
         """Mount point used to prepare the board's private /run before moving it."""
-        return self.state_dir / "board-run"
+        return self.state_dir / "board-run" if self.index == 0 else self.board_dir / "run"
 
     @property
     def netem_pidfile(self) -> Path:
         """Pid file of the netfilter-queue delay/loss daemon."""
-        return self.runtime_dir / "pids" / "netem.pid"
+        return self.runtime_dir / "pids" / ("netem.pid" if self.index == 0 else f"netem-{self.index}.pid")
+
+    @property
+    def netem_state(self) -> Path:
+        """What delay/loss the board's link has now (JSON), while it has some."""
+        return self.runtime_dir / ("netem.json" if self.index == 0 else f"netem-{self.index}.json")
+
+    @property
+    def home_dir(self) -> Path | None:
+        """A pool board's own home for the board user (None: board 0 uses the user's real one).
+
+        Pool boards share the user but not its files: each sees its own home and
+        ``/tmp`` (where the board lease lives), as separate machines would.
+        """
+        return None if self.index == 0 else self.board_dir / "home"
+
+    @property
+    def tmp_dir(self) -> Path | None:
+        """A pool board's own ``/tmp`` (None: board 0 uses the host's)."""
+        return None if self.index == 0 else self.board_dir / "tmp"
+
+    @property
+    def fault_lock_file(self) -> Path:
+        """The host-wide lock one board's fault blocks hold (board 0's: ``/run/hil-sim.faults.lock``)."""
+        suffix = ".faults.lock" if self.index == 0 else f".faults-{self.index}.lock"
+        return self.runtime_dir.with_name(self.runtime_dir.name + suffix)
+
+    @property
+    def pool_size_file(self) -> Path:
+        """How many pool boards the last ``up --boards N`` asked for (gone after ``down``)."""
+        return self.runtime_dir / "pool-size"
 
     @property
     def lock_file(self) -> Path:

@@ -8,14 +8,17 @@ directions, to :mod:`hil.sim.nfqueue`, which holds or drops them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from hil.errors import HilError
 from hil.result import Result
-from hil.sim._proc import pidfile_alive, run, spawn_detached, stop_pidfile, wait_until
+from hil.sim._proc import pid_alive, pidfile_alive, run, spawn_detached, stop_pidfile, wait_until
 from hil.sim.layout import RigLayout
 
 _RULE_COMMENT = "hil-sim-netem"
@@ -84,6 +87,21 @@ class BoardNetwork:
         run([*ns, "link", "set", lay.board_if, "up"])
         run(["ip", "link", "set", lay.host_if, "up"])
 
+    def kill_processes(self) -> bool:
+        """Stop what still runs in the namespace (open SSH sessions), by pid. True when any ran."""
+        res = run(["ip", "netns", "pids", self.layout.netns], check=False)
+        pids = [int(p) for p in res.stdout.split() if p.isdigit()]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            try:
+                wait_until(lambda: not any(pid_alive(p) for p in pids), 5, "board sessions to exit")
+                break
+            except HilError:
+                continue
+        return bool(pids)
+
     def remove(self) -> None:
         """Remove the faults, the veth pair and the namespace (idempotent)."""
         self.clear_netem()
@@ -145,7 +163,7 @@ class BoardNetwork:
     # -- helpers ----------------------------------------------------------
 
     def _netem_state_file(self) -> Path:
-        return self.layout.runtime_dir / "netem.json"
+        return self.layout.netem_state
 
     def _iptables_rules(self) -> list[list[str]]:
         # NFQUEUE via xtables: kernels without nft's queue expression still have it.

@@ -1,11 +1,14 @@
-"""The simulated rig as one object: bring it up and down, inspect it, inject faults."""
+"""The simulated rig as one object: bring it up and down, inspect it, inject faults.
+
+The rig is board 0 (``hil-sim-jetson``) and the Colima engine, plus the pool
+of ``up(boards=N)``: boards ``hil-sim-jetson-1`` ... ``-N`` (:mod:`hil.sim.pool`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -14,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from hil.errors import ExitCode, HilError, TargetUnhealthyError
-from hil.sim._proc import pid_alive, run, wait_until, which
-from hil.sim.board import Board
+from hil.sim._proc import run, wait_until, which
+from hil.sim.board import Board, write_client_files
 from hil.sim.disk import EngineDisk
 from hil.sim.engine import DockerEngine
+from hil.sim.faults import BoardFaults
 from hil.sim.images import ImageCache, RootfsSpec
 from hil.sim.layout import RigLayout
 from hil.sim.network import BoardNetwork
+from hil.sim.pool import BoardPool, PoolImages
 
 #: tool -> Debian package that ships it.
 REQUIRED_TOOLS: dict[str, str] = {
@@ -65,7 +70,7 @@ def _say(message: str) -> None:
     print(f"hil sim: {message}", file=sys.stderr, flush=True)
 
 
-class Rig:
+class Rig(BoardFaults):
     """The simulated Jetson + Colima rig.
 
     Real in every part but the GPU: two dockerd engines ("colima" and
@@ -73,6 +78,7 @@ class Rig:
     OpenSSH server in a network namespace behind a veth pair, a ``jetson``
     user, base images made with debootstrap, and the Jetson face.  Every
     method is safe to call in any state; ``up`` and ``down`` are idempotent.
+    Its fault methods act on board 0; ``rig.pool[I]`` has the same for pool board I.
     """
 
     def __init__(self, layout: RigLayout | None = None) -> None:
@@ -85,6 +91,8 @@ class Rig:
         self.disk = EngineDisk(
             lay.jetson_disk_image, lay.jetson_disk_mount, lay.disk_balloon, lay.jetson_disk_gb
         )
+        #: Boards ``hil-sim-jetson-1`` ... ``-N`` of ``up(boards=N)``; ``pool[I]`` is board I.
+        self.pool = BoardPool(lay)
         self._injected: set[str] = set()
         self._fault_depth = 0
         self._fault_fd: int | None = None
@@ -255,12 +263,16 @@ class Rig:
             self.up()
         return self
 
-    def up(self) -> bool:
+    def up(self, boards: int | None = None) -> bool:
         """Bring every part up (idempotent). True when something was started or made.
 
+        ``boards``: how many pool boards beside board 0 (``hil-sim-jetson-1`` ...);
+        boards beyond are taken down.  None keeps the pool the rig has.
         Faults injected with ``set_netem`` or ``limit_engine_disk`` are left in place.
         """
         self.check_supported()
+        if boards is not None:
+            BoardPool.check_size(boards)
         started = time.monotonic()
         with self._locked():
             self._check_owner()
@@ -269,38 +281,64 @@ class Rig:
             for directory in (lay.state_dir, lay.runtime_dir, lay.log_dir):
                 directory.mkdir(parents=True, exist_ok=True)
             lay.state_dir.chmod(0o755)
+            pool_size = self.pool.size() if boards is None else boards
             self.board.prepare()
+            write_client_files([self.board, *self.pool.prepare(pool_size)])
             if self.colima.start():
                 done.append("colima engine")
-            if not self.disk.mounted():
-                self.disk.ensure_mounted()
-                done.append("jetson disk")
-            if self.jetson.start():
-                done.append("jetson engine")
-            if not (self.network.namespace_exists() and self.network.link_up()):
-                self.network.create()
-                done.append("board namespace and link")
-            if self.board.start_sshd():
-                done.append("board sshd")
             cache = ImageCache(lay.image_cache, RootfsSpec.for_host(lay.suite), lay.base_image, lay.l4t_image)
-            needs_images = [
-                (engine, l4t)
-                for engine, l4t in ((self.colima, False), (self.jetson, True))
-                if cache.ensure_images_needed(engine, l4t=l4t)
-            ]
-            if needs_images:
-                cache.ensure_tarball()
-                for engine, l4t in needs_images:
-                    done += [f"{img} ({engine.name})" for img in cache.ensure_images(engine, l4t=l4t)]
-            wait_until(self._ssh_works, 30, "ssh login to the board", error=TargetUnhealthyError)
+            # A board inside a live session's fault block is that block's to restore.
+            with self.fault_lock_if_free() as free:
+                if free:
+                    done += self._board_up(cache)
+                else:
+                    _say(f"{lay.ssh_alias}: left as it is (another session's fault block holds it)")
+                    if cache.ensure_images_needed(self.colima, l4t=False):
+                        cache.ensure_tarball()
+                        done += [f"{img} (colima)" for img in cache.ensure_images(self.colima, l4t=False)]
+            board0_s = time.monotonic() - started
+            pool_done: dict[str, list[str]] = {}
+            if pool_size or boards is not None:
+                pool_done = self.pool.up(pool_size, PoolImages(cache, self.jetson))
             self._marker.write_text(f"{self.state_dir}\n")
+        took = time.monotonic() - started
         if done:
-            _say(f"up in {time.monotonic() - started:.1f} s: started {', '.join(done)}")
-        else:
+            _say(f"up in {board0_s:.1f} s: started {', '.join(done)}")
+        for alias, parts in pool_done.items():
+            _say(f"{alias}: {'' if parts == ['took it down'] else 'started '}{', '.join(parts)}")
+        if pool_size and (pool_done or done):
+            _say(f"up in {took:.1f} s with {pool_size} pool board(s) "
+                 f"({', '.join(b.ssh_alias for b in self.pool.boards)})")
+        if not done and not pool_done:
             _say("rig already up: nothing to do")
         for fault in self.active_faults():
             _say(f"note: fault still active: {fault} (`hil sim restore` clears faults)")
-        return bool(done)
+        return bool(done or pool_done)
+
+    def _board_up(self, cache: ImageCache) -> list[str]:
+        """Start board 0's parts that are not running and put the images in both engines."""
+        done: list[str] = []
+        if not self.disk.mounted():
+            self.disk.ensure_mounted()
+            done.append("jetson disk")
+        if self.jetson.start():
+            done.append("jetson engine")
+        if not (self.network.namespace_exists() and self.network.link_up()):
+            self.network.create()
+            done.append("board namespace and link")
+        if self.board.start_sshd():
+            done.append("board sshd")
+        needs_images = [
+            (engine, l4t)
+            for engine, l4t in ((self.colima, False), (self.jetson, True))
+            if cache.ensure_images_needed(engine, l4t=l4t)
+        ]
+        if needs_images:
+            cache.ensure_tarball()
+            for engine, l4t in needs_images:
+                done += [f"{img} ({engine.name})" for img in cache.ensure_images(engine, l4t=l4t)]
+        wait_until(self._ssh_works, 30, "ssh login to the board", error=TargetUnhealthyError)
+        return done
 
     def down(self) -> bool:
         """Stop and remove every running part (idempotent). True when something was running.
@@ -310,7 +348,7 @@ class Rig:
         with self._locked():
             self._check_owner()
             self._marker.unlink(missing_ok=True)
-            stopped: list[str] = []
+            stopped = self.pool.down()
             self.network.clear_netem()
             if self.disk.mounted():
                 self.disk.restore()
@@ -335,18 +373,7 @@ class Rig:
 
     def _kill_board_processes(self) -> bool:
         """Stop what still runs in the board namespace (open SSH sessions), by pid."""
-        res = run(["ip", "netns", "pids", self.layout.netns], check=False)
-        pids = [int(p) for p in res.stdout.split() if p.isdigit()]
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            try:
-                wait_until(lambda: not any(pid_alive(p) for p in pids), 5, "board sessions to exit")
-                break
-            except HilError:
-                continue
-        return bool(pids)
+        return self.network.kill_processes()
 
     def _unmount_leftovers(self) -> bool:
         """Unmount what the daemons left mounted under our dirs (e.g. dockerd's netns file)."""
@@ -434,14 +461,19 @@ class Rig:
             },
             "images": {"up": all(all(v.values()) for v in images.values()), **images},
         }
+        boards = self.pool.status() if self.is_up() else {}
+        faults = self.active_faults() + [f"{alias}: {f}" for alias, b in boards.items() for f in b["faults"]]
         return {
             "up": self.is_up(),
-            "healthy": all(p["up"] for p in parts.values()) and not self.active_faults(),
+            "healthy": all(p["up"] for p in parts.values())
+            and all(b["healthy"] for b in boards.values())
+            and not faults,
             "state_dir": str(lay.state_dir),
             "ssh_config": str(lay.ssh_config),
             "ssh_alias": lay.ssh_alias,
-            "faults": self.active_faults(),
+            "faults": faults,
             "parts": parts,
+            "boards": boards,
         }
 
     def active_faults(self) -> list[str]:
@@ -518,8 +550,13 @@ class Rig:
         self.disk.restore()
         self._injected.discard("disk")
 
+    @property
+    def fault_lock_path(self) -> Path:
+        """Board 0's fault lock (``/run/hil-sim.faults.lock``); each pool board has its own."""
+        return self.layout.fault_lock_file
+
     def restore_injected(self) -> None:
-        """Undo every fault this Rig object injected and has not restored."""
+        """Undo every fault this Rig object injected and has not restored (pool boards too)."""
         restorers = {
             "sshd": self.start_sshd,
             "link": self.restore_link,
@@ -530,112 +567,23 @@ class Rig:
         for name in ("link", "netem", "disk", "engine", "sshd"):
             if name in self._injected:
                 restorers[name]()
+        self.pool.restore_injected()
 
     def restore_faults(self) -> None:
-        """Undo every fault on the rig, whoever injected it."""
-        self._injected.update({"sshd", "link", "netem", "engine", "disk"})
-        if not self.network.link_exists():
-            self._injected.discard("link")
-        if not self.disk.mounted():
-            self._injected.discard("disk")
-        self.restore_injected()
+        """Undo every fault on the rig, whoever injected it.
 
-    @contextlib.contextmanager
-    def fault_lock(self, timeout: float = 600.0) -> Iterator[None]:
-        """Hold the host-wide fault lock: one fault block at a time, across processes.
-
-        Every fault context manager takes it, so two test sessions sharing the
-        rig never undo each other's faults half-way.  Re-entrant per Rig object.
+        A board inside another session's fault block is left to that block
+        (a crashed session's lock is gone with it, so its faults are undone).
         """
-        import fcntl
-
-        if self._fault_depth == 0:
-            path = self.layout.runtime_dir.with_name(self.layout.runtime_dir.name + ".faults.lock")
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-
-            def acquired() -> bool:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return False
-                return True
-
-            try:
-                wait_until(acquired, timeout, f"the rig's fault lock {path}", interval=0.2)
-            except BaseException:
-                os.close(fd)
-                raise
-            self._fault_fd = fd
-        self._fault_depth += 1
-        try:
-            yield
-        finally:
-            self._fault_depth -= 1
-            if self._fault_depth == 0 and self._fault_fd is not None:
-                os.close(self._fault_fd)  # releases the flock
-                self._fault_fd = None
-
-    @contextlib.contextmanager
-    def sshd_stopped(self) -> Iterator[Rig]:
-        """Within the block the board's sshd is stopped."""
-        with self.fault_lock():
-            yield from self._sshd_stopped()
-
-    def _sshd_stopped(self) -> Iterator[Rig]:
-        self.stop_sshd()
-        try:
-            yield self
-        finally:
-            self.start_sshd()
-
-    @contextlib.contextmanager
-    def link_cut(self) -> Iterator[Rig]:
-        """Within the block the board's link is cut."""
-        with self.fault_lock():
-            yield from self._link_cut()
-
-    def _link_cut(self) -> Iterator[Rig]:
-        self.cut_link()
-        try:
-            yield self
-        finally:
-            self.restore_link()
-
-    @contextlib.contextmanager
-    def netem(self, delay_ms: float = 0, loss_pct: float = 0) -> Iterator[str]:
-        """Within the block the link has delay and loss; yields the mechanism used."""
-        with self.fault_lock():
-            yield from self._netem(delay_ms, loss_pct)
-
-    def _netem(self, delay_ms: float, loss_pct: float) -> Iterator[str]:
-        via = self.set_netem(delay_ms, loss_pct)
-        try:
-            yield via
-        finally:
-            self.clear_netem()
-
-    @contextlib.contextmanager
-    def jetson_engine_stopped(self) -> Iterator[Rig]:
-        """Within the block the jetson engine is stopped."""
-        with self.fault_lock():
-            yield from self._jetson_engine_stopped()
-
-    def _jetson_engine_stopped(self) -> Iterator[Rig]:
-        self.stop_jetson_engine()
-        try:
-            yield self
-        finally:
-            self.start_jetson_engine()
-
-    @contextlib.contextmanager
-    def engine_disk_limited(self, free_mb: int) -> Iterator[int]:
-        """Within the block the jetson engine sees ``free_mb`` MiB free; yields df's figure."""
-        with self.fault_lock():
-            yield from self._engine_disk_limited(free_mb)
-
-    def _engine_disk_limited(self, free_mb: int) -> Iterator[int]:
-        free = self.limit_engine_disk(free_mb)
-        try:
-            yield free
-        finally:
-            self.restore_engine_disk()
+        with self.fault_lock_if_free() as free:
+            if free:
+                self._injected.update({"sshd", "link", "netem", "engine", "disk"})
+                if not self.network.link_exists():
+                    self._injected.discard("link")
+                if not self.disk.mounted():
+                    self._injected.discard("disk")
+                self.restore_injected()
+            else:
+                _say(f"{self.layout.ssh_alias}: fault left in place (another session's fault block holds it)")
+        for alias in self.pool.restore_faults():
+            _say(f"{alias}: fault left in place (another session's fault block holds it)")

@@ -1,0 +1,188 @@
+"""Fault blocks of one simulated board: the context managers and the host-wide lock they hold.
+
+A board (the rig's single board, or one of the pool) provides the plain
+methods (``stop_sshd``/``start_sshd``, ``cut_link``/``restore_link``,
+``set_netem``/``clear_netem``, ``stop_jetson_engine``/``start_jetson_engine``,
+``limit_engine_disk``/``restore_engine_disk``) and a lock file; this mixin
+turns each pair into a ``with`` block that holds the board's fault lock, so two
+test sessions sharing the rig inject faults on one board one at a time.  A
+block's lock also tells ``restore`` and a repairing ``up`` that a live session
+owns the fault: a crashed holder's lock is gone with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from hil.sim._proc import wait_until
+
+_B = TypeVar("_B", bound="BoardFaults")
+
+
+class BoardFaults:
+    """Mixin: ``with`` blocks over a board's plain fault methods, under its fault lock."""
+
+    _fault_depth: int = 0
+    _fault_fd: int | None = None
+
+    @property
+    def fault_lock_path(self) -> Path:
+        """The lock file this board's fault blocks hold."""
+        raise NotImplementedError
+
+    def stop_sshd(self) -> None:
+        """Stop the board's sshd (open sessions survive, new connections are refused)."""
+        raise NotImplementedError
+
+    def start_sshd(self) -> None:
+        """Start the board's sshd again and wait until it listens."""
+        raise NotImplementedError
+
+    def cut_link(self) -> None:
+        """Cut the board's link: packets to the board vanish (connects time out)."""
+        raise NotImplementedError
+
+    def restore_link(self) -> None:
+        """Restore the board's link."""
+        raise NotImplementedError
+
+    def set_netem(self, delay_ms: float = 0, loss_pct: float = 0) -> str:
+        """Delay packets ``delay_ms`` each way and drop ``loss_pct`` %; returns the mechanism."""
+        raise NotImplementedError
+
+    def clear_netem(self) -> None:
+        """Remove delay and loss from the board's link."""
+        raise NotImplementedError
+
+    def stop_jetson_engine(self) -> None:
+        """Stop the board's Docker engine."""
+        raise NotImplementedError
+
+    def start_jetson_engine(self) -> None:
+        """Start the board's Docker engine again and wait until it answers."""
+        raise NotImplementedError
+
+    def limit_engine_disk(self, free_mb: int) -> int:
+        """Leave the engine's data root only ``free_mb`` MiB free; returns df's figure."""
+        raise NotImplementedError
+
+    def restore_engine_disk(self) -> None:
+        """Give the engine its whole disk back."""
+        raise NotImplementedError
+
+    # -- the lock -----------------------------------------------------------
+
+    def _open_lock(self) -> int:
+        path = self.fault_lock_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    @staticmethod
+    def _try_flock(fd: int) -> bool:
+        import fcntl  # POSIX only; imported here so `hil sim` can explain itself elsewhere
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def fault_lock(self, timeout: float = 600.0) -> Iterator[None]:
+        """Hold the board's fault lock for the block (waits up to ``timeout``); re-entrant."""
+        if self._fault_depth == 0:
+            fd = self._open_lock()
+            try:
+                wait_until(lambda: self._try_flock(fd), timeout,
+                           f"the rig's fault lock {self.fault_lock_path}", interval=0.2)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fault_fd = fd
+        self._fault_depth += 1
+        try:
+            yield
+        finally:
+            self._fault_depth -= 1
+            if self._fault_depth == 0 and self._fault_fd is not None:
+                os.close(self._fault_fd)  # releases the flock
+                self._fault_fd = None
+
+    @contextlib.contextmanager
+    def fault_lock_if_free(self) -> Iterator[bool]:
+        """Hold the fault lock for the block if nobody does; yields whether it is held.
+
+        False means a live session is inside a fault block on this board: leave
+        its fault alone, the block undoes it.
+        """
+        if self._fault_depth:
+            yield True
+            return
+        fd = self._open_lock()
+        try:
+            if not self._try_flock(fd):
+                yield False
+                return
+            self._fault_fd, self._fault_depth = fd, 1
+            try:
+                yield True
+            finally:
+                self._fault_fd, self._fault_depth = None, 0
+        finally:
+            os.close(fd)
+
+    # -- the blocks ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def sshd_stopped(self: _B) -> Iterator[_B]:
+        """Within the block the board's sshd is stopped."""
+        with self.fault_lock():
+            self.stop_sshd()
+            try:
+                yield self
+            finally:
+                self.start_sshd()
+
+    @contextlib.contextmanager
+    def link_cut(self: _B) -> Iterator[_B]:
+        """Within the block the board's link is cut."""
+        with self.fault_lock():
+            self.cut_link()
+            try:
+                yield self
+            finally:
+                self.restore_link()
+
+    @contextlib.contextmanager
+    def netem(self, delay_ms: float = 0, loss_pct: float = 0) -> Iterator[str]:
+        """Within the block the link has delay and loss; yields the mechanism used."""
+        with self.fault_lock():
+            via = self.set_netem(delay_ms, loss_pct)
+            try:
+                yield via
+            finally:
+                self.clear_netem()
+
+    @contextlib.contextmanager
+    def jetson_engine_stopped(self: _B) -> Iterator[_B]:
+        """Within the block the board's engine is stopped."""
+        with self.fault_lock():
+            self.stop_jetson_engine()
+            try:
+                yield self
+            finally:
+                self.start_jetson_engine()
+
+    @contextlib.contextmanager
+    def engine_disk_limited(self, free_mb: int) -> Iterator[int]:
+        """Within the block the engine sees ``free_mb`` MiB free; yields df's figure."""
+        with self.fault_lock():
+            free = self.limit_engine_disk(free_mb)
+            try:
+                yield free
+            finally:
+                self.restore_engine_disk()

@@ -1,0 +1,430 @@
+"""The pool of simulated boards (``hil sim up --boards N``): ``hil-sim-jetson-1`` ... ``-N``.
+
+Each pool board is a whole board of its own, beside the rig's single board
+(which stays as it is): a network namespace and veth pair (10.213.I.2), a
+dockerd with the ``nvidia`` runtime on its own loop-mounted disk, its own host
+key and sshd, and its own hostname, home and ``/tmp``.  They share the user,
+the client key, the rig's ssh_config and the image cache.
+
+Images are made once: board 0's engine holds the current base and l4t images,
+``docker save`` writes both to one cached tarball (keyed by their digest) and
+each pool engine ``docker load``s it, which costs a read of that file and no
+debootstrap or commit.  A board whose engine already holds them is left alone.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hil.errors import ExitCode, HilError, TargetUnhealthyError
+from hil.sim._proc import wait_until
+from hil.sim.board import Board
+from hil.sim.disk import EngineDisk
+from hil.sim.engine import DockerEngine
+from hil.sim.faults import BoardFaults
+from hil.sim.images import DIGEST_LABEL, ImageCache
+from hil.sim.layout import MAX_POOL_BOARDS, RigLayout
+from hil.sim.network import BoardNetwork
+
+_T = TypeVar("_T")
+
+
+class PoolSizeError(HilError):
+    """``--boards N`` outside 0..MAX_POOL_BOARDS."""
+
+    exit_code = ExitCode.USAGE_ERROR
+    kind = "sim-pool-size"
+
+
+class PoolImages:
+    """Puts the rig's base and l4t images into pool engines from one saved tarball."""
+
+    def __init__(self, cache: ImageCache, source: DockerEngine) -> None:
+        self.cache = cache
+        #: The engine the images are saved from (board 0's, made current by ``up``).
+        self.source = source
+        self._lock = threading.Lock()
+
+    @property
+    def bundle(self) -> Path:
+        """The saved images, keyed by the l4t image's digest (which covers the base's)."""
+        return self.cache.cache_dir / f"pool-images-{self.cache.l4t_digest()}.tar"
+
+    def needed(self, engine: DockerEngine) -> bool:
+        """True when ``engine`` lacks a current base or l4t image."""
+        return self.cache.ensure_images_needed(engine, l4t=True)
+
+    def _ensure_bundle(self) -> Path | None:
+        """The saved tarball, saved from the source engine if missing (None: source can't)."""
+        with self._lock:
+            bundle = self.bundle
+            if bundle.exists():
+                return bundle
+            if not self.source.is_up() or self.needed(self.source):
+                return None
+            partial = bundle.with_suffix(".tar.partial")
+            started = time.monotonic()
+            self.source.docker(
+                ["save", "-o", str(partial), self.cache.base_image, self.cache.l4t_image], timeout=600
+            )
+            partial.replace(bundle)
+            for stale in bundle.parent.glob("pool-images-*.tar"):
+                if stale != bundle:
+                    stale.unlink(missing_ok=True)
+            print(f"hil sim: saved the images for the pool ({time.monotonic() - started:.1f} s)",
+                  file=sys.stderr, flush=True)
+            return bundle
+
+    def load_into(self, engine: DockerEngine) -> list[str]:
+        """Put the current images into ``engine``; returns those made."""
+        bundle = self._ensure_bundle()
+        if bundle is None:  # no current source: make them from the rootfs tarball
+            self.cache.ensure_tarball()
+            return self.cache.ensure_images(engine, l4t=True)
+        engine.docker(["load", "-q", "-i", str(bundle)], timeout=900)
+        engine.docker(["image", "prune", "-f", "--filter", f"label={DIGEST_LABEL}"], check=False)
+        return [self.cache.base_image, self.cache.l4t_image]
+
+
+class PoolBoard(BoardFaults):
+    """One pool board: its engine, disk, namespace and link, sshd; up, down, status, faults.
+
+    The fault methods and ``with`` blocks are those of :class:`hil.sim.Rig` for
+    the single board, under this board's own fault lock.
+    """
+
+    def __init__(self, layout: RigLayout) -> None:
+        self.layout = layout
+        self.engine = DockerEngine(layout.jetson, group=layout.docker_group, runtimes=("nvidia",))
+        self.board = Board(layout)
+        self.network = BoardNetwork(layout)
+        self.disk = EngineDisk(
+            layout.jetson_disk_image, layout.jetson_disk_mount, layout.disk_balloon, layout.jetson_disk_gb
+        )
+        self._injected: set[str] = set()
+
+    @property
+    def index(self) -> int:
+        """The board's number in the pool (1..N)."""
+        return self.layout.index
+
+    @property
+    def ssh_alias(self) -> str:
+        """The board's host alias in the rig's ssh_config (``hil-sim-jetson-I``)."""
+        return self.layout.ssh_alias
+
+    @property
+    def board_address(self) -> str:
+        """The board's IP address."""
+        return self.layout.board_address
+
+    @property
+    def jetson_host(self) -> str:
+        """Docker host URL of the board's engine (as seen on the host)."""
+        return self.layout.jetson.host
+
+    @property
+    def fault_lock_path(self) -> Path:
+        """This board's fault lock (``/run/hil-sim.faults-I.lock``)."""
+        return self.layout.fault_lock_file
+
+    def ssh(
+        self, *remote: str, timeout: float = 60.0, options: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``remote`` on the board over SSH with the rig's ssh_config (never raises on exit)."""
+        return self.board.ssh(*remote, timeout=timeout, options=options)
+
+    def ssh_works(self) -> bool:
+        """True when a login on the board runs ``true``."""
+        return self.ssh("true", timeout=15, options=("-o", "ConnectTimeout=5")).returncode == 0
+
+    # -- up / down ----------------------------------------------------------
+
+    def traces(self) -> bool:
+        """True when any part of the board runs or exists (so ``down`` has work)."""
+        return bool(
+            self.engine.pid() or self.board.sshd_pid() or self.disk.mounted()
+            or self.network.namespace_exists() or self.network.link_exists()
+        )
+
+    def up(self, images: PoolImages) -> list[str]:
+        """Start every part that is not running (idempotent); returns what was started.
+
+        ``prepare`` must have run (keys, sshd config, face).
+        """
+        done: list[str] = []
+        if not self.disk.mounted():
+            self.disk.ensure_mounted()
+            done.append("disk")
+        if self.engine.start():
+            done.append("engine")
+        if not (self.network.namespace_exists() and self.network.link_up()):
+            self.network.create()
+            done.append("namespace and link")
+        if self.board.start_sshd():
+            done.append("sshd")
+        if images.needed(self.engine):
+            done += images.load_into(self.engine)
+        wait_until(self.ssh_works, 30, f"ssh login to {self.ssh_alias}", error=TargetUnhealthyError)
+        return done
+
+    def down(self) -> list[str]:
+        """Stop and remove every part (idempotent); returns what was stopped. Keeps the disk file."""
+        stopped: list[str] = []
+        self.network.clear_netem()
+        if self.disk.mounted():
+            self.disk.restore()
+        if self.board.stop_sshd():
+            stopped.append("sshd")
+        if self.network.namespace_exists() and self.network.kill_processes():
+            stopped.append("sessions")
+        if self.engine.stop():
+            stopped.append("engine")
+        if self.disk.mounted():
+            self.disk.unmount()
+            stopped.append("disk")
+        if self.network.namespace_exists() or self.network.link_exists():
+            self.network.remove()
+            stopped.append("namespace and link")
+        self._injected.clear()
+        return stopped
+
+    # -- status -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The board's parts, up or down, with their details (JSON-ready)."""
+        lay = self.layout
+        engine_up = self.engine.is_up()
+        disk_mounted = self.disk.mounted()
+        link_up = self.network.link_exists() and self.network.link_up()
+        parts: dict[str, dict[str, Any]] = {
+            "engine": {"up": engine_up, "pid": self.engine.pid(), "host": lay.jetson.host},
+            "disk": {
+                "up": disk_mounted,
+                "free_mb": self.disk.free_mb() if disk_mounted else None,
+                "limited": disk_mounted and self.disk.limited(),
+            },
+            "namespace": {"up": self.network.namespace_exists(), "name": lay.netns},
+            "link": {"up": link_up, "host_if": lay.host_if, "netem": self.network.netem()},
+            "sshd": {"up": self.board.sshd_up(), "pid": self.board.sshd_pid(),
+                     "address": f"{lay.board_address}:{lay.ssh_port}"},
+            "images": {"up": engine_up and all(
+                self.engine.image_exists(ref) for ref in (lay.base_image, lay.l4t_image))},
+        }
+        faults = self.active_faults()
+        return {
+            "up": parts["namespace"]["up"] and disk_mounted,
+            "healthy": all(p["up"] for p in parts.values()) and not faults,
+            "address": lay.board_address,
+            "faults": faults,
+            "parts": parts,
+        }
+
+    def active_faults(self) -> list[str]:
+        """The faults in place now (a stopped sshd or engine of a running board, link, netem, disk)."""
+        if not (self.network.namespace_exists() and self.disk.mounted()):
+            return []
+        faults = []
+        if not self.board.sshd_up():
+            faults.append("sshd stopped")
+        if self.network.link_exists() and not self.network.link_up():
+            faults.append("link cut")
+        netem = self.network.netem()
+        if netem:
+            faults.append(f"netem delay {netem['delay_ms']} ms loss {netem['loss_pct']} %")
+        if self.engine.pid() is None:
+            faults.append("engine stopped")
+        if self.disk.limited():
+            faults.append("disk limited")
+        return faults
+
+    # -- faults -------------------------------------------------------------
+
+    def stop_sshd(self) -> None:
+        """Stop the board's sshd (open sessions survive, new connections are refused)."""
+        self._injected.add("sshd")
+        self.board.stop_sshd()
+
+    def start_sshd(self) -> None:
+        """Start the board's sshd again and wait until it listens."""
+        self.board.start_sshd()
+        self._injected.discard("sshd")
+
+    def cut_link(self) -> None:
+        """Cut the board's link: packets to the board vanish (connects time out)."""
+        self._injected.add("link")
+        self.network.cut()
+
+    def restore_link(self) -> None:
+        """Restore the board's link."""
+        self.network.restore()
+        self._injected.discard("link")
+
+    def set_netem(self, delay_ms: float = 0, loss_pct: float = 0) -> str:
+        """Delay packets ``delay_ms`` each way and drop ``loss_pct`` %; returns the mechanism."""
+        self._injected.add("netem")
+        return self.network.set_netem(delay_ms, loss_pct)
+
+    def clear_netem(self) -> None:
+        """Remove delay and loss from the board's link."""
+        self.network.clear_netem()
+        self._injected.discard("netem")
+
+    def stop_jetson_engine(self) -> None:
+        """Stop the board's engine (its dockerd)."""
+        self._injected.add("engine")
+        self.engine.stop()
+
+    def start_jetson_engine(self) -> None:
+        """Start the board's engine again and wait until it answers."""
+        self.engine.start()
+        self._injected.discard("engine")
+
+    def limit_engine_disk(self, free_mb: int) -> int:
+        """Leave the board engine's data root only ``free_mb`` MiB free; returns df's figure."""
+        self._injected.add("disk")
+        return self.disk.limit(free_mb)
+
+    def restore_engine_disk(self) -> None:
+        """Give the board's engine its whole disk back."""
+        self.disk.restore()
+        self._injected.discard("disk")
+
+    def restore_injected(self) -> None:
+        """Undo every fault this object injected and has not restored."""
+        restorers = {
+            "sshd": self.start_sshd,
+            "link": self.restore_link,
+            "netem": self.clear_netem,
+            "engine": self.start_jetson_engine,
+            "disk": self.restore_engine_disk,
+        }
+        for name in ("link", "netem", "disk", "engine", "sshd"):
+            if name in self._injected:
+                restorers[name]()
+
+    def restore_faults(self) -> bool:
+        """Undo the board's faults, whoever injected them, unless a live fault block holds them.
+
+        Returns False when another session is inside a fault block on this board.
+        """
+        with self.fault_lock_if_free() as free:
+            if not free:
+                return False
+            if self.traces():
+                self._injected.update({"sshd", "link", "netem", "engine", "disk"})
+                if not self.network.link_exists():
+                    self._injected.discard("link")
+                if not self.disk.mounted():
+                    self._injected.discard("disk")
+                self.restore_injected()
+            return True
+
+
+def _each(boards: Sequence[PoolBoard], work: Callable[[PoolBoard], _T]) -> list[_T]:
+    """``work`` on every board at once (threads: each waits on daemons); the first error raised."""
+    if not boards:
+        return []
+    with ThreadPoolExecutor(max_workers=len(boards), thread_name_prefix="hil-sim-board") as ex:
+        futures = [ex.submit(work, board) for board in boards]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
+    return [f.result() for f in futures]
+
+
+class BoardPool:
+    """Boards 1..N beside the rig's single board; N is what the last ``up --boards N`` asked."""
+
+    def __init__(self, layout: RigLayout) -> None:
+        self.layout = layout
+        self._boards: dict[int, PoolBoard] = {}
+
+    def board(self, index: int) -> PoolBoard:
+        """Pool board ``index`` (1..MAX_POOL_BOARDS); the same object on every call."""
+        if index not in self._boards:
+            self._boards[index] = PoolBoard(self.layout.pool_board(index))
+        return self._boards[index]
+
+    def size(self) -> int:
+        """How many pool boards the rig has (0 when none, or when it is down)."""
+        try:
+            text = self.layout.pool_size_file.read_text().strip()
+        except OSError:
+            return 0
+        return int(text) if text.isdigit() else 0
+
+    @property
+    def boards(self) -> list[PoolBoard]:
+        """The pool's boards, 1..N."""
+        return [self.board(i) for i in range(1, self.size() + 1)]
+
+    def __getitem__(self, index: int) -> PoolBoard:
+        """``pool[I]`` is board ``hil-sim-jetson-I`` (1-based, as the aliases)."""
+        if not 1 <= index <= self.size():
+            raise IndexError(f"the pool has boards 1..{self.size()}, not {index}")
+        return self.board(index)
+
+    def __len__(self) -> int:
+        return self.size()
+
+    @staticmethod
+    def check_size(boards: int) -> None:
+        """Raise :class:`PoolSizeError` unless ``boards`` is 0..MAX_POOL_BOARDS."""
+        if not 0 <= boards <= MAX_POOL_BOARDS:
+            raise PoolSizeError(f"--boards must be 0..{MAX_POOL_BOARDS}, not {boards}")
+
+    def prepare(self, boards: int) -> list[Board]:
+        """Keys, sshd configs and faces of boards 1..``boards``; returns their :class:`Board`s."""
+        self.check_size(boards)
+        chosen = [self.board(i) for i in range(1, boards + 1)]
+        for board in chosen:
+            board.board.prepare()
+        return [b.board for b in chosen]
+
+    def up(self, boards: int, images: PoolImages) -> dict[str, list[str]]:
+        """Bring boards 1..``boards`` up at once and any beyond down; returns what each did.
+
+        A board inside another session's fault block is left as it is.
+        """
+        self.check_size(boards)
+        self.layout.pool_size_file.parent.mkdir(parents=True, exist_ok=True)
+        self.layout.pool_size_file.write_text(f"{boards}\n")
+        extra = [self.board(i) for i in range(boards + 1, MAX_POOL_BOARDS + 1) if self.board(i).traces()]
+        gone = {b.ssh_alias: ["took it down"] for b in extra}
+        _each(extra, PoolBoard.down)
+
+        def bring_up(board: PoolBoard) -> list[str]:
+            with board.fault_lock_if_free() as free:
+                return board.up(images) if free else ["nothing (a fault block holds it)"]
+
+        chosen = [self.board(i) for i in range(1, boards + 1)]
+        started = _each(chosen, bring_up)
+        return {**gone, **{b.ssh_alias: done for b, done in zip(chosen, started, strict=True) if done}}
+
+    def down(self) -> list[str]:
+        """Take every pool board down (those beyond N too); returns the boards stopped."""
+        running = [self.board(i) for i in range(1, MAX_POOL_BOARDS + 1) if self.board(i).traces()]
+        stopped = _each(running, PoolBoard.down)
+        self.layout.pool_size_file.unlink(missing_ok=True)
+        return [b.ssh_alias for b, parts in zip(running, stopped, strict=True) if parts]
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Each pool board's status, by alias."""
+        return {b.ssh_alias: b.status() for b in self.boards}
+
+    def restore_injected(self) -> None:
+        """Undo the faults injected through these objects."""
+        for board in self._boards.values():
+            board.restore_injected()
+
+    def restore_faults(self) -> list[str]:
+        """Undo every pool board's faults but those inside a live fault block; returns those skipped."""
+        return [b.ssh_alias for b in self.boards if not b.restore_faults()]
