@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from hil.errors import DeviceBusyError, HilError
-from hil.sshbase import Connection, ConnectionLostError, exited
+from hil.sshconn import ConnectionLostError, SshConnection, exited
 
 LEASE_DIR = "/tmp/pytest-hil"
 _BUSY_EXIT = 75
@@ -94,7 +94,7 @@ def lease_script(holder: Holder, timeout: float, lease_dir: str = LEASE_DIR) -> 
 class Lease:
     """Takes the board's lease on its own channel, in the background; :meth:`wait` joins."""
 
-    def __init__(self, conn: Connection, *, timeout: float, target: str | None = None,
+    def __init__(self, conn: SshConnection, *, timeout: float, target: str | None = None,
                  on_wait: Any = None, lease_dir: str = LEASE_DIR) -> None:
         self.conn = conn
         self.timeout = timeout
@@ -198,7 +198,7 @@ class Lease:
         self.acquired = False
 
 
-def read_holder(conn: Connection, lease_dir: str = LEASE_DIR) -> tuple[bool, Holder | None]:
+def read_holder(conn: SshConnection, lease_dir: str = LEASE_DIR) -> tuple[bool, Holder | None]:
     """Whether the lease is held now, and by whom (for ``hil doctor``)."""
     d = shlex.quote(lease_dir)
     res = conn.run(f"exec 9<{d}/lease.lock 2>/dev/null || {{ echo FREE; exit 0; }}; "

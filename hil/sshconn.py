@@ -1,79 +1,157 @@
-"""One SSH connection to a board: ssh_config resolution, strict host keys, commands.
+"""One SSH connection to a board, on Fabric: ssh_config, strict host keys, streaming channels.
 
-Built on paramiko's :class:`~paramiko.transport.Transport` rather than
-``SSHClient`` so that we control every step OpenSSH users expect:
+:class:`SshConnection` is a :class:`fabric.Connection`.  Fabric resolves the
+target's ssh_config (``~/.ssh/config``, or the target's ``ssh.config`` as
+``ssh -F`` reads it: HostName, User, Port, IdentityFile, ConnectTimeout,
+ProxyJump as its ``gateway``, ProxyCommand) and runs plain commands
+(:meth:`~SshConnection.run` returns Fabric's ``Result``; ``warn=False`` raises
+``UnexpectedExit``).  What is ours is only what Fabric lacks:
 
-* the target's host alias is resolved through ``~/.ssh/config`` (or the
-  target's ``ssh.config``): HostName, User, Port, IdentityFile,
-  IdentitiesOnly, ProxyJump, ProxyCommand, UserKnownHostsFile,
-  HostKeyAlias, ConnectTimeout, ServerAliveInterval/CountMax;
-* the host key is checked against known_hosts and never added: an unknown
-  host is refused with its fingerprint and the command that trusts it, a
-  changed key is refused loudly (:class:`~hil.errors.HostKeyError`);
-* a liveness probe (``keepalive@openssh.com`` with a reply, like OpenSSH's
-  ServerAlive*) closes the transport when the board stops answering, so a
-  cut link surfaces as a lost connection in seconds instead of TCP's minutes.
+* strict host keys: Fabric adds unknown keys (``AutoAddPolicy``); here the
+  known_hosts files that ssh_config names (UserKnownHostsFile,
+  GlobalKnownHostsFile, HostKeyAlias; on every ProxyJump hop) are loaded and
+  :class:`KnownHostsPolicy` refuses an unknown host with its fingerprint and
+  the command that trusts it; a changed key is refused loudly;
+* connection faults as exit codes (:mod:`hil.errors`): unreachable 10, auth
+  refused 11, host key 12; a command's timeout or a lost link as HilErrors;
+* a liveness probe (``keepalive@openssh.com`` with a reply, as OpenSSH's
+  ServerAlive*) that closes the transport when the board stops answering, so
+  a cut link surfaces in seconds instead of TCP's minutes;
+* channels that stream on the same transport (:meth:`~SshConnection.exec`,
+  :meth:`~SshConnection.stream`): the container's output, the lease,
+  telemetry and rsync's tunnel (:mod:`hil.sync`).  Commands are started with
+  exec want-reply off, Fabric's ``run`` included: a round trip less each.
 
-One :class:`SshConnection` serves a whole session: commands run on their own
-channels of the same transport, concurrently when they are independent.
+:func:`connect_in_background` starts a session's handshake at configure time,
+:func:`connect` takes it up; :func:`open_boards` opens several boards at once
+as one :class:`fabric.ThreadingGroup`.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import hashlib
 import os
+import select
+import shlex
 import socket
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import fabric
+import fabric.runners
 import paramiko
+from fabric.connection import derive_shorthand
+from invoke.exceptions import CommandTimedOut, ThreadException
 
 from hil.errors import AuthRefusedError, HilError, HostKeyError, UnreachableError
-from hil.sshbase import (
-    DEFAULT_ALIVE_COUNT,
-    DEFAULT_ALIVE_INTERVAL,
-    DEFAULT_KNOWN_HOSTS,
-    Channel,
-    Connection,
-    ConnectionLostError,
-    SshEndpoint,
-)
 
-#: Key files OpenSSH tries when the config names none.
-DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
-def _split_destination(text: str) -> tuple[str, str, int]:
-    """``user@host:port`` (or ``ssh://user@host:port``) -> (user, host, port)."""
-    text = text.removeprefix("ssh://")
-    user, _, rest = text.rpartition("@")
-    port = 0
-    if rest.startswith("["):  # [v6]:port
-        host, _, tail = rest[1:].partition("]")
-        if tail.startswith(":") and tail[1:].isdigit():
-            port = int(tail[1:])
-    elif rest.count(":") == 1:
-        host, _, p = rest.partition(":")
-        port = int(p) if p.isdigit() else 0
-    else:
-        host = rest
-    return user, host, port
+if TYPE_CHECKING:
+    from hil.config import TargetSpec
+
+#: known_hosts files OpenSSH reads when ssh_config names none.
+DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+DEFAULT_ALIVE_INTERVAL = 5.0
+DEFAULT_ALIVE_COUNT = 3
+
+ByteSink = Callable[[bytes], object]  # a return value (e.g. "done") is ignored here
 
 
-def _read_config(config_file: str) -> paramiko.SSHConfig:
-    path = Path(os.path.expanduser(config_file or "~/.ssh/config"))
-    if not path.is_file():
-        if config_file:
-            raise HilError(f"ssh config file {config_file} does not exist")
-        return paramiko.SSHConfig.from_text("")
+class ConnectionLostError(HilError):
+    """The SSH transport died under a command (maps to a run-lost or unreachable fault)."""
+
+
+@dataclass(frozen=True)
+class SshEndpoint:
+    """Where and how to connect, after ssh_config resolution."""
+
+    alias: str
+    hostname: str
+    port: int = 22
+    user: str = ""
+    identity_files: tuple[str, ...] = ()
+    identities_only: bool = False
+    known_hosts: tuple[str, ...] = ()
+    global_known_hosts: tuple[str, ...] = ()
+    host_key_alias: str = ""
+    proxy_jump: str = ""
+    proxy_command: str = ""
+    connect_timeout: float = 10.0
+    alive_interval: float = DEFAULT_ALIVE_INTERVAL
+    alive_count: int = DEFAULT_ALIVE_COUNT
+    config_file: str = ""
+
+    @property
+    def key_name(self) -> str:
+        """The name its host key is filed under in known_hosts (OpenSSH's rule)."""
+        return _key_name(self.host_key_alias or self.hostname, self.port)
+
+    @property
+    def display(self) -> str:
+        """``user@alias (hostname:port)`` for messages."""
+        who = f"{self.user}@" if self.user else ""
+        real = "" if self.hostname == self.alias else f" ({self.hostname}:{self.port})"
+        return f"{who}{self.alias}{real}"
+
+    def ssh_command(self) -> str:
+        """The OpenSSH command a user would type to reach the same host."""
+        return shlex.join(["ssh", *(["-F", self.config_file] if self.config_file else []),
+                           self.alias])
+
+
+def _key_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def fabric_config(config_file: str = "") -> fabric.Config:
+    """Fabric's configuration reading ``config_file`` (as ``ssh -F``) or the usual ssh_config files.
+
+    Commands run hidden, without raising on a non-zero exit, with standard
+    input closed (as ``ssh host cmd </dev/null``), on :class:`_Remote`.
+    """
+    path = os.path.expanduser(config_file) if config_file else None
+    if path is not None and not os.path.isfile(path):
+        raise HilError(f"ssh config file {config_file} does not exist")
     try:
-        return paramiko.SSHConfig.from_path(str(path))
+        config = fabric.Config(runtime_ssh_path=path)
     except (OSError, paramiko.ConfigParseError) as err:
-        raise HilError(f"cannot read ssh config {path}: {err}") from err
+        raise HilError(f"cannot read ssh config {config_file or '~/.ssh/config'}: {err}") from err
+    config.run.hide = True
+    config.run.warn = True
+    config.run.in_stream = False
+    config.runners.remote = _Remote
+    return config
+
+
+def _values(cfg: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    """The (``~``-expanded) words of an ssh_config option, ``none`` and ``/dev/null`` dropped."""
+    value: Any = cfg.get(key, [])
+    items: list[str] = value if isinstance(value, list) else str(value).split()
+    return tuple(os.path.expanduser(v) for v in items
+                 if v and v.lower() != "none" and v != "/dev/null")
+
+
+def _known_hosts(cfg: Mapping[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The known_hosts files ssh_config names under ``key`` for a host, or OpenSSH's."""
+    return _values(cfg, key) if key in cfg else tuple(os.path.expanduser(p) for p in default)
+
+
+def _all_known_hosts(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The user's known_hosts files, then the global ones."""
+    return (_known_hosts(cfg, "userknownhostsfile", DEFAULT_KNOWN_HOSTS)
+            + _known_hosts(cfg, "globalknownhostsfile", DEFAULT_GLOBAL_KNOWN_HOSTS))
+
+
+def _number(cfg: Mapping[str, Any], key: str, default: float) -> float:
+    text = str(cfg.get(key, ""))
+    return float(text) if text.isdigit() and int(text) > 0 else default
 
 
 def resolve_endpoint(host: str, *, config_file: str = "", user: str = "", port: int = 0,
@@ -83,52 +161,32 @@ def resolve_endpoint(host: str, *, config_file: str = "", user: str = "", port: 
     Explicit ``user``/``port`` (from the target's TOML) win over the config,
     as ``ssh -l``/``-p`` do; ConnectTimeout in the config wins over the default.
     """
-    d_user, d_host, d_port = _split_destination(host)
-    cfg = _read_config(config_file).lookup(d_host)
+    short = derive_shorthand(host.removeprefix("ssh://"))
+    config = fabric_config(config_file)
+    cfg = config.base_ssh_config.lookup(short["host"])
 
     def first(key: str) -> str:
         value = cfg.get(key, "")
-        return str(value[0] if isinstance(value, list) else value)
+        text = str(value[0] if isinstance(value, list) else value)
+        return "" if text.lower() == "none" else text
 
-    def many(key: str) -> tuple[str, ...]:
-        value: Any = cfg.get(key, [])
-        items: list[str] = value if isinstance(value, list) else str(value).split()
-        return tuple(os.path.expanduser(v) for v in items if v and v.lower() != "none")
-
-    known = tuple(p for p in many("userknownhostsfile") if p != "/dev/null")
-    timeout = connect_timeout
-    if first("connecttimeout").isdigit():
-        timeout = float(first("connecttimeout"))
-    interval = DEFAULT_ALIVE_INTERVAL
-    if first("serveraliveinterval").isdigit() and int(first("serveraliveinterval")) > 0:
-        interval = float(first("serveraliveinterval"))
-    count = DEFAULT_ALIVE_COUNT
-    if first("serveralivecountmax").isdigit() and int(first("serveralivecountmax")) > 0:
-        count = int(first("serveralivecountmax"))
-    proxy_jump = first("proxyjump")
     return SshEndpoint(
-        alias=d_host,
-        hostname=first("hostname") or d_host,
-        port=port or d_port or int(first("port") or 22),
-        user=user or d_user or first("user") or _local_user(),
-        identity_files=many("identityfile"),
+        alias=short["host"],
+        hostname=first("hostname") or short["host"],
+        port=port or short["port"] or int(first("port") or 22),
+        user=user or short["user"] or first("user") or str(config.user),
+        identity_files=_values(cfg, "identityfile"),
         identities_only=first("identitiesonly").lower() == "yes",
-        known_hosts=known or (() if "userknownhostsfile" in cfg else
-                              tuple(os.path.expanduser(p) for p in DEFAULT_KNOWN_HOSTS)),
+        known_hosts=_known_hosts(cfg, "userknownhostsfile", DEFAULT_KNOWN_HOSTS),
+        global_known_hosts=_known_hosts(cfg, "globalknownhostsfile", DEFAULT_GLOBAL_KNOWN_HOSTS),
         host_key_alias=first("hostkeyalias"),
-        proxy_jump="" if proxy_jump.lower() == "none" else proxy_jump,
-        proxy_command="" if first("proxycommand").lower() == "none" else first("proxycommand"),
-        connect_timeout=timeout,
-        alive_interval=interval,
-        alive_count=count,
+        proxy_jump=first("proxyjump"),
+        proxy_command=first("proxycommand"),
+        connect_timeout=_number(cfg, "connecttimeout", connect_timeout),
+        alive_interval=_number(cfg, "serveraliveinterval", DEFAULT_ALIVE_INTERVAL),
+        alive_count=int(_number(cfg, "serveralivecountmax", DEFAULT_ALIVE_COUNT)),
         config_file=config_file,
     )
-
-
-def _local_user() -> str:
-    import getpass
-
-    return getpass.getuser()
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -140,15 +198,17 @@ def fingerprint(key: paramiko.PKey) -> str:
 class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
     """Strict host-key checking against known_hosts files; never adds a key.
 
-    Usable as ``SSHClient.set_missing_host_key_policy`` (refuses unknown
-    hosts) and, through :meth:`verify`, on a bare transport, where it also
-    refuses a changed key.
+    The files are loaded into ``keys`` (an ``SSHClient``'s own, see
+    :meth:`install`): paramiko then refuses a changed key
+    (``BadHostKeyException``, turned into :meth:`changed`) and asks this
+    policy about a host with no key on file, which it refuses.
     """
 
-    def __init__(self, files: Iterable[str], target: str | None = None) -> None:
+    def __init__(self, files: Iterable[str], target: str | None = None,
+                 keys: paramiko.HostKeys | None = None) -> None:
         self.files = tuple(files)
         self.target = target
-        self.keys = paramiko.HostKeys()
+        self.keys = keys if keys is not None else paramiko.HostKeys()
         for name in self.files:
             if os.path.isfile(name):
                 # A malformed line makes paramiko raise; the user must see which file.
@@ -158,21 +218,35 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
                     raise HostKeyError(f"cannot read known_hosts file {name}: {err}",
                                        target=target) from err
 
-    def known_types(self, name: str) -> list[str]:
-        """Key types on file for ``name`` (to prefer them in key exchange)."""
-        entry = self.keys.lookup(name)
-        return list(entry.keys()) if entry else []
+    @classmethod
+    def install(cls, conn: fabric.Connection, target: str | None = None) -> KnownHostsPolicy:
+        """Make ``conn`` and each of its ProxyJump hops check host keys strictly; ``conn``'s policy."""
+        hop: Any = conn
+        first: KnownHostsPolicy | None = None
+        while isinstance(hop, fabric.Connection):
+            cfg = hop.ssh_config
+            policy = cls(_all_known_hosts(cfg), target, hop.client.get_host_keys())
+            first = first or policy
+            alias = cfg.get("hostkeyalias", "")
+            entry: Any = policy.keys.lookup(str(alias)) if alias else None
+            for keytype, key in (entry or {}).items():  # filed under the alias: also the real name
+                policy.keys.add(_key_name(hop.host, hop.port), keytype, key)
+            hop.client.set_missing_host_key_policy(policy)
+            hop = hop.gateway
+        assert first is not None
+        return first
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
         """Called by ``SSHClient`` for a host with no key on file: refuse it."""
-        raise self._unknown(hostname, key, 22)
+        raise self.unknown(hostname, key)
 
-    def _unknown(self, name: str, key: paramiko.PKey, port: int) -> HostKeyError:
+    def unknown(self, name: str, key: paramiko.PKey) -> HostKeyError:
+        """The error for a host with no key on file."""
         files = self.files or DEFAULT_KNOWN_HOSTS
-        host = name.strip("[").split("]")[0]
+        host, _, port = name.removeprefix("[").partition("]:")
         keytype = key.get_name().removeprefix("ssh-").removeprefix("ecdsa-sha2-")
-        scan = f"ssh-keyscan -t {keytype}" + (f" -p {port}" if port != 22 else "")
+        scan = f"ssh-keyscan -t {keytype}" + (f" -p {port}" if port else "")
         return HostKeyError(
             f"host key of {name} is unknown ({key.get_name()} {fingerprint(key)}); "
             f"refusing to connect",
@@ -181,16 +255,10 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
                  f"{scan} {host} >> {files[0]}",
         )
 
-    def verify(self, name: str, key: paramiko.PKey, port: int = 22) -> None:
-        """Accept ``key`` for ``name`` or raise :class:`HostKeyError` (unknown or changed)."""
-        entry = self.keys.lookup(name)
-        if not entry:
-            raise self._unknown(name, key, port)
-        known = entry.get(key.get_name())
-        if known is not None and known.asbytes() == key.asbytes():
-            return
-        old = ", ".join(f"{k.get_name()} {fingerprint(k)}" for k in entry.values())
-        raise HostKeyError(
+    def changed(self, name: str, key: paramiko.PKey, expected: paramiko.PKey) -> HostKeyError:
+        """The error for a host whose key differs from the one on file."""
+        old = f"{expected.get_name()} {fingerprint(expected)}"
+        return HostKeyError(
             f"HOST KEY OF {name} HAS CHANGED: the board presented {key.get_name()} "
             f"{fingerprint(key)}, known_hosts holds {old}; someone may be intercepting the "
             f"connection, or the board was reflashed",
@@ -201,74 +269,79 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
         )
 
 
-@dataclass
-class _Probe:
-    """State of the liveness monitor."""
+def start_command(chan: paramiko.Channel, command: str) -> None:
+    """Send ``exec command`` on an open channel without waiting for the server's reply.
 
-    failures: int = 0
-    last_ok: float = field(default_factory=time.monotonic)
+    With want-reply false the command costs no round trip of its own; a
+    command the server refuses closes the channel, which readers see as EOF
+    without an exit status.
+    """
+    msg = paramiko.Message()
+    msg.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+    msg.add_int(chan.remote_chanid)
+    msg.add_string("exec")
+    msg.add_boolean(False)
+    msg.add_string(command)
+    transport: Any = chan.transport
+    transport._send_user_message(msg)
 
 
-class SshConnection(Connection):
-    """One authenticated SSH transport to a board; commands run on channels of it."""
+def exited(chan: paramiko.Channel) -> bool:
+    """Whether the server sent the channel's exit status.
 
-    channel_errors = (paramiko.SSHException, OSError, EOFError)
+    paramiko's ``exit_status_ready()`` is also true for a channel closed under
+    a dying transport, with the placeholder status -1; that is not an exit.
+    """
+    return bool(chan.exit_status_ready()) and chan.exit_status != -1
+
+
+class _Remote(fabric.runners.Remote):  # type: ignore[misc]
+    """Fabric's runner for ``run``, starting the command as :func:`start_command` does."""
+
+    def send_start_message(self, command: str) -> None:
+        start_command(self.channel, command)
+        if self.streams["in"] is False:
+            self.channel.shutdown_write()  # nothing will be sent: the command sees EOF
+
+
+class SshConnection(fabric.Connection):  # type: ignore[misc]
+    """A :class:`fabric.Connection` to a board with strict host keys and a liveness probe.
+
+    One serves a whole session: commands run on channels of the same
+    transport, concurrently when they are independent.  Two are equal only
+    when they are the same object (a session may hold several to one board).
+    """
+
+    # Class-level defaults: invoke's Context turns a set of an attribute it
+    # does not have into a configuration key.
+    endpoint: SshEndpoint = SshEndpoint("", "")
+    target: str | None = None
+    #: Why the connection was found dead ("" while it is alive).
+    lost_reason: str = ""
+    #: When the SSH transport was opened (epoch seconds).
+    connected_at: float = 0.0
+    _closing: threading.Event | None = None
+    _policy: KnownHostsPolicy | None = None
+    __hash__ = object.__hash__
 
     def __init__(self, endpoint: SshEndpoint, target: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"banner_timeout": endpoint.connect_timeout,
+                                  "auth_timeout": endpoint.connect_timeout}
+        if endpoint.identities_only:
+            kwargs.update(allow_agent=False, look_for_keys=False)
+        super().__init__(endpoint.alias, user=endpoint.user, port=endpoint.port,
+                         config=fabric_config(endpoint.config_file),
+                         connect_timeout=max(1, round(endpoint.connect_timeout)),
+                         connect_kwargs=kwargs)
         self.endpoint = endpoint
         self.target = target
-        self.transport: paramiko.Transport | None = None
-        self._jump: SshConnection | None = None
         self._closing = threading.Event()
-        self._monitor: threading.Thread | None = None
-        #: Why the monitor closed the transport ("" while it has not).
-        self.lost_reason = ""
-        self.connected_at = 0.0
+        self._policy = KnownHostsPolicy.install(self, target)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
 
     # -- connecting ------------------------------------------------------------------
-    def _socket(self) -> Any:
-        ep = self.endpoint
-        if ep.proxy_jump:
-            hops = [h.strip() for h in ep.proxy_jump.split(",") if h.strip()]
-            # ProxyJump a,b: reach b through a, then the target through b.
-            jump: SshConnection | None = None
-            for hop in hops:
-                user, host, port = _split_destination(hop)
-                hop_ep = resolve_endpoint(host, config_file=ep.config_file, user=user, port=port,
-                                          connect_timeout=ep.connect_timeout)
-                conn = SshConnection(hop_ep, self.target)
-                conn._jump = jump
-                conn.open()
-                jump = conn
-            assert jump is not None and jump.transport is not None
-            self._jump = jump
-            try:
-                return jump.transport.open_channel(
-                    "direct-tcpip", (ep.hostname, ep.port), ("127.0.0.1", 0),
-                    timeout=ep.connect_timeout)
-            except (paramiko.SSHException, OSError) as err:
-                raise UnreachableError(
-                    f"jump host {jump.endpoint.alias} cannot reach {ep.hostname}:{ep.port}: {err}",
-                    target=self.target) from err
-        if ep.proxy_command:
-            return paramiko.ProxyCommand(ep.proxy_command)
-        if self._jump is not None and self._jump.transport is not None:
-            return self._jump.transport.open_channel(
-                "direct-tcpip", (ep.hostname, ep.port), ("127.0.0.1", 0),
-                timeout=ep.connect_timeout)
-        try:
-            sock = socket.create_connection((ep.hostname, ep.port), timeout=ep.connect_timeout)
-        except TimeoutError as err:
-            raise UnreachableError(
-                f"connecting to {ep.display} timed out after {ep.connect_timeout:.0f} s",
-                target=self.target, hint=f"is the board on? try: {ep.ssh_command()}") from err
-        except OSError as err:
-            raise UnreachableError(
-                f"cannot connect to {ep.display}: {err.strerror or err}",
-                target=self.target, hint=f"is the board on? try: {ep.ssh_command()}") from err
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
     def open(self) -> SshConnection:
         """Connect, verify the host key, authenticate, start the liveness probe.
 
@@ -276,115 +349,101 @@ class SshConnection(Connection):
         while many clients connect, an sshd restarting) is retried within the
         connect timeout; every other failure is final.
         """
+        if self.is_connected:
+            return self
         deadline = time.monotonic() + self.endpoint.connect_timeout
         while True:
             try:
-                return self._open()
+                self._open()
+                break
             except UnreachableError as err:
                 if "banner" not in str(err) or time.monotonic() + 0.5 > deadline:
                     raise
                 time.sleep(0.2)  # back-off before the next attempt
-
-    def _open(self) -> SshConnection:
-        if self.transport is not None and self.transport.is_active():
-            return self
         ep = self.endpoint
-        policy = KnownHostsPolicy(ep.known_hosts, self.target)
-        sock = self._socket()
-        transport = paramiko.Transport(sock)
-        transport.banner_timeout = ep.connect_timeout
-        transport.handshake_timeout = ep.connect_timeout
-        # Offer the key types on file first, as OpenSSH does, so a known host is not
-        # "unknown" merely because it also has a key of a type we prefer.
-        known = policy.known_types(ep.key_name)
-        options = transport.get_security_options()
-        options.key_types = tuple([t for t in known if t in options.key_types]
-                                  + [t for t in options.key_types if t not in known])
-        try:
-            transport.start_client(timeout=ep.connect_timeout)
-        except (paramiko.SSHException, OSError, EOFError) as err:
-            transport.close()
-            raise UnreachableError(f"SSH handshake with {ep.display} failed: {err}",
-                                   target=self.target,
-                                   hint=f"try: {ep.ssh_command()}") from err
-        try:
-            policy.verify(ep.key_name, transport.get_remote_server_key(), ep.port)
-            self._authenticate(transport)
-        except BaseException:
-            transport.close()
-            raise
-        transport.set_keepalive(max(1, int(ep.alive_interval)))
-        self.transport = transport
+        self.transport.set_keepalive(max(1, int(ep.alive_interval)))
         self.lost_reason = ""
         self.connected_at = time.time()
+        assert self._closing is not None
         self._closing.clear()
-        self._monitor = threading.Thread(target=self._watch, name=f"ssh-alive-{ep.alias}",
-                                         daemon=True)
-        self._monitor.start()
+        threading.Thread(target=self._watch, args=(self.transport,),
+                         name=f"ssh-alive-{ep.alias}", daemon=True).start()
         return self
 
-    def _keys(self) -> list[tuple[str, paramiko.PKey]]:
+    def _open(self) -> None:
         ep = self.endpoint
-        found: list[tuple[str, paramiko.PKey]] = []
-        if not ep.identities_only:
-            with contextlib.suppress(paramiko.SSHException, OSError):
-                found += [(f"agent key {fingerprint(k)}", k) for k in paramiko.Agent().get_keys()]
-        files = ep.identity_files or tuple(os.path.expanduser(p) for p in DEFAULT_IDENTITIES)
-        for name in files:
-            if not os.path.isfile(name):
-                continue
-            try:
-                found.append((name, paramiko.PKey.from_path(name)))
-            except (paramiko.SSHException, OSError, ValueError):
-                continue  # passphrase-protected or unreadable: the agent may hold it
-        return found
+        if not self.gateway:
+            self.connect_kwargs["sock"] = self._socket()
+        try:
+            super().open()
+        except HilError:
+            self.client.close()
+            raise
+        except paramiko.BadHostKeyException as err:
+            self.client.close()
+            ours = err.hostname == self.host  # else a ProxyJump hop's
+            policy = self._policy if ours and self._policy else KnownHostsPolicy((), self.target)
+            name = _key_name(err.hostname, self.port) if ours else err.hostname
+            raise policy.changed(name, err.key, err.expected_key) from None
+        except paramiko.AuthenticationException as err:
+            self.client.close()
+            tried = [*(self.connect_kwargs.get("key_filename") or ()),
+                     *(["agent keys"] if self.connect_kwargs.get("allow_agent", True) else [])]
+            raise AuthRefusedError(
+                f"{ep.display} refused public-key authentication for user '{ep.user}' "
+                f"(tried: {', '.join(tried) or 'no usable key'}): {err}",
+                target=self.target,
+                hint=f"check IdentityFile/User for '{ep.alias}' in "
+                     f"{ep.config_file or '~/.ssh/config'} and the board's authorized_keys",
+            ) from None
+        except (paramiko.SSHException, OSError, EOFError) as err:
+            self.client.close()
+            via = f" through {self.gateway.original_host}" if isinstance(
+                self.gateway, fabric.Connection) else ""
+            raise UnreachableError(f"SSH connection to {ep.display}{via} failed: "
+                                   f"{getattr(err, 'strerror', None) or err}",
+                                   target=self.target, hint=f"try: {ep.ssh_command()}") from err
+        finally:
+            self.connect_kwargs.pop("sock", None)
 
-    def _authenticate(self, transport: paramiko.Transport) -> None:
+    def _socket(self) -> socket.socket:
+        """The TCP connection, with Nagle off (SSH sends small packets that wait on no ACK)."""
         ep = self.endpoint
-        tried: list[str] = []
-        for label, key in self._keys():
-            try:
-                transport.auth_publickey(ep.user, key)
-            except paramiko.AuthenticationException:
-                tried.append(label)
-                continue
-            except (paramiko.SSHException, OSError, EOFError) as err:
-                raise UnreachableError(f"connection to {ep.display} dropped during "
-                                       f"authentication: {err}", target=self.target) from err
-            if transport.is_authenticated():
-                return
-        raise AuthRefusedError(
-            f"{ep.display} refused public-key authentication for user '{ep.user}' "
-            f"(tried: {', '.join(tried) or 'no usable key'})",
-            target=self.target,
-            hint=f"check IdentityFile/User for '{ep.alias}' in "
-                 f"{ep.config_file or '~/.ssh/config'} and the board's authorized_keys",
-        )
+        hint = f"is the board on? try: {ep.ssh_command()}"
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=ep.connect_timeout)
+        except TimeoutError as err:
+            raise UnreachableError(
+                f"connecting to {ep.display} timed out after {ep.connect_timeout:.0f} s",
+                target=self.target, hint=hint) from err
+        except OSError as err:
+            raise UnreachableError(f"cannot connect to {ep.display}: {err.strerror or err}",
+                                   target=self.target, hint=hint) from err
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
-    def _watch(self) -> None:
+    def _watch(self, transport: paramiko.Transport) -> None:
         """Close the transport when ``alive_count`` probes in a row get no reply."""
         ep = self.endpoint
-        state = _Probe()
-        transport = self.transport
+        last_ok = time.monotonic()
+        assert self._closing is not None
         while not self._closing.wait(ep.alive_interval):
-            if transport is None or not transport.is_active():
+            if not transport.is_active():
                 return
             done = threading.Event()
 
-            def probe(t: paramiko.Transport = transport, ev: threading.Event = done) -> None:
+            def probe(ev: threading.Event = done) -> None:
                 with contextlib.suppress(Exception):
-                    t.global_request("keepalive@openssh.com", wait=True)
+                    transport.global_request("keepalive@openssh.com", wait=True)
                 ev.set()
 
             threading.Thread(target=probe, daemon=True).start()
-            deadline = ep.alive_interval * ep.alive_count
-            if done.wait(deadline) and transport.is_active():
-                state.failures, state.last_ok = 0, time.monotonic()
+            if done.wait(ep.alive_interval * ep.alive_count) and transport.is_active():
+                last_ok = time.monotonic()
                 continue
             if self._closing.is_set():
                 return
-            self.lost_reason = (f"no answer from {ep.display} for "
-                                f"{time.monotonic() - state.last_ok:.0f} s")
+            self.lost_reason = f"no answer from {ep.display} for {time.monotonic() - last_ok:.0f} s"
             with contextlib.suppress(Exception):
                 transport.close()
             return
@@ -393,26 +452,24 @@ class SshConnection(Connection):
     @property
     def alive(self) -> bool:
         """Whether the transport is up (the probe closes it when the board stops answering)."""
-        return self.transport is not None and self.transport.is_active()
+        return bool(self.is_connected)
 
-    def _require(self) -> paramiko.Transport:
-        if self.transport is None:
-            self.open()
-        assert self.transport is not None
-        if not self.transport.is_active():
-            raise ConnectionLostError(self.lost_reason or f"connection to {self.endpoint.display} "
-                                      "lost", target=self.target)
-        return self.transport
+    @property
+    def host_key(self) -> str:
+        """The board's host key as ``type SHA256:...``."""
+        key = self.transport.get_remote_server_key() if self.transport is not None else None
+        return f"{key.get_name()} {fingerprint(key)}" if key is not None else "?"
 
     def close(self) -> None:
-        """Close the transport (and jump hosts); idempotent."""
-        self._closing.set()
-        if self.transport is not None:
-            with contextlib.suppress(Exception):
-                self.transport.close()
-        if self._jump is not None:
-            self._jump.close()
-            self._jump = None
+        """Close the transport and those of the ProxyJump hops (idempotent)."""
+        if self._closing is not None:
+            self._closing.set()
+        super().close()
+        self.client.close()  # also when the transport died (Fabric then skips it)
+        hop = self.gateway
+        while isinstance(hop, fabric.Connection):
+            hop.close()
+            hop = hop.gateway
 
     def kill_socket(self) -> None:
         """Drop the TCP connection abruptly, as a crashed client would (used by tests)."""
@@ -421,45 +478,183 @@ class SshConnection(Connection):
                 self.transport.sock.shutdown(socket.SHUT_RDWR)
         self.close()
 
+    def _lost(self, what: str) -> ConnectionLostError:
+        return ConnectionLostError(self.lost_reason or what, target=self.target)
+
     # -- commands --------------------------------------------------------------------
-    @property
-    def host_key(self) -> str:
-        """The board's host key as ``type SHA256:...``."""
-        key = self.transport.get_remote_server_key() if self.transport is not None else None
-        return f"{key.get_name()} {fingerprint(key)}" if key is not None else "?"
+    def run(self, command: str, **kwargs: Any) -> fabric.Result:
+        """Fabric's ``run`` (hidden, ``warn``, stdin closed); a timeout or lost link raise.
 
-    def open_channel(self, *, timeout: float | None = None) -> paramiko.Channel:
-        """A new session channel, with no command yet (one round trip)."""
-        transport = self._require()
-        try:
-            return transport.open_session(timeout=timeout or self.endpoint.connect_timeout)
-        except (paramiko.SSHException, OSError, EOFError) as err:
-            raise ConnectionLostError(
-                self.lost_reason or f"cannot open a channel to {self.endpoint.display}: {err}",
-                target=self.target) from err
-
-    def start(self, chan: paramiko.Channel, command: str) -> paramiko.Channel:
-        """Send ``exec command`` on an open channel without waiting for the server's reply.
-
-        With want-reply false the command costs no round trip of its own; a
-        command the server refuses closes the channel, which readers see as EOF
-        without an exit status.
+        ``timeout`` (seconds) raises :class:`HilError` naming the command;
+        a connection that dies under it, :class:`ConnectionLostError`.
         """
-        transport = self._require()
         try:
-            msg = paramiko.Message()
-            msg.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
-            msg.add_int(chan.remote_chanid)
-            msg.add_string("exec")
-            msg.add_boolean(False)
-            msg.add_string(command)
-            transport._send_user_message(msg)  # type: ignore[attr-defined]
+            result = super().run(command, **kwargs)
+        except CommandTimedOut as err:
+            raise HilError(f"remote command timed out after {err.timeout:.0f} s",
+                           target=self.target, command=command) from None
+        except (paramiko.SSHException, OSError, EOFError, ThreadException) as err:
+            raise self._lost(f"connection to {self.endpoint.display} lost: {err}") from err
+        if result.exited == -1 and not self.alive:
+            raise self._lost(f"connection to {self.endpoint.display} lost")
+        return result
+
+    def exec(self, command: str, *, timeout: float | None = None) -> paramiko.Channel:
+        """Start ``command`` on a new channel of the transport; read its output from the channel.
+
+        One round trip (the channel's opening); the connection opens first if
+        it is not open yet.
+        """
+        if self.transport is None:
+            self.open()
+        if not self.alive:
+            raise self._lost(f"connection to {self.endpoint.display} lost")
+        try:
+            chan: paramiko.Channel = self.transport.open_session(
+                timeout=timeout or self.endpoint.connect_timeout)
+            start_command(chan, command)
         except (paramiko.SSHException, OSError, EOFError) as err:
-            raise ConnectionLostError(
-                self.lost_reason or f"cannot start a command on {self.endpoint.display}: {err}",
-                target=self.target) from err
+            raise self._lost(f"cannot start a command on {self.endpoint.display}: {err}") from err
         return chan
 
-    def exec(self, command: str, *, timeout: float | None = None) -> Channel:
-        """Start ``command`` on a new channel (one round trip: the channel's opening)."""
-        return self.start(self.open_channel(timeout=timeout), command)
+    def stream(self, chan: paramiko.Channel, on_stdout: ByteSink, on_stderr: ByteSink, *,
+               deadline: float | None = None, tick: Callable[[], None] | None = None) -> int:
+        """Pump a channel's output to the sinks as it arrives until it exits; its exit status.
+
+        Raises :class:`ConnectionLostError` when the transport dies first and
+        :class:`TimeoutError` at ``deadline`` (``time.monotonic()`` based).
+        A command killed by a signal returns -1.
+        """
+        fd = chan.fileno()
+        while True:
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            with contextlib.suppress(OSError, ValueError):
+                select.select([fd], [], [], wait)
+            got = _drain(chan, on_stdout, on_stderr)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError
+            if got:
+                continue
+            # Read "closed" before the exit status: a status always arrives before the
+            # close, so a channel seen closed here has its status, if it got one.
+            closed = chan.closed
+            if exited(chan) and (chan.eof_received or closed):
+                _drain(chan, on_stdout, on_stderr)  # what raced with the exit status
+                return int(chan.recv_exit_status())
+            if not self.alive:
+                if exited(chan):
+                    return int(chan.recv_exit_status())
+                raise self._lost(f"connection to {self.endpoint.display} lost")
+            if closed:
+                # Closed on a live connection without an exit status: the command
+                # was killed by a signal (sshd sends exit-signal, which paramiko drops).
+                return -1
+            if tick is not None:
+                tick()
+
+
+def _drain(chan: paramiko.Channel, on_stdout: ByteSink, on_stderr: ByteSink) -> bool:
+    """Pass what ``chan`` holds on stdout and stderr to the sinks; whether there was any."""
+    got = False
+    for ready, recv, sink in ((chan.recv_ready, chan.recv, on_stdout),
+                              (chan.recv_stderr_ready, chan.recv_stderr, on_stderr)):
+        while ready():
+            data = recv(1 << 16)
+            if not data:
+                break
+            sink(data)
+            got = True
+    return got
+
+
+# -- a session's connection, opened ahead ------------------------------------------------
+
+_ahead: dict[tuple[Any, ...], Future[SshConnection]] = {}
+_ahead_lock = threading.Lock()
+
+
+def _key(spec: TargetSpec) -> tuple[Any, ...]:
+    ssh = spec.ssh
+    return (spec.name, ssh.host, ssh.config, ssh.user, ssh.port, spec.timeouts.connect)
+
+
+def _open(spec: TargetSpec) -> SshConnection:
+    ssh = spec.ssh
+    ep = resolve_endpoint(ssh.host, config_file=ssh.config, user=ssh.user, port=ssh.port,
+                          connect_timeout=spec.timeouts.connect)
+    return SshConnection(ep, spec.name).open()
+
+
+def connect_in_background(spec: TargetSpec) -> None:
+    """Start opening ``spec``'s connection on a thread, for :func:`connect` to take up.
+
+    Called at configure time, so that the handshake's round trips overlap the
+    rest of the local start-up.  A failure is kept and raised by :func:`connect`;
+    a connection nobody takes is closed at exit.
+    """
+    future: Future[SshConnection] = Future()
+    with _ahead_lock:
+        if _key(spec) in _ahead:
+            return
+        _ahead[_key(spec)] = future
+
+    def opening() -> None:
+        try:
+            future.set_result(_open(spec))
+        except BaseException as err:  # handed to connect(), in the caller's thread
+            future.set_exception(err)
+
+    threading.Thread(target=opening, name=f"ssh-connect-{spec.name}", daemon=True).start()
+
+
+def connect(spec: TargetSpec) -> SshConnection:
+    """``spec``'s connection: the one opened ahead (waiting for it) when alive, else a new one."""
+    with _ahead_lock:
+        future = _ahead.pop(_key(spec), None)
+    if future is not None:
+        conn = future.result()  # raises what the attempt raised (host key, auth, ...)
+        if conn.alive:
+            return conn
+        conn.close()
+    return _open(spec)
+
+
+@atexit.register
+def _close_ahead() -> None:
+    with _ahead_lock:
+        futures = list(_ahead.values())
+        _ahead.clear()
+    for future in futures:
+        if future.done() and future.exception() is None:
+            future.result().close()
+
+
+# -- several boards ----------------------------------------------------------------------
+
+def _open_board(name: str, endpoint: SshEndpoint) -> SshConnection:
+    return SshConnection(endpoint, name).open()
+
+
+def open_boards(boards: Mapping[str, SshEndpoint]
+                ) -> tuple[fabric.ThreadingGroup, dict[str, HilError]]:
+    """Open a connection to every board at once (board name -> endpoint).
+
+    Returns a :class:`fabric.ThreadingGroup` of those that opened (its
+    ``run`` goes to all of them in parallel and maps each connection to its
+    ``Result``; the board's name is the connection's ``target``) and the error
+    of each board that did not open, by name.
+    """
+    opened: list[SshConnection] = []
+    failed: dict[str, HilError] = {}
+    if boards:
+        with ThreadPoolExecutor(max_workers=min(32, len(boards))) as pool:
+            futures = {name: pool.submit(_open_board, name, ep) for name, ep in boards.items()}
+        for name, future in futures.items():
+            err = future.exception()
+            if err is None:
+                opened.append(future.result())
+            elif isinstance(err, HilError):
+                failed[name] = err
+            else:
+                failed[name] = UnreachableError(f"cannot connect: {err}", target=name)
+    return fabric.ThreadingGroup.from_connections(opened), failed

@@ -3,7 +3,7 @@
 rsync runs locally as usual, but its remote shell (``-e``) is a tiny helper
 that hands the remote command to this process through a Unix socket; this
 process runs it on a new channel of the already-open, already-verified
-paramiko transport and pumps the bytes.  So a sync costs no new TCP
+Fabric connection's transport and pumps the bytes.  So a sync costs no new TCP
 connection, key exchange or authentication (about six round trips each on
 the OpenSSH path), the host key was checked once, and there is one
 connection to watch for liveness.
@@ -41,8 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paramiko
+
 from hil.errors import ConfigError, SyncFailedError
-from hil.sshbase import Channel, Connection, ConnectionLostError, exited
+from hil.sshconn import ConnectionLostError, SshConnection, exited
 
 #: The remote-shell helper rsync starts: it forwards its argv, stdin and stdout
 #: to the controller's socket.  Standard library only, run with ``python3 -S``.
@@ -270,7 +272,7 @@ def include_rules(paths: Sequence[str]) -> bytes:
 class RsyncTunnel:
     """Lets a local rsync use the session's SSH connection as its remote shell."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: SshConnection) -> None:
         self.conn = conn
         self._tmp = tempfile.TemporaryDirectory(prefix="hil-rsync-")
         self.socket_path = os.path.join(self._tmp.name, "s")
@@ -322,7 +324,7 @@ class RsyncTunnel:
             with contextlib.suppress(OSError):
                 client.close()
 
-    def _pump(self, client: socket.socket, chan: Channel, pending: bytes) -> None:
+    def _pump(self, client: socket.socket, chan: paramiko.Channel, pending: bytes) -> None:
         """Relay until the remote ends, then note its stderr and exit status in
         :attr:`remote_stderr` *before* rsync sees the end, so its failure has them."""
         if pending:
@@ -395,7 +397,7 @@ class RsyncTunnel:
 class Rsync:
     """Runs local rsync commands through a :class:`RsyncTunnel`."""
 
-    def __init__(self, conn: Connection, target: str | None = None) -> None:
+    def __init__(self, conn: SshConnection, target: str | None = None) -> None:
         self.conn = conn
         self.target = target
         self._tunnel: RsyncTunnel | None = None

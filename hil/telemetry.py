@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hil.sshbase import Connection
+from hil.sshconn import SshConnection
 
 INTERVAL_MS = 500
 NVIDIA_SMI_FIELDS = ("timestamp", "utilization.gpu", "memory.used", "temperature.gpu",
@@ -79,7 +79,7 @@ def parse_sample(tool: str, line: str,
 class Telemetry:
     """Samples the board on its own channel and writes ``telemetry.jsonl``."""
 
-    def __init__(self, conn: Connection, tool: str, path: Path,
+    def __init__(self, conn: SshConnection, tool: str, path: Path,
                  interval_ms: int = INTERVAL_MS) -> None:
         self.conn = conn
         self.tool = tool
