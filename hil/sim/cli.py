@@ -58,15 +58,15 @@ def _all_parts_up(status: dict[str, Any]) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out ``hil sim ACTION``; returns the exit code."""
+    if args.boards is not None and args.action != "up":
+        print(f"hil sim: --boards goes with up, not {args.action}", file=sys.stderr)
+        return int(ExitCode.USAGE_ERROR)
     rig = Rig()
     rig.check_supported()
     if args.action == "status":
         status = rig.status()
         print(json.dumps(status, indent=2) if args.json else _render(status))
         return 0 if status["up"] == _all_parts_up(status) else 1
-    if args.boards is not None and args.action != "up":
-        print(f"hil sim: --boards goes with up, not {args.action}", file=sys.stderr)
-        return int(ExitCode.USAGE_ERROR)
     if args.action == "up":
         rig.up(boards=args.boards)
     elif args.action == "down":

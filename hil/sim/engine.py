@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hil.errors import EngineDownError
@@ -25,11 +26,20 @@ from hil.sim.layout import EngineLayout
 class DockerEngine:
     """Starts, stops and talks to one dockerd with its own socket, data and exec roots."""
 
-    def __init__(self, layout: EngineLayout, *, group: str, runtimes: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        layout: EngineLayout,
+        *,
+        group: str,
+        runtimes: Sequence[str] = (),
+        config: Mapping[str, object] | None = None,
+    ) -> None:
         self.layout = layout
         self.group = group
         #: Extra runtime names, each mapped to runc (``--add-runtime NAME=runc``).
         self.runtimes = tuple(runtimes)
+        #: What the engine's private daemon.json holds (empty by default).
+        self.config = dict(config or {})
 
     @property
     def name(self) -> str:
@@ -87,7 +97,7 @@ class DockerEngine:
             directory.mkdir(parents=True, exist_ok=True)
         lay.config_file.parent.mkdir(parents=True, exist_ok=True)
         # A private daemon.json keeps the host's /etc/docker/daemon.json out of the rig.
-        lay.config_file.write_text(json.dumps({}) + "\n")
+        lay.config_file.write_text(json.dumps(self.config) + "\n")
         lay.pidfile.unlink(missing_ok=True)
         spawn_detached(self.command(), lay.log)
         try:
@@ -158,3 +168,17 @@ def df_free_mb(path: Path) -> int:
     """Free space (for unprivileged users, as ``df`` shows it) at ``path``, in MiB."""
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize // (1024 * 1024)
+
+
+def own_identity_config(key_path: Path) -> dict[str, object]:
+    """daemon.json keys that give an engine an ID of its own (``docker info``'s ``ID``).
+
+    dockerd before 23 derives its ID from ``/etc/docker/key.json``, shared by
+    every engine of the host unless ``deprecated-key-path`` names another;
+    from 23 on the ID lives in the data root and needs nothing.
+    """
+    done = run(["dockerd", "--version"], check=False)
+    found = re.search(r"version (\d+)\.", done.stdout)
+    if found is None or int(found.group(1)) >= 23:
+        return {}
+    return {"deprecated-key-path": str(key_path)}

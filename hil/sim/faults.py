@@ -8,6 +8,10 @@ turns each pair into a ``with`` block that holds the board's fault lock, so two
 test sessions sharing the rig inject faults on one board one at a time.  A
 block's lock also tells ``restore`` and a repairing ``up`` that a live session
 owns the fault: a crashed holder's lock is gone with it.
+
+A fault injected with a plain method holds the lock too, from the injection
+until the last such fault of the object is restored, so no other process's
+``up`` or ``restore`` undoes it half-way either.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ class BoardFaults:
 
     _fault_depth: int = 0
     _fault_fd: int | None = None
+    #: True while plain injections (not a ``with`` block) hold one level of the lock.
+    _fault_hold: bool = False
+    _injected: set[str]
 
     @property
     def fault_lock_path(self) -> Path:
@@ -91,9 +98,7 @@ class BoardFaults:
             return False
         return True
 
-    @contextlib.contextmanager
-    def fault_lock(self, timeout: float = 600.0) -> Iterator[None]:
-        """Hold the board's fault lock for the block (waits up to ``timeout``); re-entrant."""
+    def _acquire(self, timeout: float) -> None:
         if self._fault_depth == 0:
             fd = self._open_lock()
             try:
@@ -104,13 +109,42 @@ class BoardFaults:
                 raise
             self._fault_fd = fd
         self._fault_depth += 1
+
+    def _release(self) -> None:
+        self._fault_depth -= 1
+        if self._fault_depth == 0 and self._fault_fd is not None:
+            os.close(self._fault_fd)  # releases the flock
+            self._fault_fd = None
+
+    @contextlib.contextmanager
+    def fault_lock(self, timeout: float = 600.0) -> Iterator[None]:
+        """Hold the board's fault lock for the block (waits up to ``timeout``); re-entrant."""
+        self._acquire(timeout)
         try:
             yield
         finally:
-            self._fault_depth -= 1
-            if self._fault_depth == 0 and self._fault_fd is not None:
-                os.close(self._fault_fd)  # releases the flock
-                self._fault_fd = None
+            self._release()
+
+    def _inject(self, fault: str) -> None:
+        """Record ``fault`` as injected by this object; the first one takes the lock."""
+        if not self._fault_hold:
+            self._acquire(600.0)
+            self._fault_hold = True
+        self._injected.add(fault)
+
+    def _restored(self, fault: str) -> None:
+        """``fault`` is undone; when none is left, the injections' hold on the lock goes."""
+        self._injected.discard(fault)
+        if not self._injected and self._fault_hold:
+            self._fault_hold = False
+            self._release()
+
+    def _forget_injected(self) -> None:
+        """The board is gone (``down``): nothing is left to restore, the hold goes."""
+        self._injected.clear()
+        if self._fault_hold:
+            self._fault_hold = False
+            self._release()
 
     @contextlib.contextmanager
     def fault_lock_if_free(self) -> Iterator[bool]:

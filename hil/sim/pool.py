@@ -27,7 +27,7 @@ from hil.errors import ExitCode, HilError, TargetUnhealthyError
 from hil.sim._proc import wait_until
 from hil.sim.board import Board
 from hil.sim.disk import EngineDisk
-from hil.sim.engine import DockerEngine
+from hil.sim.engine import DockerEngine, own_identity_config
 from hil.sim.faults import BoardFaults
 from hil.sim.images import DIGEST_LABEL, ImageCache
 from hil.sim.layout import MAX_POOL_BOARDS, RigLayout
@@ -102,7 +102,12 @@ class PoolBoard(BoardFaults):
 
     def __init__(self, layout: RigLayout) -> None:
         self.layout = layout
-        self.engine = DockerEngine(layout.jetson, group=layout.docker_group, runtimes=("nvidia",))
+        self.engine = DockerEngine(
+            layout.jetson,
+            group=layout.docker_group,
+            runtimes=("nvidia",),
+            config=own_identity_config(layout.board_dir / "key.json"),
+        )
         self.board = Board(layout)
         self.network = BoardNetwork(layout)
         self.disk = EngineDisk(
@@ -193,7 +198,7 @@ class PoolBoard(BoardFaults):
         if self.network.namespace_exists() or self.network.link_exists():
             self.network.remove()
             stopped.append("namespace and link")
-        self._injected.clear()
+        self._forget_injected()
         return stopped
 
     # -- status -------------------------------------------------------------
@@ -249,53 +254,53 @@ class PoolBoard(BoardFaults):
 
     def stop_sshd(self) -> None:
         """Stop the board's sshd (open sessions survive, new connections are refused)."""
-        self._injected.add("sshd")
+        self._inject("sshd")
         self.board.stop_sshd()
 
     def start_sshd(self) -> None:
         """Start the board's sshd again and wait until it listens."""
         self.board.start_sshd()
-        self._injected.discard("sshd")
+        self._restored("sshd")
 
     def cut_link(self) -> None:
         """Cut the board's link: packets to the board vanish (connects time out)."""
-        self._injected.add("link")
+        self._inject("link")
         self.network.cut()
 
     def restore_link(self) -> None:
         """Restore the board's link."""
         self.network.restore()
-        self._injected.discard("link")
+        self._restored("link")
 
     def set_netem(self, delay_ms: float = 0, loss_pct: float = 0) -> str:
         """Delay packets ``delay_ms`` each way and drop ``loss_pct`` %; returns the mechanism."""
-        self._injected.add("netem")
+        self._inject("netem")
         return self.network.set_netem(delay_ms, loss_pct)
 
     def clear_netem(self) -> None:
         """Remove delay and loss from the board's link."""
         self.network.clear_netem()
-        self._injected.discard("netem")
+        self._restored("netem")
 
     def stop_jetson_engine(self) -> None:
         """Stop the board's engine (its dockerd)."""
-        self._injected.add("engine")
+        self._inject("engine")
         self.engine.stop()
 
     def start_jetson_engine(self) -> None:
         """Start the board's engine again and wait until it answers."""
         self.engine.start()
-        self._injected.discard("engine")
+        self._restored("engine")
 
     def limit_engine_disk(self, free_mb: int) -> int:
         """Leave the board engine's data root only ``free_mb`` MiB free; returns df's figure."""
-        self._injected.add("disk")
+        self._inject("disk")
         return self.disk.limit(free_mb)
 
     def restore_engine_disk(self) -> None:
         """Give the board's engine its whole disk back."""
         self.disk.restore()
-        self._injected.discard("disk")
+        self._restored("disk")
 
     def restore_injected(self) -> None:
         """Undo every fault this object injected and has not restored."""
@@ -389,8 +394,8 @@ class BoardPool:
             board.board.prepare()
         return [b.board for b in chosen]
 
-    def up(self, boards: int, images: PoolImages) -> dict[str, list[str]]:
-        """Bring boards 1..``boards`` up at once and any beyond down; returns what each did.
+    def up(self, boards: int, images: PoolImages) -> dict[str, str]:
+        """Bring boards 1..``boards`` up at once and any beyond down; says what each did, by alias.
 
         A board inside another session's fault block is left as it is.
         """
@@ -398,16 +403,19 @@ class BoardPool:
         self.layout.pool_size_file.parent.mkdir(parents=True, exist_ok=True)
         self.layout.pool_size_file.write_text(f"{boards}\n")
         extra = [self.board(i) for i in range(boards + 1, MAX_POOL_BOARDS + 1) if self.board(i).traces()]
-        gone = {b.ssh_alias: ["took it down"] for b in extra}
+        gone = {b.ssh_alias: "took it down" for b in extra}
         _each(extra, PoolBoard.down)
 
-        def bring_up(board: PoolBoard) -> list[str]:
+        def bring_up(board: PoolBoard) -> str:
             with board.fault_lock_if_free() as free:
-                return board.up(images) if free else ["nothing (a fault block holds it)"]
+                if not free:
+                    return "left as it is (a live session's fault holds it)"
+                done = board.up(images)
+                return f"started {', '.join(done)}" if done else ""
 
         chosen = [self.board(i) for i in range(1, boards + 1)]
-        started = _each(chosen, bring_up)
-        return {**gone, **{b.ssh_alias: done for b, done in zip(chosen, started, strict=True) if done}}
+        said = _each(chosen, bring_up)
+        return {**gone, **{b.ssh_alias: text for b, text in zip(chosen, said, strict=True) if text}}
 
     def down(self) -> list[str]:
         """Take every pool board down (those beyond N too); returns the boards stopped."""

@@ -292,20 +292,20 @@ class Rig(BoardFaults):
                 if free:
                     done += self._board_up(cache)
                 else:
-                    _say(f"{lay.ssh_alias}: left as it is (another session's fault block holds it)")
+                    _say(f"{lay.ssh_alias}: left as it is (a live session's fault holds it)")
                     if cache.ensure_images_needed(self.colima, l4t=False):
                         cache.ensure_tarball()
                         done += [f"{img} (colima)" for img in cache.ensure_images(self.colima, l4t=False)]
             board0_s = time.monotonic() - started
-            pool_done: dict[str, list[str]] = {}
+            pool_done: dict[str, str] = {}
             if pool_size or boards is not None:
                 pool_done = self.pool.up(pool_size, PoolImages(cache, self.jetson))
             self._marker.write_text(f"{self.state_dir}\n")
         took = time.monotonic() - started
         if done:
             _say(f"up in {board0_s:.1f} s: started {', '.join(done)}")
-        for alias, parts in pool_done.items():
-            _say(f"{alias}: {'' if parts == ['took it down'] else 'started '}{', '.join(parts)}")
+        for alias, said in pool_done.items():
+            _say(f"{alias}: {said}")
         if pool_size and (pool_done or done):
             _say(f"up in {took:.1f} s with {pool_size} pool board(s) "
                  f"({', '.join(b.ssh_alias for b in self.pool.boards)})")
@@ -498,23 +498,23 @@ class Rig(BoardFaults):
 
     def stop_sshd(self) -> None:
         """Stop the board's sshd (open sessions survive, new connections are refused)."""
-        self._injected.add("sshd")
+        self._inject("sshd")
         self.board.stop_sshd()
 
     def start_sshd(self) -> None:
         """Start the board's sshd again and wait until it listens."""
         self.board.start_sshd()
-        self._injected.discard("sshd")
+        self._restored("sshd")
 
     def cut_link(self) -> None:
         """Cut the board's link: packets to the board vanish (connects time out)."""
-        self._injected.add("link")
+        self._inject("link")
         self.network.cut()
 
     def restore_link(self) -> None:
         """Restore the board's link."""
         self.network.restore()
-        self._injected.discard("link")
+        self._restored("link")
 
     def set_netem(self, delay_ms: float = 0, loss_pct: float = 0) -> str:
         """Delay packets ``delay_ms`` each way and drop ``loss_pct`` %; returns the mechanism.
@@ -522,33 +522,33 @@ class Rig(BoardFaults):
         ``tc netem`` on both veth ends where the kernel has it, else an
         iptables NFQUEUE served by :mod:`hil.sim.nfqueue` (same effect).
         """
-        self._injected.add("netem")
+        self._inject("netem")
         return self.network.set_netem(delay_ms, loss_pct)
 
     def clear_netem(self) -> None:
         """Remove delay and loss from the board's link."""
         self.network.clear_netem()
-        self._injected.discard("netem")
+        self._restored("netem")
 
     def stop_jetson_engine(self) -> None:
         """Stop the jetson engine (the board's dockerd)."""
-        self._injected.add("engine")
+        self._inject("engine")
         self.jetson.stop()
 
     def start_jetson_engine(self) -> None:
         """Start the jetson engine again and wait until it answers."""
         self.jetson.start()
-        self._injected.discard("engine")
+        self._restored("engine")
 
     def limit_engine_disk(self, free_mb: int) -> int:
         """Leave the jetson engine's data root only ``free_mb`` MiB free; returns df's figure."""
-        self._injected.add("disk")
+        self._inject("disk")
         return self.disk.limit(free_mb)
 
     def restore_engine_disk(self) -> None:
         """Give the jetson engine its whole disk back."""
         self.disk.restore()
-        self._injected.discard("disk")
+        self._restored("disk")
 
     @property
     def fault_lock_path(self) -> Path:
@@ -584,6 +584,6 @@ class Rig(BoardFaults):
                     self._injected.discard("disk")
                 self.restore_injected()
             else:
-                _say(f"{self.layout.ssh_alias}: fault left in place (another session's fault block holds it)")
+                _say(f"{self.layout.ssh_alias}: fault left in place (a live session's fault holds it)")
         for alias in self.pool.restore_faults():
-            _say(f"{alias}: fault left in place (another session's fault block holds it)")
+            _say(f"{alias}: fault left in place (a live session's fault holds it)")
