@@ -385,19 +385,12 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
             policy = self._policy if ours and self._policy else KnownHostsPolicy((), self.target)
             name = _key_name(err.hostname, self.port) if ours else err.hostname
             raise policy.changed(name, err.key, err.expected_key) from None
-        except paramiko.AuthenticationException as err:
-            self.client.close()
-            tried = [*(self.connect_kwargs.get("key_filename") or ()),
-                     *(["agent keys"] if self.connect_kwargs.get("allow_agent", True) else [])]
-            raise AuthRefusedError(
-                f"{ep.display} refused public-key authentication for user '{ep.user}' "
-                f"(tried: {', '.join(tried) or 'no usable key'}): {err}",
-                target=self.target,
-                hint=f"check IdentityFile/User for '{ep.alias}' in "
-                     f"{ep.config_file or '~/.ssh/config'} and the board's authorized_keys",
-            ) from None
         except (paramiko.SSHException, OSError, EOFError) as err:
             self.client.close()
+            if isinstance(err, paramiko.AuthenticationException) or (
+                    isinstance(err, paramiko.SSHException)
+                    and "authentication" in str(err).lower()):  # "no ... methods available"
+                raise self._auth_refused(err) from None
             via = f" through {self.gateway.original_host}" if isinstance(
                 self.gateway, fabric.Connection) else ""
             raise UnreachableError(f"SSH connection to {ep.display}{via} failed: "
@@ -405,6 +398,18 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
                                    target=self.target, hint=f"try: {ep.ssh_command()}") from err
         finally:
             self.connect_kwargs.pop("sock", None)
+
+    def _auth_refused(self, err: Exception) -> AuthRefusedError:
+        ep = self.endpoint
+        tried = [*(self.connect_kwargs.get("key_filename") or ()),
+                 *(["agent keys"] if self.connect_kwargs.get("allow_agent", True) else [])]
+        return AuthRefusedError(
+            f"{ep.display} refused public-key authentication for user '{ep.user}' "
+            f"(tried: {', '.join(tried) or 'no usable key'}): {err}",
+            target=self.target,
+            hint=f"check IdentityFile/User for '{ep.alias}' in "
+                 f"{ep.config_file or '~/.ssh/config'} and the board's authorized_keys",
+        )
 
     def _socket(self) -> socket.socket:
         """The TCP connection, with Nagle off (SSH sends small packets that wait on no ACK)."""
