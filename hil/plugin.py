@@ -127,6 +127,28 @@ def _exit_on(err: HilError) -> None:
     pytest.exit(f"hil: {err}", returncode=int(err.exit_code))
 
 
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """An ssh target's connection starts opening now, in the background.
+
+    Its handshake then overlaps the loading of conftests and the configure
+    hooks; the session takes it up (:func:`hil.sshconn.connect`).  Anything
+    wrong with the target is left for configure to report.
+    """
+    ns = early_config.known_args_namespace
+    if getattr(ns, "hil_plan", False) or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    name = getattr(ns, "hil_target", None) or os.environ.get("HIL_TARGET") or DEFAULT_TARGET
+    folder = getattr(ns, "hil_targets", None)
+    try:
+        spec = load_inventory(early_config.rootpath, Path(folder) if folder else None).get(name)
+    except ConfigError:
+        return
+    if spec.kind == "ssh":
+        from hil.sshconn import connect_in_background
+
+        connect_in_background(spec)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     register_markers(config)
