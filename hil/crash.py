@@ -100,7 +100,7 @@ class CrashReport:
         if outcome == "failed":
             path = os.path.join(self.feeder.root, str(location[0]))
             lines = [f"the interpreter running {self.nodeid} ended ({self.how}) before the "
-                     "test did; its output so far is below\n"]
+                     "test did" + ("; its output so far is below\n" if sections else "\n")]
             longrepr = {
                 "reprcrash": {"path": path, "lineno": int(location[1] or 0) + 1,
                               "message": self.message},

@@ -54,7 +54,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.TARGET_UNHEALTHY: "target unhealthy: declared tier not served (no CUDA), bad board",
     ExitCode.IMAGE_BUILD_FAILED: "building the dependencies image failed",
     ExitCode.SYNC_FAILED: "syncing the checkout to the target failed",
-    ExitCode.RUN_LOST: "run lost mid-way: connection dropped, container killed or OOM",
+    ExitCode.RUN_LOST: ("run lost mid-way: connection dropped, container killed or OOM, "
+                        "a test crashed past the resume limit"),
     ExitCode.RUN_TIMED_OUT: "run timed out",
     ExitCode.DEVICE_BUSY: "device busy: the board's lease was not acquired in time",
 }

@@ -386,19 +386,27 @@ class TerminalProgress(Progress):
 
     def __init__(self, config: pytest.Config, log: list[str]) -> None:
         super().__init__(quiet=config.get_verbosity() < -1)
+        self.config = config
         self.tw = config.get_terminal_writer()
         self.log = log
-        self._at_line_start = True
 
     def step(self, message: str) -> None:
         self.log.append(f"hil: {message}")
         if not self.quiet:
-            self.tw.line(f"hil: {message}", cyan=True)
+            terminal_line(self.config, f"hil: {message}", cyan=True)
 
     def detail(self, message: str) -> None:
         self.log.append(f"  | {message}")
         if not self.quiet:
             self.tw.line(f"  | {message}")
+
+
+def terminal_line(config: pytest.Config, text: str, **markup: bool) -> None:
+    """One line on pytest's terminal, on a line of its own (also amid a file's progress)."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal.ensure_newline()
+    config.get_terminal_writer().line(text, **markup)
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -593,7 +601,7 @@ class RemoteSession:
                         stderr_log.flush()
                         text = data.decode("utf-8", "replace").rstrip("\n")
                         if text:
-                            self.config.get_terminal_writer().line(text, yellow=True)
+                            terminal_line(self.config, text, yellow=True)
 
                     self.exitstatus = self._run_tests(session, backend, image, feeder,
                                                       on_stderr, progress)
@@ -714,8 +722,8 @@ class RemoteSession:
             # pytest in the container stopped before its first event (an option it does not
             # know, a bad ini file, a plugin that fails to import): its own code, and its
             # reason is on its standard error, shown above as it came.
-            self.config.get_terminal_writer().line(
-                f"hil: pytest in the container stopped before its session started "
+            terminal_line(
+                self.config, f"hil: pytest in the container stopped before its session started "
                 f"(exit {feeder.exit_code}); its standard error is above and in "
                 f"{os.path.relpath(self.run_dir / 'stderr.log')}", red=True)
             return feeder.exit_code
@@ -739,7 +747,7 @@ class RemoteSession:
     def _fail(self, err: HilError) -> None:
         self.error = err
         self.exitstatus = int(err.exit_code)
-        self.config.get_terminal_writer().line(f"hil: error: {err.details()}", red=True, bold=True)
+        terminal_line(self.config, f"hil: error: {err.details()}", red=True, bold=True)
         (self.run_dir / "error.json").write_text(json.dumps({
             "kind": err.kind, "exit_code": int(err.exit_code), "message": str(err),
             "target": self.spec.name, "tail": err.tail}, indent=1), encoding="utf-8")
