@@ -455,8 +455,13 @@ def publish_results(fetched: Path, dest: Path, stale: list[Path]) -> None:
 
 
 def new_run_id(target: str) -> str:
-    """``20261122-103012-colima-1a2b``: sortable, unique, names the target."""
-    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{target}-{uuid.uuid4().hex[:4]}"
+    """``20261122-103012.345-colima-1a2b``: sorts in start order, unique, names the target.
+
+    Milliseconds: two runs a second apart (quick ones) still sort in the order they ran.
+    """
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{stamp}.{int(now * 1000) % 1000:03d}-{target}-{uuid.uuid4().hex[:4]}"
 
 
 @contextlib.contextmanager
@@ -647,10 +652,9 @@ class RemoteSession:
             stderr_at = (self.run_dir / "stderr.log").stat().st_size
             end = backend.run(self.plan, image, feeder.feed, on_stderr)
             feeder.close()
-            crash = self._crash(feeder, end)
-            if crash is not None:
+            if self._worker_died(feeder, end):
                 with self._phase("fetch"):
-                    backend.fetch(self.plan)  # results that did not come back with the run
+                    backend.fetch(self.plan)  # the record, if it did not come back with the run
             self._recover(feeder)
             run_end = time.monotonic()
             hello = feeder.hello_at if feeder.hello_at is not None else run_end
@@ -679,16 +683,22 @@ class RemoteSession:
                                           failed=session.testsfailed)
             feeder.next_segment()
 
+    @staticmethod
+    def _worker_died(feeder: EventFeeder, end: RunEnd) -> bool:
+        """Whether the worker's process ended mid-session on its own: not killed, no lost link."""
+        return (not feeder.done and feeder.hello is not None and end.exit_code is not None
+                and not end.reason and not end.oom_killed)
+
     def _crash(self, feeder: EventFeeder, end: RunEnd) -> tuple[str, str] | None:
         """(node id, how) of the test that crashed the interpreter, if that ended the run.
 
-        The worker's process ended (the container was not killed, the link not
-        lost) without its final report while the record names one running test.
-        Under xdist, pytest-xdist itself reports a crashed worker's test.
+        The worker's process ended without its final report while its record
+        names the test it was running.  Under xdist, pytest-xdist itself
+        reports a crashed worker's test (this process is its controller).
         """
-        if (feeder.done or feeder.hello is None or feeder.workers or end.exit_code is None
-                or end.reason or end.oom_killed or feeder.started is None):
+        if not self._worker_died(feeder, end) or feeder.workers or feeder.started is None:
             return None
+        assert end.exit_code is not None
         return feeder.started, describe_exit(end.exit_code)
 
     def _resume_plan(self, remaining: list[str], after: str, how: str, seq: int,
