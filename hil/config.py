@@ -53,8 +53,6 @@ class SshSpec:
     allow_outside_home: bool = False
     #: Extra rsync exclude patterns, used when the checkout is not a git repository.
     excludes: tuple[str, ...] = ()
-    #: Seconds the connection stays open after the last session (0: one per session).
-    persist: int = 300
 
 
 @dataclass(frozen=True)

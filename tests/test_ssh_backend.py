@@ -73,15 +73,25 @@ def _containers_after(conn: SshConnection, run_id: str, within: float = 30.0) ->
 
 
 def _ssh_files(tmp_path: Path, spec: Any, **overrides: str) -> Path:
-    """A copy of the rig's ssh_config for the board alias with some options replaced."""
+    """A copy of the rig's ssh_config with some options of the board alias's block replaced.
+
+    The rig's file holds a block per board (the pool's too): only the block of
+    ``spec.ssh.host`` changes, so the overrides apply to that alias alone.
+    """
     text = Path(spec.ssh.config).read_text(encoding="utf-8")
-    lines = []
+    lines: list[str] = []
+    in_block = False
     for line in text.splitlines():
-        key = line.strip().split(" ", 1)[0]
-        if key in overrides:
+        words = line.strip().split()
+        if words and words[0].lower() in ("host", "match"):
+            if in_block:
+                lines += [f"    {k} {v}" for k, v in overrides.items()]
+            in_block = words[0].lower() == "host" and spec.ssh.host in words[1:]
+        elif in_block and words and words[0] in overrides:
             continue
         lines.append(line)
-    lines += [f"    {k} {v}" for k, v in overrides.items()]
+    if in_block:
+        lines += [f"    {k} {v}" for k, v in overrides.items()]
     path = tmp_path / "ssh_config"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -198,9 +208,7 @@ def test_closed_port_is_unreachable(sim_jetson: Any, sim_project: Path) -> None:
 
 
 def test_stopped_sshd_is_unreachable(sim_rig: Any, sim_jetson: Any, sim_project: Path) -> None:
-    # persist = 0: a connection kept from an earlier session would outlive sshd, as
-    # OpenSSH's ControlPersist does; this is about opening a new one.
-    backend, _ = _backend(_with(sim_jetson, ssh__persist=0), sim_project)
+    backend, _ = _backend(sim_jetson, sim_project)
     with sim_rig.sshd_stopped(), pytest.raises(UnreachableError):
         backend.preflight()
 
