@@ -23,7 +23,6 @@ from configure time on.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import shutil
 import statistics
