@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from hil.allure_results import write_infrastructure_result
 from hil.backends.base import (
     Backend,
     ByteSink,
@@ -481,31 +482,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def write_infra_result(allure_dir: Path, target: str, err: HilError) -> None:
-    """One synthetic, broken Allure result that shows the fault in the report."""
-    allure_dir.mkdir(parents=True, exist_ok=True)
-    now = int(time.time() * 1000)
-    uid = str(uuid.uuid4())
-    result = {
-        "uuid": uid,
-        "historyId": f"hil-infrastructure-{target}",
-        "name": f"infrastructure: {target}",
-        "fullName": f"hil.infrastructure.{target}",
-        "status": "broken",
-        "statusDetails": {
-            "message": f"hil infrastructure fault [{err.kind}] (exit {int(err.exit_code)}): {err}",
-            "trace": err.details(40),
-        },
-        "stage": "finished",
-        "start": now,
-        "stop": now,
-        "labels": [{"name": "suite", "value": "hil infrastructure"},
-                   {"name": "framework", "value": "pytest-hil"}],
-        "parameters": [{"name": "target", "value": repr(target)}],
-    }
-    (allure_dir / f"{uid}-result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-
-
 class RemoteSession:
     """Drives a container backend and feeds its reports into the local session."""
 
@@ -784,7 +760,9 @@ class RemoteSession:
             stale = set_aside(allure_dir)
         allure_dir.mkdir(parents=True, exist_ok=True)
         if self.error is not None:
-            write_infra_result(allure_dir, self.spec.name, self.error)
+            write_infrastructure_result(allure_dir, self.spec.name, self.error.kind,
+                                        int(self.error.exit_code), str(self.error),
+                                        trace=self.error.details(40))
         # Thousands of links and removals: off the session's path, done by unconfigure.
         self.publisher = threading.Thread(
             target=publish_results, args=(self.run_dir / "allure-results", allure_dir, stale),
@@ -831,4 +809,4 @@ class RemoteSession:
                           f"(exit {int(self.error.exit_code)}): {self.error}", red=True)
 
 
-__all__ = ["EventFeeder", "RemoteSession", "remote_args", "write_infra_result"]
+__all__ = ["EventFeeder", "RemoteSession", "remote_args"]

@@ -65,7 +65,6 @@ import socket
 import sys
 import threading
 import time
-import types
 import uuid
 import warnings
 import zlib
@@ -73,6 +72,7 @@ from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+import pluggy
 import pytest
 
 PROTOCOL = 1
@@ -197,10 +197,10 @@ def write_environment(folder: Path, values: dict[str, str]) -> None:
 
 
 def parse_environment(text: str) -> dict[str, str]:
-    """``key=value`` lines -> dict (blank lines and ``#`` comments ignored)."""
+    """``key=value`` lines -> dict (blank lines and ``#`` / ``!`` comments ignored, as in Java properties)."""
     out: dict[str, str] = {}
     for line in text.splitlines():
-        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+        if line.strip() and not line.lstrip().startswith(("#", "!")) and "=" in line:
             key, _, value = line.partition("=")
             out[key.strip()] = value.strip()
     return out
@@ -251,29 +251,6 @@ def _attrs_value(value: Any, is_key: bool) -> Any:
 AllureSink = Callable[[str, "dict[str, Any]", "int | None"], None]
 
 
-def _write_allure_item(logger: Any, item: Any, sink: AllureSink | None = None) -> None:
-    """``AllureFileLogger._report_item`` with the C JSON encoder: the same bytes, faster.
-
-    allure-commons serializes each result with ``json.dump`` into a text file,
-    which runs the pure-Python encoder chunk by chunk (about half of Allure's
-    cost per test); ``json.dumps`` with the same options yields the same text in
-    one call.  The file is still written whole, under a temporary name, and
-    renamed at once, so a run killed mid-way keeps every finished result.
-
-    With a ``sink``, the result goes there instead of to a file (the controller
-    writes it: see :meth:`EventStream.send_allure`).
-    """
-    from allure_commons.logger import INDENT
-
-    indent = INDENT if os.environ.get("ALLURE_INDENT_OUTPUT") else None
-    filename = item.file_pattern.format(prefix=uuid.uuid4())
-    data = _attrs_asdict(item)
-    if sink is not None:
-        sink(filename, data, indent)
-        return
-    write_allure_result(logger._report_dir, filename, data, indent)
-
-
 def write_allure_result(folder: str | Path, filename: str, data: dict[str, Any],
                         indent: int | None) -> None:
     """One Allure result file, as allure-commons writes it, whole or not at all."""
@@ -283,25 +260,76 @@ def write_allure_result(folder: str | Path, filename: str, data: dict[str, Any],
     os.replace(final + ".tmp", final)
 
 
-def speed_up_allure_results(sink: AllureSink | None = None) -> bool:
-    """Give allure-pytest's registered file logger the faster writer; False if there is none.
+#: allure-commons' hook marker (its plugin manager's project name), without importing it.
+allure_hookimpl = pluggy.HookimplMarker("allure")
 
-    With a ``sink``, results (not attachments) go to it instead of to files.
+
+class AllureResultsLogger:
+    """An allure-commons logger plugin: what ``AllureFileLogger`` writes, faster or elsewhere.
+
+    allure-commons serializes each result with ``json.dump`` into a text file,
+    which runs the pure-Python encoder chunk by chunk (about half of Allure's
+    cost per test); ``json.dumps`` with the same options gives the same text in
+    one call.  A file is still written whole, under a temporary name, and
+    renamed at once, so a run killed mid-way keeps every finished result.  With
+    a ``sink``, results and containers go there instead (the controller writes
+    them: see :meth:`EventStream.send_allure`).  Attachments are written by an
+    ``AllureFileLogger`` of our own, through its public hook methods.
+    """
+
+    def __init__(self, folder: str, sink: AllureSink | None = None) -> None:
+        from allure_commons.logger import AllureFileLogger
+
+        self.folder = folder
+        self.sink = sink
+        self.files: Any = AllureFileLogger(folder)  # type: ignore[no-untyped-call]
+
+    def _item(self, item: Any) -> None:
+        from allure_commons.logger import INDENT
+
+        indent = INDENT if os.environ.get("ALLURE_INDENT_OUTPUT") else None
+        filename = item.file_pattern.format(prefix=uuid.uuid4())
+        data = _attrs_asdict(item)
+        if self.sink is not None:
+            self.sink(filename, data, indent)
+        else:
+            write_allure_result(self.folder, filename, data, indent)
+
+    @allure_hookimpl
+    def report_result(self, result: Any) -> None:
+        self._item(result)
+
+    @allure_hookimpl
+    def report_container(self, container: Any) -> None:
+        self._item(container)
+
+    @allure_hookimpl
+    def report_attached_file(self, source: Any, file_name: str) -> None:
+        self.files.report_attached_file(source, file_name)
+
+    @allure_hookimpl
+    def report_attached_data(self, body: Any, file_name: str) -> None:
+        self.files.report_attached_data(body, file_name)
+
+
+def record_allure(config: pytest.Config, folder: str, sink: AllureSink | None = None) -> bool:
+    """Record Allure results into ``folder`` (or ``sink``); False without allure-pytest.
+
+    What allure-pytest's ``--alluredir`` sets up (its listener and a file
+    logger), with :class:`AllureResultsLogger` as the logger: allure-commons'
+    plugin hooks are its public way to receive results.
     """
     try:
-        from allure_commons import plugin_manager
-        from allure_commons.logger import AllureFileLogger
+        import allure_commons
+        from allure_pytest.listener import AllureListener
     except ImportError:
         return False
-    patched = False
-    for plugin in plugin_manager.get_plugins():
-        # Only the exact class whose private method we replace, not a user's subclass.
-        if type(plugin) is AllureFileLogger and hasattr(plugin, "_report_dir"):
-            plugin._report_item = types.MethodType(  # type: ignore[method-assign]
-                functools.partial(_write_allure_item, sink=sink) if sink else _write_allure_item,
-                plugin)
-            patched = True
-    return patched
+    listener = AllureListener(config)
+    config.pluginmanager.register(listener, "allure_listener")
+    for plugin in (listener, AllureResultsLogger(folder, sink)):
+        allure_commons.plugin_manager.register(plugin)
+        config.add_cleanup(functools.partial(allure_commons.plugin_manager.unregister, plugin))
+    return True
 
 
 def only_pytest_implements(hook: Any) -> bool:
@@ -363,6 +391,8 @@ class EventStream:
         self.copy = copy
         self.compact = compact
         self.allure_events = allure_events
+        #: Where Allure results go (set by :func:`main` when allure-pytest is installed).
+        self.allure_dir: str | None = None
         self.interval = interval
         self.config: pytest.Config | None = None
         self.started = time.perf_counter()
@@ -486,10 +516,8 @@ class EventStream:
     def pytest_configure(self, config: pytest.Config) -> None:
         self.config = config
         register_markers(config)
-        # allure-pytest registered its logger in its own configure.
-        if config.getoption("allure_report_dir", None) and not (
-                self.allure_events and speed_up_allure_results(self.send_allure)):
-            speed_up_allure_results()
+        if self.allure_dir:
+            record_allure(config, self.allure_dir, self.send_allure if self.allure_events else None)
         extra: dict[str, Any] = {}
         # Only pytest's own serializers may be skipped: a plugin's could add to the reports.
         if self.compact and only_pytest_implements(config.hook.pytest_report_to_serializable):
@@ -623,7 +651,7 @@ def pytest_configure(config: pytest.Config) -> None:
         TierGate(settings["target"], settings["tier"], settings["allure_dir"],
                  write_environment=False), "hil-tiergate")
     if settings["allure_dir"]:
-        speed_up_allure_results()
+        record_allure(config, settings["allure_dir"])
 
 
 def encode_resume(ids: list[str], after: str, how: str, seq: int) -> str:
@@ -740,9 +768,7 @@ def main(argv: list[str] | None = None) -> int:
     allure_dir: str | None = None
     if importlib.util.find_spec("allure_pytest") is not None:
         allure_dir = str(out / "allure-results")
-        # One token: a separate value naming an existing folder (a resumed run's) would be
-        # taken for a test path when pytest determines the rootdir.
-        extra += [f"--alluredir={allure_dir}"]
+        stream.allure_dir = allure_dir
     environment = parse_environment(os.environ.get("HIL_ENVIRONMENT", ""))
     plugins.append(TierGate(target, tier, allure_dir, environment))
     here = Path(__file__).resolve()

@@ -1,4 +1,4 @@
-"""The worker's faster Allure writer produces the very bytes allure-commons writes."""
+"""The worker's Allure logger produces the very bytes allure-commons' file logger writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hil.session import EventFeeder
-from hil.worker import EventStream, _attrs_asdict, _write_allure_item, speed_up_allure_results
+from hil.worker import AllureResultsLogger, EventStream, _attrs_asdict
 
 allure_commons = pytest.importorskip("allure_commons")
 from allure_commons import model2  # noqa: E402
@@ -40,10 +40,11 @@ def test_faster_writer_writes_the_same_bytes_as_allure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, indent: str
 ) -> None:
     monkeypatch.setenv("ALLURE_INDENT_OUTPUT", indent)
-    original, faster = AllureFileLogger(tmp_path / "a"), AllureFileLogger(tmp_path / "b")
-    for item in sample_items():
-        original._report_item(item)
-        _write_allure_item(faster, item)
+    original, faster = AllureFileLogger(tmp_path / "a"), AllureResultsLogger(str(tmp_path / "b"))
+    result, container = sample_items()
+    for logger in (original, faster):
+        logger.report_result(result)
+        logger.report_container(container)
     ours = sorted(p.read_bytes() for p in (tmp_path / "b").iterdir())
     assert ours == sorted(p.read_bytes() for p in (tmp_path / "a").iterdir())
     assert len(ours) == 2 and not list((tmp_path / "b").glob("*.tmp"))
@@ -57,9 +58,11 @@ def test_results_streamed_to_the_controller_are_written_as_allure_writes_them(
     original = AllureFileLogger(tmp_path / "a")
     channel, copy = io.StringIO(), io.StringIO()
     stream = EventStream(channel, copy, allure_events=True)
-    for item in sample_items():
-        original._report_item(item)
-        _write_allure_item(AllureFileLogger(tmp_path / "unused"), item, sink=stream.send_allure)
+    ours_logger = AllureResultsLogger(str(tmp_path / "unused"), sink=stream.send_allure)
+    result, container = sample_items()
+    for logger in (original, ours_logger):
+        logger.report_result(result)
+        logger.report_container(container)
     stream.send("logstart", nodeid="a.py::t", location=["a.py", 0, "t"], flush=False)
     stream.flush()
     assert not list((tmp_path / "unused").iterdir())  # nothing written on the worker's side
@@ -97,17 +100,15 @@ def test_a_result_event_without_text_is_kept_as_stray_output(
     assert feeder.stray == ["hil: an Allure result event that cannot be written: 'a-result.json'"]
 
 
-def test_only_a_registered_allure_file_logger_is_sped_up(tmp_path: Path) -> None:
-    from allure_commons import plugin_manager
-
-    logger = AllureFileLogger(tmp_path)
-    plugin_manager.register(logger)
-    try:
-        assert speed_up_allure_results()
-        logger.report_result(sample_items()[0])
-    finally:
-        plugin_manager.unregister(logger)
-    assert [p.name.endswith("-result.json") for p in tmp_path.iterdir()] == [True]
+def test_attachments_are_written_as_allure_writes_them(tmp_path: Path) -> None:
+    source = tmp_path / "log.txt"
+    source.write_text("captured\n")
+    original, ours = AllureFileLogger(tmp_path / "a"), AllureResultsLogger(str(tmp_path / "b"))
+    for logger in (original, ours):
+        logger.report_attached_file(source, "f-attachment.txt")
+        logger.report_attached_data("text ü", "d-attachment.txt")
+    for name in ("f-attachment.txt", "d-attachment.txt"):
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
 
 
 def test_attrs_asdict_gives_what_attr_asdict_gives() -> None:
