@@ -516,7 +516,10 @@ class RemoteSession:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session: pytest.Session) -> bool:
-        return True  # tests are collected inside the container
+        # Tests are collected inside the container; none here (pytest 7 sets
+        # Session.items only in its own collection, which this replaces).
+        session.items = []
+        return True
 
     @contextlib.contextmanager
     def _phase(self, name: str) -> Iterator[None]:

@@ -68,7 +68,12 @@ def config(pytester: pytest.Pytester) -> pytest.Config:
 
 @pytest.fixture
 def feeder(config: pytest.Config) -> EventFeeder:
-    return EventFeeder(config, pytest.Session.from_config(config))
+    session = pytest.Session.from_config(config)
+    session.items = []  # as RemoteSession.pytest_collection leaves it
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal._session = session  # as its pytest_sessionstart sets it
+    return EventFeeder(config, session)
 
 
 def test_passed_test_without_output_is_one_finish_event(config: pytest.Config) -> None:
