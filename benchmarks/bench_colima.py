@@ -112,7 +112,7 @@ def main() -> int:
         edited = overhead(project, "small", edit=True, repeat=args.repeat)
 
         image = subprocess.run(
-            [sys.executable, "-c", "from hil.config import load_inventory;from hil.images import recipe;"
+            [sys.executable, "-c", "from hil.config import load_inventory;from hil.backends.images import recipe;"
              "from pathlib import Path;p=Path('.');print(recipe(load_inventory(p).get('bench'),p).tag)"],
             cwd=project, capture_output=True, text=True, check=True).stdout.strip()
         ours = [PYTHON, "-m", "pytest", "--target=bench", "-q", "-p", "no:cacheprovider"]

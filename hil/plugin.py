@@ -1,7 +1,7 @@
 """The pytest plugin: options, markers and hook wiring only.
 
 The work lives elsewhere: the inventory in :mod:`hil.config`, tiers in
-:mod:`hil.tiers`, the controller of container targets in :mod:`hil.session`
+:mod:`hil.tiers`, the controller of container targets in :mod:`hil.session.controller`
 (registered only when a container target is chosen, so the local target never
 imports Docker or Fabric).
 """
@@ -9,8 +9,6 @@ imports Docker or Fabric).
 from __future__ import annotations
 
 import os
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import pytest
 
 from hil.config import DEFAULT_TARGET, TargetSpec, load_inventory
 from hil.errors import ConfigError, HilError, TargetUnhealthyError
+from hil.settings import SETTINGS_KEY, HilSettings, git_commit
 from hil.tiers import detect_local_tier, item_tier, register_markers, tier_label
 from hil.worker import TierGate
 
@@ -32,24 +31,6 @@ HELP_REPORTS = "folder for run output: reports/<run-id>/, allure-results/ (defau
 HELP_NO_ALLURE = "do not write Allure results"
 HELP_MAX_RESUMES = ("container targets: how many times a run resumes in a fresh container after "
                     "a test crashed the interpreter (default 3); past it, exit 19")
-
-
-@dataclass(frozen=True)
-class HilSettings:
-    """What the plugin resolved at configure time (kept in the config's stash)."""
-
-    target: TargetSpec
-    #: The checkout root: where the target was declared (the rootdir or a parent of it).
-    root: Path
-    tier: int
-    tier_how: str
-    reports: Path
-    allure_dir: Path | None
-    keep_results: bool
-    plan: bool
-
-
-SETTINGS_KEY = pytest.StashKey[HilSettings]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -71,18 +52,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=HELP_NO_ALLURE)
     group.addoption("--hil-max-resumes", dest="hil_max_resumes", metavar="N", type=int,
                     default=3, help=HELP_MAX_RESUMES)
-
-
-def git_commit(root: Path) -> str:
-    """The checkout's commit (with ``-dirty``), or '' outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=5, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def _resolve_target(config: pytest.Config) -> tuple[TargetSpec, Path]:
@@ -144,7 +113,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     except ConfigError:
         return
     if spec.kind == "ssh":
-        from hil.sshconn import connect_in_background
+        from hil.ssh.connection import connect_in_background
 
         connect_in_background(spec)
 
@@ -200,7 +169,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(
         TierGate(spec.name, tier, gate_allure, environment), "hil-tiergate")
     if spec.is_container and not plan:
-        from hil.session import RemoteSession
+        from hil.session.controller import RemoteSession
 
         config.pluginmanager.register(RemoteSession(config, settings), "hil-session")
 

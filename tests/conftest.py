@@ -151,14 +151,14 @@ def rig_report_project(sim_rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.fixture
 def node_for_allure3() -> None:
     """Skips (or fails under HIL_SIM_REQUIRED=1) without Node.js 20+ and npm."""
-    from hil.allure3 import NODE_MIN_MAJOR, node_major
+    from hil.report.allure3 import NODE_MIN_MAJOR, node_major
 
     major = node_major()
     require_tool(major is not None and major >= NODE_MIN_MAJOR and shutil.which("npm") is not None,
                  f"Allure 3 needs Node.js {NODE_MIN_MAJOR}+ and npm (found node {major})")
 
 
-# --- the jetson target over SSH (hil.backends.ssh) on the simulated rig --------
+# --- the jetson target over SSH (hil.backends.jetson.backend) on the simulated rig --------
 
 SIM_JETSON_TOML = Path(__file__).resolve().parent.parent / "targets" / "sim-jetson.toml"
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from hil.backends.base import Progress
-from hil.backends.ssh import SshBackend
+from hil.backends.jetson.backend import SshBackend
 from hil.errors import DeviceBusyError, ExitCode
-from hil.lease import Holder, read_holder
+from hil.progress import Progress
+from hil.ssh.lease import Holder, read_holder
 
 
 def _backend(spec: Any, root: Path, lease_timeout: float) -> tuple[SshBackend, io.StringIO]:
@@ -67,8 +67,8 @@ def test_lease_passes_on_when_the_holder_closes(sim_jetson: Any, sim_project: Pa
 HOLDER_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from hil.backends.base import Progress
-    from hil.backends.ssh import SshBackend
+    from hil.progress import Progress
+    from hil.backends.jetson.backend import SshBackend
     from hil.config import parse_target
     import json
     spec = parse_target(json.loads(sys.argv[1]), "test", default_name="sim-jetson")

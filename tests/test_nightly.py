@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hil.backends.base import Progress
 from hil.config import load_inventory, parse_target
 from hil.errors import ExitCode
-from hil.nightly import combine_exit_codes, lane_of, nightly, plan_lanes, summary_table
+from hil.progress import Progress
+from hil.report.nightly import combine_exit_codes, lane_of, nightly, plan_lanes, summary_table
 
 REPO = Path(__file__).resolve().parent.parent
 

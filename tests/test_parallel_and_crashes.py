@@ -20,7 +20,8 @@ import pytest
 
 from conftest import IMAGE_REQUIREMENTS
 from hil.backends.base import describe_exit
-from hil.session import EventFeeder, remote_args
+from hil.session.args import remote_args
+from hil.session.events import EventFeeder
 from hil.worker import EventStream, decode_resume, encode_resume
 
 pytest_plugins = ["pytester"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.session import remote_args
+from hil.session.args import remote_args
 
 ROOT = Path("/home/me/project")
 

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from hil.allure3 import ReportToolMissingError, select_engine
-from hil.allure_results import infrastructure_result, result_from_json, write_infrastructure_result
-from hil.backends.base import Progress
-from hil.chart import (
+from hil.errors import ERROR_KINDS
+from hil.progress import Progress
+from hil.report.allure import infrastructure_result, result_from_json, write_infrastructure_result
+from hil.report.allure3 import ReportToolMissingError, select_engine
+from hil.report.chart import (
     CHART_HINT,
     OUTCOME_COLOURS,
     PALETTE,
@@ -28,8 +29,7 @@ from hil.chart import (
     render_chart,
     telemetry_csv,
 )
-from hil.errors import ERROR_KINDS
-from hil.report import (
+from hil.report.html import (
     ReportRequest,
     Stager,
     build_report,
@@ -258,8 +258,8 @@ def test_without_matplotlib_the_csv_is_attached_and_one_line_says_how_to_get_the
     stage = tmp_path / "stage"
     blocked = ("import sys; sys.modules['matplotlib'] = None\n"  # import matplotlib fails
                "from pathlib import Path\n"
-               "from hil.backends.base import Progress\n"
-               "from hil.report import Stager\n"
+               "from hil.progress import Progress\n"
+               "from hil.report.html import Stager\n"
                "stager = Stager(Path(sys.argv[1]), Progress())\n"
                "for folder in sys.argv[2:]:\n"
                "    stager.add_folder(Path(folder))\n"

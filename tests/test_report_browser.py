@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from hil.backends.base import Progress
-from hil.nightly import nightly
+from hil.progress import Progress
+from hil.report.nightly import nightly
 from hil.sim import Rig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ import paramiko
 import pytest
 
 from conftest import IMAGE_REQUIREMENTS
-from hil.backends.base import CONTAINER_LABEL, Progress, RunPlan
-from hil.backends.ssh import SshBackend, jetpack_of, l4t_of_image
+from hil.backends.base import CONTAINER_LABEL, RunPlan
+from hil.backends.jetson.backend import SshBackend, jetpack_of, l4t_of_image
 from hil.errors import (
     AuthRefusedError,
     BuildFailedError,
@@ -32,7 +32,8 @@ from hil.errors import (
     TargetUnhealthyError,
     UnreachableError,
 )
-from hil.sshconn import SshConnection, fingerprint, resolve_endpoint
+from hil.progress import Progress
+from hil.ssh.connection import SshConnection, fingerprint, resolve_endpoint
 
 
 def _backend(spec: Any, root: Path, **kw: Any) -> tuple[SshBackend, io.StringIO]:

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from hil.errors import ExitCode
-from hil.sshconn import SshConnection, open_boards, resolve_endpoint
+from hil.ssh.connection import SshConnection, open_boards, resolve_endpoint
 
 
 def test_open_boards_runs_on_every_board_that_opened_and_names_the_rest(sim_jetson: Any) -> None:

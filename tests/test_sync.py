@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from hil.errors import ConfigError
-from hil.sshconn import SshConnection, resolve_endpoint
-from hil.sync import Rsync, SyncStats, check_remote_dir, include_rules, list_files
+from hil.ssh.connection import SshConnection, resolve_endpoint
+from hil.ssh.sync import Rsync, SyncStats, check_remote_dir, include_rules, list_files
 
 HOME = "/home/jetson"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.session import EventFeeder
+from hil.session.events import EventFeeder
 from hil.worker import AllureResultsLogger, EventStream, _attrs_asdict
 
 allure_commons = pytest.importorskip("allure_commons")

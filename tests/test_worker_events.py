@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from hil import report as hil_report
-from hil.session import EventFeeder
+from hil.report import html as hil_report
+from hil.session.events import EventFeeder
 from hil.worker import EventStream, _flush_interval
 
 NODEID = "test_a.py::test_x"

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import abc
 import signal
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from hil.config import TargetSpec
+from hil.progress import Progress
 
 #: Label put on every container pytest-hil starts; stale ones are removed at start.
 CONTAINER_LABEL = "io.pytest-hil.run"
@@ -70,26 +70,6 @@ def describe_exit(code: int) -> str:
 #: Takes a chunk of a container's output; a sink of standard output may return True to say
 #: the worker has sent its last event, so the backend need not wait for the stream's end.
 ByteSink = Callable[[bytes], "bool | None"]
-
-
-class Progress:
-    """Shows progress of long steps on the terminal and keeps a copy in a log file."""
-
-    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.quiet = quiet
-
-    def step(self, message: str) -> None:
-        """One line saying what starts now."""
-        if not self.quiet:
-            self.stream.write(f"hil: {message}\n")
-            self.stream.flush()
-
-    def detail(self, message: str) -> None:
-        """A line of build or sync output (shown only when not quiet)."""
-        if not self.quiet:
-            self.stream.write(f"  | {message}\n")
-            self.stream.flush()
 
 
 @dataclass(frozen=True)
@@ -256,23 +236,3 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def load_backend(spec: TargetSpec) -> type[Backend]:
-    """The backend class for a target's kind, imported lazily with an install hint."""
-    try:
-        if spec.kind == "docker":
-            from hil.backends.docker import DockerBackend
-
-            return DockerBackend
-        if spec.kind == "ssh":
-            from hil.backends.ssh import SshBackend  # type: ignore[import-not-found,unused-ignore]
-
-            return SshBackend  # type: ignore[no-any-return,unused-ignore]
-    except ImportError as err:
-        from hil.errors import ConfigError
-
-        raise ConfigError(
-            f"target '{spec.name}' (kind {spec.kind}) needs {err.name}: pip install pytest-hil"
-        ) from err
-    raise AssertionError(f"no backend for kind {spec.kind}")

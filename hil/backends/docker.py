@@ -36,6 +36,7 @@ from hil.backends.base import (
     worker_source,
 )
 from hil.backends.engine import Engine, EngineError, EngineNotFoundError, open_engine
+from hil.backends.images import build_context, recipe
 from hil.errors import (
     BuildFailedError,
     ConfigError,
@@ -46,7 +47,6 @@ from hil.errors import (
     RuntimeMissingError,
     TargetUnhealthyError,
 )
-from hil.images import build_context, recipe
 
 OWNER_LABEL = "io.pytest-hil.owner"
 

@@ -17,11 +17,11 @@ from hil.errors import EXIT_CODE_MEANINGS, ExitCode, HilError
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("hil.runcmd", "run the suites on a target and say where the results are"),
-    "doctor": ("hil.doctor", "check that a target is ready (preflight), as a table or JSON"),
-    "sim": ("hil.sim.cli", "bring the simulated Jetson + Colima rig up, down, or show it"),
-    "report": ("hil.report", "turn Allure results into an HTML report"),
-    "nightly": ("hil.nightly", "run every target and publish one report"),
+    "run": ("hil.cli.run", "run the suites on a target and say where the results are"),
+    "doctor": ("hil.cli.doctor", "check that a target is ready (preflight), as a table or JSON"),
+    "sim": ("hil.cli.sim", "bring the simulated Jetson + Colima rig up, down, or show it"),
+    "report": ("hil.cli.report", "turn Allure results into an HTML report"),
+    "nightly": ("hil.cli.nightly", "run every target and publish one report"),
 }
 
 

@@ -5,7 +5,7 @@ with its own Allure results and reports folders under
 ``reports/nightly/<stamp>/<target>/``.  Targets that share nothing run at the
 same time; targets on the same Docker engine or the same board (the same SSH
 host) run one after the other in one *lane*.  Then all results are merged
-into one report with history (see :mod:`hil.report`) and a per-target table
+into one report with history (see :mod:`hil.report.html`) and a per-target table
 is printed.
 
 Exit code (:func:`combine_exit_codes`), in this order:
@@ -22,7 +22,6 @@ Exit code (:func:`combine_exit_codes`), in this order:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -34,9 +33,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hil.backends.base import Progress
 from hil.config import TargetSpec, load_inventory
 from hil.errors import ERROR_KINDS, EXIT_CODE_MEANINGS, ExitCode, HilError
+from hil.progress import Progress
 
 INFRA_CODES = frozenset(int(c) for c in ExitCode if int(c) >= 10)
 #: Non-infrastructure codes, most severe first (see the module docstring).
@@ -161,7 +160,7 @@ def ensure_infrastructure_result(run: TargetRun) -> None:
     The session writes the synthetic result itself; this covers faults raised
     before it (plugin configure time) and runs killed by nightly.
     """
-    from hil.allure_results import (
+    from hil.report.allure import (
         is_infrastructure_result,
         read_result,
         result_target,
@@ -194,7 +193,7 @@ def _fault_message(run: TargetRun) -> str:
 
 def count_statuses(run: TargetRun) -> dict[str, int]:
     """Allure statuses of a target's results (failed, broken, passed, skipped)."""
-    from hil.allure_results import read_result
+    from hil.report.allure import read_result
 
     counts: dict[str, int] = {}
     if run.results.is_dir():
@@ -239,7 +238,7 @@ def nightly(root: Path, targets: Sequence[str], pytest_args: Sequence[str], *,
             env: Mapping[str, str] | None = None, name: str = "pytest-hil nightly",
             targets_dir: Path | None = None) -> NightlyOutcome:
     """Run ``targets`` (lanes in parallel), build the report, combine the exit codes."""
-    from hil.report import ReportRequest, build_report
+    from hil.report.html import ReportRequest, build_report
 
     progress = progress or Progress()
     env = dict(os.environ if env is None else env)
@@ -291,49 +290,3 @@ def nightly(root: Path, targets: Sequence[str], pytest_args: Sequence[str], *,
         "targets": [{**asdict(r), "folder": str(r.folder)} for r in ordered],
     }, indent=1, default=str), encoding="utf-8")
     return NightlyOutcome(exit_code=code, runs=ordered, report=index, folder=folder)
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of ``hil nightly``."""
-    from hil.report import DEFAULT_HISTORY_LIMIT, HELP_ENGINE, HELP_HISTORY
-
-    parser.add_argument("targets", nargs="*",
-                        help="targets to run (default: $HIL_NIGHTLY_TARGETS, comma-separated, "
-                             "or every target of the inventory)")
-    parser.add_argument("--pytest-args", default=None,
-                        help="arguments for each target's pytest, one shell-quoted string "
-                             "(default: 'suites')")
-    parser.add_argument("--hil-targets", type=Path, default=None,
-                        help="folder of target TOML files (default: the project's inventory)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for each night's per-target output "
-                             "(default: reports/nightly)")
-    parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="folder of the HTML report (default: reports/allure-report)")
-    parser.add_argument("--history", type=Path, default=None, help=HELP_HISTORY)
-    parser.add_argument("--history-limit", type=int, default=DEFAULT_HISTORY_LIMIT)
-    parser.add_argument("--engine", default="auto", choices=("auto", "allure3", "allure2"),
-                        help=HELP_ENGINE)
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``hil nightly``: prints the summary table and returns the combined exit code."""
-    from hil.report import default_history, find_root
-
-    root = find_root()
-    targets = list(args.targets) or [t for t in os.environ.get("HIL_NIGHTLY_TARGETS", "")
-                                     .replace(",", " ").split() if t]
-    pytest_args = shlex.split(args.pytest_args) if args.pytest_args is not None else (
-        ["suites"] if (root / "suites").is_dir() else [])
-    outcome = nightly(
-        root, targets, pytest_args, out=args.out or root / "reports" / "nightly",
-        report=args.output or root / "reports" / "allure-report",
-        history=args.history or default_history(root), history_limit=args.history_limit,
-        engine=args.engine, progress=Progress(quiet=args.quiet), targets_dir=args.hil_targets)
-    print(summary_table(outcome.runs))
-    print(f"report: {outcome.report or 'not generated'}")
-    print(f"output: {outcome.folder}")
-    print(f"exit:   {outcome.exit_code} ({ExitCode(outcome.exit_code).name.lower()})"
-          if outcome.exit_code in {int(c) for c in ExitCode} else f"exit: {outcome.exit_code}")
-    return outcome.exit_code

@@ -19,7 +19,7 @@ ProxyJump as its ``gateway``, ProxyCommand) and runs plain commands
   a cut link surfaces in seconds instead of TCP's minutes;
 * channels that stream on the same transport (:meth:`~SshConnection.exec`,
   :meth:`~SshConnection.stream`): the container's output, the lease,
-  telemetry and rsync's tunnel (:mod:`hil.sync`).  Commands are started with
+  telemetry and rsync's tunnel (:mod:`hil.ssh.sync`).  Commands are started with
   exec want-reply off, Fabric's ``run`` included: a round trip less each.
 
 :func:`connect_in_background` starts a session's handshake at configure time,

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hil.backends.base import Progress
 from hil.errors import ConfigError, ExitCode, HilError
+from hil.progress import Progress
 
 #: The exact Allure 3 release we generate with (``npm view allure versions``).
 ALLURE3_VERSION = "3.18.0"

@@ -44,7 +44,7 @@ from typing import Any
 import paramiko
 
 from hil.errors import ConfigError, SyncFailedError
-from hil.sshconn import ConnectionLostError, SshConnection, exited
+from hil.ssh.connection import ConnectionLostError, SshConnection, exited
 
 #: The remote-shell helper rsync starts: it forwards its argv, stdin and stdout
 #: to the controller's socket.  Standard library only, run with ``python3 -S``.

@@ -10,7 +10,7 @@ Steps (each shown as a progress line):
    carrying the build log, the preflight table, the phase timings and the
    telemetry (CSV, and a PNG chart with the ``chart`` extra); every item is
    written as allure-commons' model objects by its file logger
-   (:mod:`hil.allure_results`);
+   (:mod:`hil.report.allure`);
 2. **generate** with Allure 3 (npm, pinned, installed on demand) or Allure 2's
    commandline, carrying the history (trends) from the history folder;
 3. optionally **serve** the report on localhost (``--open``).
@@ -20,18 +20,13 @@ The same :func:`build_report` is used by ``hil nightly``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
-import http.server
 import json
 import os
 import re
 import shutil
-import sys
 import time
 import uuid
-import webbrowser
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +41,16 @@ from allure_commons.model2 import (
     TestResultContainer,
 )
 
-from hil.allure3 import (
+from hil.progress import Progress
+from hil.report.allure import (
+    attach_data,
+    file_logger,
+    infrastructure_message,
+    is_infrastructure_result,
+    read_result,
+    result_target,
+)
+from hil.report.allure3 import (
     Engine,
     ReportToolError,
     allure3_config,
@@ -56,16 +60,7 @@ from hil.allure3 import (
     select_engine,
     trim_allure2_history,
 )
-from hil.allure_results import (
-    attach_data,
-    file_logger,
-    infrastructure_message,
-    is_infrastructure_result,
-    read_result,
-    result_target,
-)
-from hil.backends.base import Progress
-from hil.chart import (
+from hil.report.chart import (
     ChartUnavailableError,
     Marker,
     panels_from_samples,
@@ -79,12 +74,6 @@ DEFAULT_HISTORY_LIMIT = 20
 #: Lines of remote log attached to a failing test.
 LOG_TAIL_LINES = 120
 
-HELP_RESULTS = "Allure results folders (default: reports/allure-results); several merge into one"
-HELP_OUTPUT = "folder the HTML report is written to (default: reports/allure-report)"
-HELP_HISTORY = ("folder keeping the trend history between runs, e.g. cached by CI "
-                "(default: $HIL_REPORT_HISTORY or reports/history)")
-HELP_LIMIT = f"runs kept in the history (default: {DEFAULT_HISTORY_LIMIT})"
-HELP_ENGINE = "auto (Allure 3 when Node.js is there, else Allure 2 on PATH), allure3 or allure2"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -626,7 +615,7 @@ def load_categories(root: Path) -> list[dict[str, Any]]:
     """The checked-in categories (``reports/allure/categories.json``, Allure 2's format)."""
     path = root / CONFIG_DIR / "categories.json"
     if not path.is_file():
-        path = Path(__file__).resolve().parent.parent / CONFIG_DIR / "categories.json"
+        path = Path(__file__).resolve().parents[2] / CONFIG_DIR / "categories.json"
     data = read_json(path)
     if not isinstance(data, list):
         raise ReportToolError(f"{path}: expected a JSON list of categories")
@@ -636,7 +625,7 @@ def load_categories(root: Path) -> list[dict[str, Any]]:
 def load_allurerc(root: Path) -> dict[str, Any]:
     """The checked-in Allure 3 configuration (``reports/allure/allurerc.json``)."""
     for path in (root / CONFIG_DIR / "allurerc.json",
-                 Path(__file__).resolve().parent.parent / CONFIG_DIR / "allurerc.json"):
+                 Path(__file__).resolve().parents[2] / CONFIG_DIR / "allurerc.json"):
         data = read_json(path)
         if isinstance(data, dict):
             return data
@@ -719,60 +708,3 @@ def build_report(request: ReportRequest, progress: Progress) -> ReportOutcome:
                      if request.history else ""))
     return ReportOutcome(index=index, engine=engine, staged=staged, history_runs=history_runs,
                          seconds=seconds)
-
-
-def serve(folder: Path, port: int, open_browser: bool = True) -> None:
-    """Serve ``folder`` on localhost until Ctrl-C (Allure 3 and 2 reports both work)."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
-        print(f"hil report: serving {folder} at {url} (Ctrl-C stops)", file=sys.stderr)
-        if open_browser:
-            with contextlib.suppress(Exception):
-                webbrowser.open(url)
-        with contextlib.suppress(KeyboardInterrupt):
-            server.serve_forever()
-
-
-def default_history(root: Path) -> Path:
-    """``$HIL_REPORT_HISTORY`` or ``<root>/reports/history``."""
-    env = os.environ.get("HIL_REPORT_HISTORY")
-    return Path(env) if env else root / "reports" / "history"
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Options of ``hil report``."""
-    parser.add_argument("results", nargs="*", type=Path, help=HELP_RESULTS)
-    parser.add_argument("-o", "--output", type=Path, default=None, help=HELP_OUTPUT)
-    parser.add_argument("--history", type=Path, default=None, help=HELP_HISTORY)
-    parser.add_argument("--no-history", action="store_true", help="generate without trends")
-    parser.add_argument("--history-limit", type=int, default=DEFAULT_HISTORY_LIMIT,
-                        help=HELP_LIMIT)
-    parser.add_argument("--engine", default="auto", choices=("auto", "allure3", "allure2"),
-                        help=HELP_ENGINE)
-    parser.add_argument("--name", default="pytest-hil", help="the report's title")
-    parser.add_argument("--multi-file", action="store_true",
-                        help="Allure 3: write a folder of files instead of one index.html "
-                             "(needs a web server to view)")
-    parser.add_argument("--open", action="store_true", help="serve the report and open it")
-    parser.add_argument("--port", type=int, default=0, help="port for --open (default: any)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``hil report``: returns 0, or raises a HilError (the CLI prints it)."""
-    root = find_root()
-    results = tuple(args.results) or (root / "reports" / "allure-results",)
-    output = args.output or root / "reports" / "allure-report"
-    history = None if args.no_history else (args.history or default_history(root))
-    if args.history_limit < 1:
-        raise ReportToolError("--history-limit must be at least 1")
-    progress = Progress(quiet=args.quiet)
-    outcome = build_report(ReportRequest(
-        results=results, output=output, root=root, history=history,
-        history_limit=args.history_limit, engine=args.engine, name=args.name,
-        single_file=False if args.multi_file else None), progress)
-    print(outcome.index)
-    if args.open:
-        serve(output, args.port)
-    return 0

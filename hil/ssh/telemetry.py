@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hil.sshconn import SshConnection
+from hil.ssh.connection import SshConnection
 
 INTERVAL_MS = 500
 NVIDIA_SMI_FIELDS = ("timestamp", "utilization.gpu", "memory.used", "temperature.gpu",

@@ -17,9 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hil.backends.base import Check, PreflightReport, Progress, load_backend
+from hil.backends import load_backend
+from hil.backends.base import Check, PreflightReport
 from hil.config import DEFAULT_TARGET, TargetSpec, load_inventory
 from hil.errors import ExitCode, HilError
+from hil.progress import Progress
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +47,8 @@ def _local(spec: TargetSpec) -> PreflightReport:
 
 
 def _ssh(spec: TargetSpec, root: Path, progress: Progress) -> tuple[PreflightReport, int]:
-    from hil.backends.ssh import SshBackend
-    from hil.lease import read_holder
+    from hil.backends.jetson.backend import SshBackend
+    from hil.ssh.lease import read_holder
 
     backend = SshBackend(spec, root, progress)
     backend.eager_lease = False

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from hil.errors import DeviceBusyError, HilError
-from hil.sshconn import ConnectionLostError, SshConnection, exited
+from hil.ssh.connection import ConnectionLostError, SshConnection, exited
 
 LEASE_DIR = "/tmp/pytest-hil"
 _BUSY_EXIT = 75

@@ -1,6 +1,6 @@
 """The Jetson target: a board's Docker engine reached over one SSH connection.
 
-Every step travels over the same SSH connection (:mod:`hil.sshconn`, a Fabric
+Every step travels over the same SSH connection (:mod:`hil.ssh.connection`, a Fabric
 connection opened in the background from configure time on), on channels of
 their own; round trips are what a remote session costs, so:
 
@@ -8,7 +8,7 @@ their own; round trips are what a remote session costs, so:
   info``, free space, swap, image presence, and a tiny container of the base
   image started with the target's runtime to see the GPU), while the lease is
   requested in parallel on another channel;
-* sync is rsync tunnelled through the same connection (:mod:`hil.sync`);
+* sync is rsync tunnelled through the same connection (:mod:`hil.ssh.sync`);
 * a present image costs nothing more (its presence came with preflight);
 * the run is one script: it installs the worker (content-addressed), writes
   ``lastfailed.json``, removes stale containers, runs the container in its own
@@ -40,13 +40,13 @@ from hil.backends.base import (
     ByteSink,
     Check,
     PreflightReport,
-    Progress,
     RunEnd,
     RunPlan,
     RunRequest,
     worker_command,
     worker_source,
 )
+from hil.backends.images import ImageRecipe, recipe
 from hil.config import TargetSpec
 from hil.errors import (
     BuildFailedError,
@@ -61,11 +61,11 @@ from hil.errors import (
     TargetUnhealthyError,
     UnreachableError,
 )
-from hil.images import ImageRecipe, recipe
-from hil.lease import Holder, Lease
-from hil.sshconn import ConnectionLostError
-from hil.sshconn import SshConnection as Connection
-from hil.sync import (
+from hil.progress import Progress
+from hil.ssh.connection import ConnectionLostError
+from hil.ssh.connection import SshConnection as Connection
+from hil.ssh.lease import Holder, Lease
+from hil.ssh.sync import (
     Rsync,
     SyncStats,
     check_remote_dir,
@@ -75,7 +75,7 @@ from hil.sync import (
     sync_marker,
     tree_digest,
 )
-from hil.telemetry import Telemetry
+from hil.ssh.telemetry import Telemetry
 
 #: Marker that starts the run script's last line on standard error.
 END_MARKER = b"\x1ehil-end "
@@ -293,7 +293,7 @@ class SshBackend(Backend):
         if self.conn is None or not self.conn.alive:
             if self.conn is not None:
                 self.conn.close()
-            from hil.sshconn import connect
+            from hil.ssh.connection import connect
 
             conn = connect(self.spec)
             self.conn = conn

@@ -1,0 +1,7 @@
+"""``python -m hil.cli``: the ``hil`` console script."""
+
+import sys
+
+from hil.cli import main
+
+sys.exit(main())

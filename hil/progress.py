@@ -1,0 +1,56 @@
+"""What long steps show on the terminal: one ``hil:`` line per step, ``  |`` lines of detail."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+import pytest
+
+
+class Progress:
+    """Shows progress of long steps on the terminal and keeps a copy in a log file."""
+
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.quiet = quiet
+
+    def step(self, message: str) -> None:
+        """One line saying what starts now."""
+        if not self.quiet:
+            self.stream.write(f"hil: {message}\n")
+            self.stream.flush()
+
+    def detail(self, message: str) -> None:
+        """A line of build or sync output (shown only when not quiet)."""
+        if not self.quiet:
+            self.stream.write(f"  | {message}\n")
+            self.stream.flush()
+
+
+class TerminalProgress(Progress):
+    """Progress lines on pytest's terminal (stdout), in order with test output."""
+
+    def __init__(self, config: pytest.Config, log: list[str]) -> None:
+        super().__init__(quiet=config.get_verbosity() < -1)
+        self.config = config
+        self.tw = config.get_terminal_writer()
+        self.log = log
+
+    def step(self, message: str) -> None:
+        self.log.append(f"hil: {message}")
+        if not self.quiet:
+            terminal_line(self.config, f"hil: {message}", cyan=True)
+
+    def detail(self, message: str) -> None:
+        self.log.append(f"  | {message}")
+        if not self.quiet:
+            self.tw.line(f"  | {message}")
+
+
+def terminal_line(config: pytest.Config, text: str, **markup: bool) -> None:
+    """One line on pytest's terminal, on a line of its own (also amid a file's progress)."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal.ensure_newline()
+    config.get_terminal_writer().line(text, **markup)
