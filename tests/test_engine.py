@@ -11,9 +11,9 @@ import pytest
 from hil.backends.base import CONTAINER_OUT, CONTAINER_WORKER, RunRequest
 from hil.backends.docker import container_config, memory_bytes
 from hil.backends.engine import (
+    Engine,
     EngineError,
     EngineNotFoundError,
-    SocketEngine,
     open_engine,
 )
 from hil.errors import ConfigError
@@ -50,20 +50,16 @@ def test_container_config_mounts_checkout_results_and_worker() -> None:
     assert host["Memory"] == host["MemorySwap"] == 48 * 1024**2
 
 
-def test_unix_urls_get_the_lean_client_others_the_sdk() -> None:
-    assert isinstance(open_engine("unix:///nonexistent/docker.sock", 1), SocketEngine)
+@pytest.mark.parametrize("url", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:1"])
+def test_an_engine_that_does_not_answer_raises_engine_error(url: str) -> None:
     # The SDK client asks the engine for its API version as it is made; its errors are ours.
     with pytest.raises(EngineError, match="DockerException"):
-        open_engine("tcp://127.0.0.1:1", 1)
+        open_engine(url, 1)
 
 
-def test_socket_engine_to_a_missing_socket_raises_engine_error() -> None:
-    with pytest.raises(EngineError, match="nonexistent"):
-        SocketEngine("unix:///nonexistent/docker.sock", 1).ping()
-
-
-def test_socket_engine_runs_a_container_and_separates_its_streams(sim_rig: Rig, tmp_path: Path) -> None:
-    engine = SocketEngine(sim_rig.colima_host, 10)
+def test_the_engine_runs_a_container_and_separates_its_streams(sim_rig: Rig, tmp_path: Path) -> None:
+    engine = open_engine(sim_rig.colima_host, 10)
+    assert isinstance(engine, Engine)
     engine.ping()
     assert engine.version()["ApiVersion"]
     with pytest.raises(EngineNotFoundError):

@@ -3,9 +3,7 @@
 The checkout is bind-mounted read-only and the run folder is mounted at
 ``/hil/out``, so there is nothing to sync and nothing to fetch: results land
 in ``reports/runs/<run-id>/`` as they are written, also when the run dies.
-Engine API calls go through :mod:`hil.backends.engine`: a lean client over
-unix sockets for the calls of every run, the Docker SDK for builds and for
-engines reached over TCP or SSH.
+Engine API calls go through :mod:`hil.backends.engine` (the Docker SDK).
 """
 
 from __future__ import annotations
