@@ -12,20 +12,19 @@ Neither is imported or looked for at pytest start-up: only ``hil report`` and
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from hil.errors import ConfigError, ExitCode, HilError
+from hil.locking import exclusive_lock
 from hil.progress import Progress
 
 #: The exact Allure 3 release we generate with (``npm view allure versions``).
@@ -112,23 +111,12 @@ def find_allure2() -> Engine | None:
     return None
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive file lock, so parallel jobs do not install into one prefix at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def install_allure3(root: Path, progress: Progress, version: str = ALLURE3_VERSION) -> Engine:
     """Install Allure ``version`` from npm into the project cache (once) and return it."""
     prefix = allure3_prefix(root, version)
     launcher = allure3_bin(prefix)
-    with _locked(prefix.parent / f".allure-{version}.lock"):
+    # An exclusive lock, so parallel jobs do not install into one prefix at once.
+    with exclusive_lock(prefix.parent / f".allure-{version}.lock"):
         if not launcher.exists():
             npm = shutil.which("npm")
             if npm is None:

@@ -1,13 +1,13 @@
-"""Fault blocks of one simulated board: the context managers and the host-wide lock they hold.
+"""Faults of one simulated board: the plain methods, their ``with`` blocks and the lock they hold.
 
-A board (the rig's single board, or one of the pool) provides the plain
-methods (``stop_sshd``/``start_sshd``, ``cut_link``/``restore_link``,
+A board (the rig's single board, or one of the pool) injects each fault on
+one of its parts (``stop_sshd``/``start_sshd``, ``cut_link``/``restore_link``,
 ``set_netem``/``clear_netem``, ``stop_jetson_engine``/``start_jetson_engine``,
-``limit_engine_disk``/``restore_engine_disk``) and a lock file; this mixin
-turns each pair into a ``with`` block that holds the board's fault lock, so two
-test sessions sharing the rig inject faults on one board one at a time.  A
-block's lock also tells ``restore`` and a repairing ``up`` that a live session
-owns the fault: a crashed holder's lock is gone with it.
+``limit_engine_disk``/``restore_engine_disk``); each pair is also a ``with``
+block that holds the board's fault lock, so two test sessions sharing the rig
+inject faults on one board one at a time.  A block's lock also tells
+``restore`` and a repairing ``up`` that a live session owns the fault: a
+crashed holder's lock is gone with it.
 
 A fault injected with a plain method holds the lock too, from the injection
 until the last such fault of the object is restored, so no other process's
@@ -18,91 +18,131 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from hil.locking import open_lock_file, try_lock
 from hil.sim._proc import wait_until
+from hil.sim.layout import RigLayout
+from hil.sim.parts import BoardParts
 
 _B = TypeVar("_B", bound="BoardFaults")
 
+#: Every fault a board has, in the order ``restore_injected`` undoes them.
+FAULTS = ("link", "netem", "disk", "engine", "sshd")
 
-class BoardFaults:
-    """Mixin: ``with`` blocks over a board's plain fault methods, under its fault lock."""
+
+class BoardFaults(BoardParts):
+    """A board's faults: plain inject/restore methods and ``with`` blocks, under its fault lock."""
 
     _fault_depth: int = 0
     _fault_fd: int | None = None
     #: True while plain injections (not a ``with`` block) hold one level of the lock.
     _fault_hold: bool = False
-    _injected: set[str]
+
+    def __init__(self, layout: RigLayout) -> None:
+        super().__init__(layout)
+        #: The faults this object injected and has not restored.
+        self._injected: set[str] = set()
 
     @property
     def fault_lock_path(self) -> Path:
-        """The lock file this board's fault blocks hold."""
-        raise NotImplementedError
+        """The host-wide lock this board's fault blocks hold (board 0's: ``/run/hil-sim.faults.lock``)."""
+        return self.layout.fault_lock_file
+
+    # -- the plain methods ----------------------------------------------------
 
     def stop_sshd(self) -> None:
         """Stop the board's sshd (open sessions survive, new connections are refused)."""
-        raise NotImplementedError
+        self._inject("sshd")
+        self.board.stop_sshd()
 
     def start_sshd(self) -> None:
         """Start the board's sshd again and wait until it listens."""
-        raise NotImplementedError
+        self.board.start_sshd()
+        self._restored("sshd")
 
     def cut_link(self) -> None:
         """Cut the board's link: packets to the board vanish (connects time out)."""
-        raise NotImplementedError
+        self._inject("link")
+        self.network.cut()
 
     def restore_link(self) -> None:
         """Restore the board's link."""
-        raise NotImplementedError
+        self.network.restore()
+        self._restored("link")
 
     def set_netem(self, delay_ms: float = 0, loss_pct: float = 0) -> str:
-        """Delay packets ``delay_ms`` each way and drop ``loss_pct`` %; returns the mechanism."""
-        raise NotImplementedError
+        """Delay packets ``delay_ms`` each way and drop ``loss_pct`` %; returns the mechanism.
+
+        ``tc netem`` on both veth ends where the kernel has it, else an
+        iptables NFQUEUE served by :mod:`hil.sim.nfqueue` (same effect).
+        """
+        self._inject("netem")
+        return self.network.set_netem(delay_ms, loss_pct)
 
     def clear_netem(self) -> None:
         """Remove delay and loss from the board's link."""
-        raise NotImplementedError
+        self.network.clear_netem()
+        self._restored("netem")
 
     def stop_jetson_engine(self) -> None:
-        """Stop the board's Docker engine."""
-        raise NotImplementedError
+        """Stop the board's engine (its dockerd)."""
+        self._inject("engine")
+        self.board_engine.stop()
 
     def start_jetson_engine(self) -> None:
-        """Start the board's Docker engine again and wait until it answers."""
-        raise NotImplementedError
+        """Start the board's engine again and wait until it answers."""
+        self.board_engine.start()
+        self._restored("engine")
 
     def limit_engine_disk(self, free_mb: int) -> int:
-        """Leave the engine's data root only ``free_mb`` MiB free; returns df's figure."""
-        raise NotImplementedError
+        """Leave the board engine's data root only ``free_mb`` MiB free; returns df's figure."""
+        self._inject("disk")
+        return self.disk.limit(free_mb)
 
     def restore_engine_disk(self) -> None:
-        """Give the engine its whole disk back."""
-        raise NotImplementedError
+        """Give the board's engine its whole disk back."""
+        self.disk.restore()
+        self._restored("disk")
 
-    # -- the lock -----------------------------------------------------------
+    def restore_injected(self) -> None:
+        """Undo every fault this object injected and has not restored."""
+        restorers = {
+            "sshd": self.start_sshd,
+            "link": self.restore_link,
+            "netem": self.clear_netem,
+            "engine": self.start_jetson_engine,
+            "disk": self.restore_engine_disk,
+        }
+        for name in FAULTS:
+            if name in self._injected:
+                restorers[name]()
 
-    def _open_lock(self) -> int:
-        path = self.fault_lock_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    def _restore_unless_held(self, present: Callable[[], bool] = lambda: True) -> bool:
+        """Undo the board's faults, whoever injected them, unless a live fault block holds them.
 
-    @staticmethod
-    def _try_flock(fd: int) -> bool:
-        import fcntl  # POSIX only; imported here so `hil sim` can explain itself elsewhere
+        Only when ``present()`` says the board has parts to repair.  Returns
+        False when another session is inside a fault block on this board.
+        """
+        with self.fault_lock_if_free() as free:
+            if free and present():
+                self._injected.update(FAULTS)
+                if not self.network.link_exists():
+                    self._injected.discard("link")
+                if not self.disk.mounted():
+                    self._injected.discard("disk")
+                self.restore_injected()
+            return free
 
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
+    # -- the lock -------------------------------------------------------------
 
     def _acquire(self, timeout: float) -> None:
         if self._fault_depth == 0:
-            fd = self._open_lock()
+            fd = open_lock_file(self.fault_lock_path)
             try:
-                wait_until(lambda: self._try_flock(fd), timeout,
+                wait_until(lambda: try_lock(fd), timeout,
                            f"the rig's fault lock {self.fault_lock_path}", interval=0.2)
             except BaseException:
                 os.close(fd)
@@ -156,9 +196,9 @@ class BoardFaults:
         if self._fault_depth:
             yield True
             return
-        fd = self._open_lock()
+        fd = open_lock_file(self.fault_lock_path)
         try:
-            if not self._try_flock(fd):
+            if not try_lock(fd):
                 yield False
                 return
             self._fault_fd, self._fault_depth = fd, 1
@@ -169,7 +209,7 @@ class BoardFaults:
         finally:
             os.close(fd)
 
-    # -- the blocks ---------------------------------------------------------
+    # -- the blocks -----------------------------------------------------------
 
     @contextlib.contextmanager
     def sshd_stopped(self: _B) -> Iterator[_B]:

@@ -93,10 +93,14 @@ class RigLayout:
             netem_queue=base.netem_queue + index,
         )
 
+    def _own(self, board0: str, pool: str) -> str:
+        """``board0`` on the rig's single board, else ``pool`` (``{i}``: its index, ``{name}``: its name)."""
+        return board0 if self.index == 0 else pool.format(i=self.index, name=f"jetson-{self.index}")
+
     @property
     def board_name(self) -> str:
         """The board's engine name and state folder: "jetson", "jetson-1", ..."""
-        return "jetson" if self.index == 0 else f"jetson-{self.index}"
+        return self._own("jetson", "{name}")
 
     @property
     def board_dir(self) -> Path:
@@ -172,23 +176,22 @@ class RigLayout:
     @property
     def host_key(self) -> Path:
         """The board sshd's private host key (one per board)."""
-        name = "ssh_host_ed25519_key"
-        return self.ssh_dir / (name if self.index == 0 else f"{name}_{self.board_name}")
+        return self.ssh_dir / self._own("ssh_host_ed25519_key", "ssh_host_ed25519_key_{name}")
 
     @property
     def sshd_config(self) -> Path:
         """The board sshd's private configuration."""
-        return self.ssh_dir / ("sshd_config" if self.index == 0 else f"sshd_config_{self.board_name}")
+        return self.ssh_dir / self._own("sshd_config", "sshd_config_{name}")
 
     @property
     def sshd_pidfile(self) -> Path:
         """The board sshd's pid file (written by sshd inside the namespace)."""
-        return self.runtime_dir / ("sshd" if self.index == 0 else f"sshd-{self.index}") / "sshd.pid"
+        return self.runtime_dir / self._own("sshd", "sshd-{i}") / "sshd.pid"
 
     @property
     def sshd_log(self) -> Path:
         """The board sshd's log."""
-        return self.log_dir / ("sshd.log" if self.index == 0 else f"sshd-{self.index}.log")
+        return self.log_dir / self._own("sshd.log", "sshd-{i}.log")
 
     @property
     def face_dir(self) -> Path:
@@ -203,12 +206,12 @@ class RigLayout:
     @property
     def netem_pidfile(self) -> Path:
         """Pid file of the netfilter-queue delay/loss daemon."""
-        return self.runtime_dir / "pids" / ("netem.pid" if self.index == 0 else f"netem-{self.index}.pid")
+        return self.runtime_dir / "pids" / self._own("netem.pid", "netem-{i}.pid")
 
     @property
     def netem_state(self) -> Path:
         """What delay/loss the board's link has now (JSON), while it has some."""
-        return self.runtime_dir / ("netem.json" if self.index == 0 else f"netem-{self.index}.json")
+        return self.runtime_dir / self._own("netem.json", "netem-{i}.json")
 
     @property
     def home_dir(self) -> Path | None:
@@ -227,7 +230,7 @@ class RigLayout:
     @property
     def fault_lock_file(self) -> Path:
         """The host-wide lock one board's fault blocks hold (board 0's: ``/run/hil-sim.faults.lock``)."""
-        suffix = ".faults.lock" if self.index == 0 else f".faults-{self.index}.lock"
+        suffix = self._own(".faults.lock", ".faults-{i}.lock")
         return self.runtime_dir.with_name(self.runtime_dir.name + suffix)
 
     @property

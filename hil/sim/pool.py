@@ -14,7 +14,6 @@ debootstrap or commit.  A board whose engine already holds them is left alone.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import threading
 import time
@@ -23,15 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hil.errors import ExitCode, HilError, TargetUnhealthyError
-from hil.sim._proc import wait_until
+from hil.errors import ExitCode, HilError
 from hil.sim.board import Board
-from hil.sim.disk import EngineDisk
 from hil.sim.engine import DockerEngine, own_identity_config
 from hil.sim.faults import BoardFaults
 from hil.sim.images import DIGEST_LABEL, ImageCache
 from hil.sim.layout import MAX_POOL_BOARDS, RigLayout
-from hil.sim.network import BoardNetwork
 
 _T = TypeVar("_T")
 
@@ -97,58 +93,27 @@ class PoolBoard(BoardFaults):
     """One pool board: its engine, disk, namespace and link, sshd; up, down, status, faults.
 
     The fault methods and ``with`` blocks are those of :class:`hil.sim.Rig` for
-    the single board, under this board's own fault lock.
+    the single board (:class:`~hil.sim.faults.BoardFaults`), under this board's own fault lock.
     """
 
     def __init__(self, layout: RigLayout) -> None:
-        self.layout = layout
+        super().__init__(layout)
         self.engine = DockerEngine(
             layout.jetson,
             group=layout.docker_group,
             runtimes=("nvidia",),
             config=own_identity_config(layout.board_dir / "key.json"),
         )
-        self.board = Board(layout)
-        self.network = BoardNetwork(layout)
-        self.disk = EngineDisk(
-            layout.jetson_disk_image, layout.jetson_disk_mount, layout.disk_balloon, layout.jetson_disk_gb
-        )
-        self._injected: set[str] = set()
+
+    @property
+    def board_engine(self) -> DockerEngine:
+        """The board's engine (:attr:`engine`)."""
+        return self.engine
 
     @property
     def index(self) -> int:
         """The board's number in the pool (1..N)."""
         return self.layout.index
-
-    @property
-    def ssh_alias(self) -> str:
-        """The board's host alias in the rig's ssh_config (``hil-sim-jetson-I``)."""
-        return self.layout.ssh_alias
-
-    @property
-    def board_address(self) -> str:
-        """The board's IP address."""
-        return self.layout.board_address
-
-    @property
-    def jetson_host(self) -> str:
-        """Docker host URL of the board's engine (as seen on the host)."""
-        return self.layout.jetson.host
-
-    @property
-    def fault_lock_path(self) -> Path:
-        """This board's fault lock (``/run/hil-sim.faults-I.lock``)."""
-        return self.layout.fault_lock_file
-
-    def ssh(
-        self, *remote: str, timeout: float = 60.0, options: tuple[str, ...] = ()
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``remote`` on the board over SSH with the rig's ssh_config (never raises on exit)."""
-        return self.board.ssh(*remote, timeout=timeout, options=options)
-
-    def ssh_works(self) -> bool:
-        """True when a login on the board runs ``true``."""
-        return self.ssh("true", timeout=15, options=("-o", "ConnectTimeout=5")).returncode == 0
 
     # -- up / down ----------------------------------------------------------
 
@@ -164,40 +129,15 @@ class PoolBoard(BoardFaults):
 
         ``prepare`` must have run (keys, sshd config, face).
         """
-        done: list[str] = []
-        if not self.disk.mounted():
-            self.disk.ensure_mounted()
-            done.append("disk")
-        if self.engine.start():
-            done.append("engine")
-        if not (self.network.namespace_exists() and self.network.link_up()):
-            self.network.create()
-            done.append("namespace and link")
-        if self.board.start_sshd():
-            done.append("sshd")
+        done = self.start_parts()
         if images.needed(self.engine):
             done += images.load_into(self.engine)
-        wait_until(self.ssh_works, 30, f"ssh login to {self.ssh_alias}", error=TargetUnhealthyError)
+        self.wait_for_login()
         return done
 
     def down(self) -> list[str]:
         """Stop and remove every part (idempotent); returns what was stopped. Keeps the disk file."""
-        stopped: list[str] = []
-        self.network.clear_netem()
-        if self.disk.mounted():
-            self.disk.restore()
-        if self.board.stop_sshd():
-            stopped.append("sshd")
-        if self.network.namespace_exists() and self.network.kill_processes():
-            stopped.append("sessions")
-        if self.engine.stop():
-            stopped.append("engine")
-        if self.disk.mounted():
-            self.disk.unmount()
-            stopped.append("disk")
-        if self.network.namespace_exists() or self.network.link_exists():
-            self.network.remove()
-            stopped.append("namespace and link")
+        stopped = self.stop_parts()
         self._forget_injected()
         return stopped
 
@@ -236,101 +176,16 @@ class PoolBoard(BoardFaults):
         """The faults in place now (a stopped sshd or engine of a running board, link, netem, disk)."""
         if not (self.network.namespace_exists() and self.disk.mounted()):
             return []
-        faults = []
-        if not self.board.sshd_up():
-            faults.append("sshd stopped")
-        if self.network.link_exists() and not self.network.link_up():
-            faults.append("link cut")
-        netem = self.network.netem()
-        if netem:
-            faults.append(f"netem delay {netem['delay_ms']} ms loss {netem['loss_pct']} %")
-        if self.engine.pid() is None:
-            faults.append("engine stopped")
-        if self.disk.limited():
-            faults.append("disk limited")
-        return faults
+        return self.part_faults()
 
     # -- faults -------------------------------------------------------------
-
-    def stop_sshd(self) -> None:
-        """Stop the board's sshd (open sessions survive, new connections are refused)."""
-        self._inject("sshd")
-        self.board.stop_sshd()
-
-    def start_sshd(self) -> None:
-        """Start the board's sshd again and wait until it listens."""
-        self.board.start_sshd()
-        self._restored("sshd")
-
-    def cut_link(self) -> None:
-        """Cut the board's link: packets to the board vanish (connects time out)."""
-        self._inject("link")
-        self.network.cut()
-
-    def restore_link(self) -> None:
-        """Restore the board's link."""
-        self.network.restore()
-        self._restored("link")
-
-    def set_netem(self, delay_ms: float = 0, loss_pct: float = 0) -> str:
-        """Delay packets ``delay_ms`` each way and drop ``loss_pct`` %; returns the mechanism."""
-        self._inject("netem")
-        return self.network.set_netem(delay_ms, loss_pct)
-
-    def clear_netem(self) -> None:
-        """Remove delay and loss from the board's link."""
-        self.network.clear_netem()
-        self._restored("netem")
-
-    def stop_jetson_engine(self) -> None:
-        """Stop the board's engine (its dockerd)."""
-        self._inject("engine")
-        self.engine.stop()
-
-    def start_jetson_engine(self) -> None:
-        """Start the board's engine again and wait until it answers."""
-        self.engine.start()
-        self._restored("engine")
-
-    def limit_engine_disk(self, free_mb: int) -> int:
-        """Leave the board engine's data root only ``free_mb`` MiB free; returns df's figure."""
-        self._inject("disk")
-        return self.disk.limit(free_mb)
-
-    def restore_engine_disk(self) -> None:
-        """Give the board's engine its whole disk back."""
-        self.disk.restore()
-        self._restored("disk")
-
-    def restore_injected(self) -> None:
-        """Undo every fault this object injected and has not restored."""
-        restorers = {
-            "sshd": self.start_sshd,
-            "link": self.restore_link,
-            "netem": self.clear_netem,
-            "engine": self.start_jetson_engine,
-            "disk": self.restore_engine_disk,
-        }
-        for name in ("link", "netem", "disk", "engine", "sshd"):
-            if name in self._injected:
-                restorers[name]()
 
     def restore_faults(self) -> bool:
         """Undo the board's faults, whoever injected them, unless a live fault block holds them.
 
         Returns False when another session is inside a fault block on this board.
         """
-        with self.fault_lock_if_free() as free:
-            if not free:
-                return False
-            if self.traces():
-                self._injected.update({"sshd", "link", "netem", "engine", "disk"})
-                if not self.network.link_exists():
-                    self._injected.discard("link")
-                if not self.disk.mounted():
-                    self._injected.discard("disk")
-                self.restore_injected()
-            return True
+        return self._restore_unless_held(self.traces)
 
 
 def _each(boards: Sequence[PoolBoard], work: Callable[[PoolBoard], _T]) -> list[_T]:

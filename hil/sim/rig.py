@@ -12,19 +12,18 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hil.errors import ExitCode, HilError, TargetUnhealthyError
-from hil.sim._proc import run, wait_until, which
-from hil.sim.board import Board, write_client_files
-from hil.sim.disk import EngineDisk
+from hil.errors import ExitCode, HilError
+from hil.locking import exclusive_lock
+from hil.sim._proc import run, which
+from hil.sim.board import write_client_files
 from hil.sim.engine import DockerEngine
 from hil.sim.faults import BoardFaults
 from hil.sim.images import ImageCache, RootfsSpec
 from hil.sim.layout import RigLayout
-from hil.sim.network import BoardNetwork
+from hil.sim.parts import PartNames
 from hil.sim.pool import BoardPool, PoolImages
 
 #: tool -> Debian package that ships it.
@@ -81,21 +80,21 @@ class Rig(BoardFaults):
     Its fault methods act on board 0; ``rig.pool[I]`` has the same for pool board I.
     """
 
+    part_names = PartNames(disk="jetson disk", engine="jetson engine", link="board namespace and link",
+                           sshd="board sshd", sessions="board sessions")
+
     def __init__(self, layout: RigLayout | None = None) -> None:
-        self.layout = layout or RigLayout.from_env()
+        super().__init__(layout or RigLayout.from_env())
         lay = self.layout
         self.colima = DockerEngine(lay.colima, group=lay.docker_group)
         self.jetson = DockerEngine(lay.jetson, group=lay.docker_group, runtimes=("nvidia",))
-        self.board = Board(lay)
-        self.network = BoardNetwork(lay)
-        self.disk = EngineDisk(
-            lay.jetson_disk_image, lay.jetson_disk_mount, lay.disk_balloon, lay.jetson_disk_gb
-        )
         #: Boards ``hil-sim-jetson-1`` ... ``-N`` of ``up(boards=N)``; ``pool[I]`` is board I.
         self.pool = BoardPool(lay)
-        self._injected: set[str] = set()
-        self._fault_depth = 0
-        self._fault_fd: int | None = None
+
+    @property
+    def board_engine(self) -> DockerEngine:
+        """Board 0's engine: the "jetson" engine (:attr:`jetson`)."""
+        return self.jetson
 
     # -- the contract's locations -------------------------------------------
 
@@ -115,11 +114,6 @@ class Rig(BoardFaults):
         return self.layout.colima.socket
 
     @property
-    def jetson_host(self) -> str:
-        """Docker host URL of the "jetson" engine (as seen on the host)."""
-        return self.layout.jetson.host
-
-    @property
     def jetson_socket(self) -> Path:
         """Socket of the "jetson" engine (as seen on the host)."""
         return self.layout.jetson.socket
@@ -135,19 +129,9 @@ class Rig(BoardFaults):
         return self.layout.ssh_config
 
     @property
-    def ssh_alias(self) -> str:
-        """The board's host alias in :attr:`ssh_config`."""
-        return self.layout.ssh_alias
-
-    @property
     def known_hosts(self) -> Path:
         """The known_hosts file pinning the board's host key."""
         return self.layout.known_hosts
-
-    @property
-    def board_address(self) -> str:
-        """The board's IP address (board end of the veth)."""
-        return self.layout.board_address
 
     @property
     def host_address(self) -> str:
@@ -221,18 +205,6 @@ class Rig(BoardFaults):
         if reason:
             raise RigUnsupportedError(reason)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        import fcntl  # POSIX only; imported here so `hil sim` can explain itself elsewhere
-
-        self.layout.lock_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.layout.lock_file.open("a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
     @property
     def _marker(self) -> Path:
         return self.layout.runtime_dir / "up"
@@ -274,7 +246,7 @@ class Rig(BoardFaults):
         if boards is not None:
             BoardPool.check_size(boards)
         started = time.monotonic()
-        with self._locked():
+        with exclusive_lock(self.layout.lock_file):
             self._check_owner()
             done: list[str] = []
             lay = self.layout
@@ -317,17 +289,7 @@ class Rig(BoardFaults):
 
     def _board_up(self, cache: ImageCache) -> list[str]:
         """Start board 0's parts that are not running and put the images in both engines."""
-        done: list[str] = []
-        if not self.disk.mounted():
-            self.disk.ensure_mounted()
-            done.append("jetson disk")
-        if self.jetson.start():
-            done.append("jetson engine")
-        if not (self.network.namespace_exists() and self.network.link_up()):
-            self.network.create()
-            done.append("board namespace and link")
-        if self.board.start_sshd():
-            done.append("board sshd")
+        done = self.start_parts()
         needs_images = [
             (engine, l4t)
             for engine, l4t in ((self.colima, False), (self.jetson, True))
@@ -337,7 +299,7 @@ class Rig(BoardFaults):
             cache.ensure_tarball()
             for engine, l4t in needs_images:
                 done += [f"{img} ({engine.name})" for img in cache.ensure_images(engine, l4t=l4t)]
-        wait_until(self._ssh_works, 30, "ssh login to the board", error=TargetUnhealthyError)
+        self.wait_for_login()
         return done
 
     def down(self) -> bool:
@@ -345,35 +307,15 @@ class Rig(BoardFaults):
 
         Keeps the state dir: keys, the image cache and the engines' data.
         """
-        with self._locked():
+        with exclusive_lock(self.layout.lock_file):
             self._check_owner()
             self._marker.unlink(missing_ok=True)
-            stopped = self.pool.down()
-            self.network.clear_netem()
-            if self.disk.mounted():
-                self.disk.restore()
-            if self.board.stop_sshd():
-                stopped.append("board sshd")
-            if self.network.namespace_exists() and self._kill_board_processes():
-                stopped.append("board sessions")
-            for engine in (self.jetson, self.colima):
-                if engine.stop():
-                    stopped.append(f"{engine.name} engine")
-            if self.disk.mounted():
-                self.disk.unmount()
-                stopped.append("jetson disk")
-            if self.network.namespace_exists() or self.network.link_exists():
-                self.network.remove()
-                stopped.append("board namespace and link")
+            stopped = self.pool.down() + self.stop_parts(also=[self.colima])
             if self._unmount_leftovers():
                 stopped.append("leftover mounts")
             self._clean_runtime_dir()
         _say(f"down: stopped {', '.join(stopped)}" if stopped else "rig already down")
         return bool(stopped)
-
-    def _kill_board_processes(self) -> bool:
-        """Stop what still runs in the board namespace (open SSH sessions), by pid."""
-        return self.network.kill_processes()
 
     def _unmount_leftovers(self) -> bool:
         """Unmount what the daemons left mounted under our dirs (e.g. dockerd's netns file)."""
@@ -404,18 +346,6 @@ class Rig(BoardFaults):
                 path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             root.rmdir()
-
-    def ssh(
-        self, *remote: str, timeout: float = 60.0, options: tuple[str, ...] = ()
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``remote`` on the board over SSH with the generated config (never raises on exit).
-
-        ``options`` go before the host alias, e.g. ``("-o", "ConnectTimeout=2")``.
-        """
-        return self.board.ssh(*remote, timeout=timeout, options=options)
-
-    def _ssh_works(self) -> bool:
-        return self.board.ssh("true", timeout=15, options=("-o", "ConnectTimeout=5")).returncode == 0
 
     # -- status -----------------------------------------------------------
 
@@ -480,93 +410,13 @@ class Rig(BoardFaults):
         """The faults in place now (stopped parts of an up rig, netem, disk limit)."""
         if not self.is_up():
             return []
-        faults = []
-        if not self.board.sshd_up():
-            faults.append("sshd stopped")
-        if self.network.link_exists() and not self.network.link_up():
-            faults.append("link cut")
-        netem = self.network.netem()
-        if netem:
-            faults.append(f"netem delay {netem['delay_ms']} ms loss {netem['loss_pct']} %")
-        if self.jetson.pid() is None:
-            faults.append("jetson engine stopped")
-        if self.disk.mounted() and self.disk.limited():
-            faults.append("jetson disk limited")
-        return faults
+        return self.part_faults()
 
     # -- faults -----------------------------------------------------------
 
-    def stop_sshd(self) -> None:
-        """Stop the board's sshd (open sessions survive, new connections are refused)."""
-        self._inject("sshd")
-        self.board.stop_sshd()
-
-    def start_sshd(self) -> None:
-        """Start the board's sshd again and wait until it listens."""
-        self.board.start_sshd()
-        self._restored("sshd")
-
-    def cut_link(self) -> None:
-        """Cut the board's link: packets to the board vanish (connects time out)."""
-        self._inject("link")
-        self.network.cut()
-
-    def restore_link(self) -> None:
-        """Restore the board's link."""
-        self.network.restore()
-        self._restored("link")
-
-    def set_netem(self, delay_ms: float = 0, loss_pct: float = 0) -> str:
-        """Delay packets ``delay_ms`` each way and drop ``loss_pct`` %; returns the mechanism.
-
-        ``tc netem`` on both veth ends where the kernel has it, else an
-        iptables NFQUEUE served by :mod:`hil.sim.nfqueue` (same effect).
-        """
-        self._inject("netem")
-        return self.network.set_netem(delay_ms, loss_pct)
-
-    def clear_netem(self) -> None:
-        """Remove delay and loss from the board's link."""
-        self.network.clear_netem()
-        self._restored("netem")
-
-    def stop_jetson_engine(self) -> None:
-        """Stop the jetson engine (the board's dockerd)."""
-        self._inject("engine")
-        self.jetson.stop()
-
-    def start_jetson_engine(self) -> None:
-        """Start the jetson engine again and wait until it answers."""
-        self.jetson.start()
-        self._restored("engine")
-
-    def limit_engine_disk(self, free_mb: int) -> int:
-        """Leave the jetson engine's data root only ``free_mb`` MiB free; returns df's figure."""
-        self._inject("disk")
-        return self.disk.limit(free_mb)
-
-    def restore_engine_disk(self) -> None:
-        """Give the jetson engine its whole disk back."""
-        self.disk.restore()
-        self._restored("disk")
-
-    @property
-    def fault_lock_path(self) -> Path:
-        """Board 0's fault lock (``/run/hil-sim.faults.lock``); each pool board has its own."""
-        return self.layout.fault_lock_file
-
     def restore_injected(self) -> None:
         """Undo every fault this Rig object injected and has not restored (pool boards too)."""
-        restorers = {
-            "sshd": self.start_sshd,
-            "link": self.restore_link,
-            "netem": self.clear_netem,
-            "engine": self.start_jetson_engine,
-            "disk": self.restore_engine_disk,
-        }
-        for name in ("link", "netem", "disk", "engine", "sshd"):
-            if name in self._injected:
-                restorers[name]()
+        super().restore_injected()
         self.pool.restore_injected()
 
     def restore_faults(self) -> None:
@@ -575,15 +425,7 @@ class Rig(BoardFaults):
         A board inside another session's fault block is left to that block
         (a crashed session's lock is gone with it, so its faults are undone).
         """
-        with self.fault_lock_if_free() as free:
-            if free:
-                self._injected.update({"sshd", "link", "netem", "engine", "disk"})
-                if not self.network.link_exists():
-                    self._injected.discard("link")
-                if not self.disk.mounted():
-                    self._injected.discard("disk")
-                self.restore_injected()
-            else:
-                _say(f"{self.layout.ssh_alias}: fault left in place (a live session's fault holds it)")
+        if not self._restore_unless_held():
+            _say(f"{self.layout.ssh_alias}: fault left in place (a live session's fault holds it)")
         for alias in self.pool.restore_faults():
             _say(f"{alias}: fault left in place (a live session's fault holds it)")
