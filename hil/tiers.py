@@ -1,9 +1,13 @@
-"""Tiers: what a test needs and what a target serves.
+"""Tiers: what a test needs and what a target serves (the one home of the vocabulary).
 
 Tiers are ordered: a target serving tier N runs every test of tier <= N.
 Unmarked tests are tier 1.  Detecting the local host's tier never imports
 torch when it is not installed, and looks for CUDA device nodes first so a
 CPU host pays nothing.
+
+Standard library and pytest only: this file is mounted into every target
+beside the worker (as ``hil_tiers.py``), so the skip reasons on a board and
+on the laptop are the same strings.
 """
 
 from __future__ import annotations
@@ -14,10 +18,42 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from hil.worker import MARKERS, TIERS, item_tier, register_markers, skip_reason, tier_label
+import pytest
 
-__all__ = ["MARKERS", "TIERS", "Detection", "detect_local_tier", "item_tier", "register_markers",
-           "skip_reason", "tier_label"]
+TIERS: dict[int, str] = {
+    1: "any host CPU",
+    2: "CUDA GPU",
+    3: "real airframe hardware",
+}
+
+
+MARKERS: dict[str, str] = {
+    f"tier{n}": f"tier{n}: needs {what}; skipped on targets serving a lower tier"
+    for n, what in TIERS.items()
+}
+
+
+def register_markers(config: pytest.Config) -> None:
+    """Declare the tier markers, so ``--strict-markers`` accepts them."""
+    for line in MARKERS.values():
+        config.addinivalue_line("markers", line)
+
+
+def tier_label(tier: int) -> str:
+    """``'tier2 (CUDA GPU)'``."""
+    return f"tier{tier} ({TIERS.get(tier, 'unknown')})"
+
+
+def skip_reason(test_tier: int, target: str, target_tier: int) -> str:
+    """The reason a test above its target's tier is skipped with."""
+    return f"{tier_label(test_tier)} test; target '{target}' serves tier {target_tier}"
+
+
+def item_tier(item: pytest.Item) -> int:
+    """The tier a test needs: its highest ``tierN`` marker, 1 when unmarked."""
+    names = {m.name for m in item.iter_markers()}
+    return max((n for n in TIERS if f"tier{n}" in names), default=1)
+
 
 @dataclass(frozen=True)
 class Detection:

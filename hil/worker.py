@@ -70,47 +70,20 @@ import warnings
 import zlib
 from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pluggy
 import pytest
 
+if TYPE_CHECKING:
+    from hil.tiers import item_tier, register_markers, skip_reason
+else:
+    try:  # in a target: tiers.py is mounted beside this file as hil_tiers.py
+        from hil_tiers import item_tier, register_markers, skip_reason
+    except ImportError:  # on the host: part of the package
+        from hil.tiers import item_tier, register_markers, skip_reason
+
 PROTOCOL = 1
-
-TIERS: dict[int, str] = {
-    1: "any host CPU",
-    2: "CUDA GPU",
-    3: "real airframe hardware",
-}
-
-
-MARKERS: dict[str, str] = {
-    f"tier{n}": f"tier{n}: needs {what}; skipped on targets serving a lower tier"
-    for n, what in TIERS.items()
-}
-
-
-def register_markers(config: pytest.Config) -> None:
-    """Declare the tier markers, so ``--strict-markers`` accepts them."""
-    for line in MARKERS.values():
-        config.addinivalue_line("markers", line)
-
-
-def tier_label(tier: int) -> str:
-    """``'tier2 (CUDA GPU)'``."""
-    return f"tier{tier} ({TIERS.get(tier, 'unknown')})"
-
-
-def skip_reason(test_tier: int, target: str, target_tier: int) -> str:
-    """The reason a test above its target's tier is skipped with."""
-    return f"{tier_label(test_tier)} test; target '{target}' serves tier {target_tier}"
-
-
-def item_tier(item: pytest.Item) -> int:
-    """The tier a test needs: its highest ``tierN`` marker, 1 when unmarked."""
-    names = {m.name for m in item.iter_markers()}
-    return max((n for n in TIERS if f"tier{n}" in names), default=1)
-
 
 def package_versions(names: Iterable[str]) -> dict[str, str]:
     """Installed versions of ``names`` (distribution names), without importing them."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.backends.base import CONTAINER_OUT, CONTAINER_WORKER, RunRequest
+from hil.backends.base import CONTAINER_LIB, CONTAINER_OUT, RunRequest
 from hil.backends.docker import container_config, memory_bytes
 from hil.backends.engine import (
     Engine,
@@ -38,14 +38,14 @@ def test_bad_memory_size_is_a_config_error_naming_the_value(text: str) -> None:
 def test_container_config_mounts_checkout_results_and_worker() -> None:
     req = RunRequest(name="hil-x", image="img:1", command=("python3", "/hil/worker.py", "-k", "a b"),
                      env={"A": "1"}, workdir="/src/sub", src="/home/u/repo", out="/home/u/repo/reports/runs/x",
-                     labels={"l": "v"}, network="none", memory="48m", worker="/opt/hil/worker.py",
+                     labels={"l": "v"}, network="none", memory="48m", lib="/opt/hil/lib",
                      user="1000:1000", runtime="nvidia")
     config = container_config(req)
     assert config["Cmd"] == ["python3", "/hil/worker.py", "-k", "a b"]
     assert config["Env"] == ["A=1"] and config["User"] == "1000:1000" and config["Tty"] is False
     host = config["HostConfig"]
     assert host["Binds"] == ["/home/u/repo:/src:ro", f"/home/u/repo/reports/runs/x:{CONTAINER_OUT}:rw",
-                             f"/opt/hil/worker.py:{CONTAINER_WORKER}:ro"]
+                             f"/opt/hil/lib:{CONTAINER_LIB}:ro"]
     assert host["NetworkMode"] == "none" and host["Runtime"] == "nvidia"
     assert host["Memory"] == host["MemorySwap"] == 48 * 1024**2
 

@@ -14,7 +14,11 @@ paths (local paths for the docker backend, paths on the board for ssh).
 from __future__ import annotations
 
 import abc
+import hashlib
+import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +33,9 @@ CONTAINER_LABEL = "io.pytest-hil.run"
 CONTAINER_OUT = "/hil/out"
 #: Where hil/worker.py (self-contained) is mounted: the project need not ship pytest-hil.
 #: A folder of its own and a name of its own: xdist's workers import it as a plugin.
-CONTAINER_WORKER = "/hil/lib/hil_worker.py"
+#: The folder of the worker's files in the container (see :func:`worker_files`).
+CONTAINER_LIB = "/hil/lib"
+CONTAINER_WORKER = f"{CONTAINER_LIB}/hil_worker.py"
 #: Where pytest's capture files are kept in the container (see hil.worker.keep_capture_files).
 CONTAINER_CAPTURE = "/tmp/hil-capture"
 #: The container's first process: a shell that runs the worker (``$0``) with pytest's
@@ -46,11 +52,45 @@ CONTAINER_ENTRY = (
 )
 
 
-def worker_source() -> Path:
-    """The worker module's file on this host, mounted or copied into every target."""
-    from hil import worker
+def worker_files() -> dict[str, bytes]:
+    """What every target gets in :data:`CONTAINER_LIB`: the worker and the tier vocabulary it imports."""
+    from hil import tiers, worker
 
-    return Path(worker.__file__)
+    return {"hil_worker.py": Path(worker.__file__).read_bytes(),
+            "hil_tiers.py": Path(tiers.__file__).read_bytes()}
+
+
+def worker_digest(files: Mapping[str, bytes]) -> str:
+    """16 hex digits naming ``files`` by content: the folder they go in on a target's host."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name] + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def local_worker_lib() -> Path:
+    """:func:`worker_files` in a folder of this host's cache, made once per content.
+
+    Under the home folder (``$XDG_CACHE_HOME`` or ``~/.cache``), which Colima and
+    Docker Desktop share with their VM, so the engine can mount it.
+    """
+    files = worker_files()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-hil"
+    folder = cache / f"lib-{worker_digest(files)}"
+    if not folder.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=".lib-", dir=_made(cache)))
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        try:
+            staging.rename(folder)
+        except OSError:  # another session made it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def worker_command(pytest_args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -155,8 +195,8 @@ class RunRequest:
     network: str = ""
     memory: str = ""
     src_mount: str = "/src"
-    #: Path of worker.py on the engine's host, mounted at CONTAINER_WORKER ("" = none).
-    worker: str = ""
+    #: Folder of the worker's files on the engine's host, mounted at CONTAINER_LIB ("" = none).
+    lib: str = ""
     #: ``uid:gid`` to run as ("" = the image's user).
     user: str = ""
     #: ``--rm``; off where the caller reads the container's state (OOMKilled) before removing it.
@@ -169,8 +209,8 @@ class RunRequest:
         args = [docker, "run", *(["--rm"] if self.remove else []), "-i", "--name", self.name,
                 "--log-driver", "none", "-w", self.workdir,
                 "-v", f"{self.src}:{self.src_mount}:ro", "-v", f"{self.out}:{CONTAINER_OUT}"]
-        if self.worker:
-            args += ["-v", f"{self.worker}:{CONTAINER_WORKER}:ro"]
+        if self.lib:
+            args += ["-v", f"{self.lib}:{CONTAINER_LIB}:ro"]
         if self.user:
             args += ["--user", self.user]
         for key, value in sorted(self.labels.items()):

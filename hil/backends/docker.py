@@ -21,8 +21,8 @@ from typing import Any
 
 from hil.backends.base import (
     CONTAINER_LABEL,
+    CONTAINER_LIB,
     CONTAINER_OUT,
-    CONTAINER_WORKER,
     Backend,
     ByteSink,
     Check,
@@ -30,8 +30,8 @@ from hil.backends.base import (
     RunEnd,
     RunPlan,
     RunRequest,
+    local_worker_lib,
     worker_command,
-    worker_source,
 )
 from hil.backends.engine import Engine, EngineError, EngineNotFoundError, open_engine
 from hil.backends.images import build_context, recipe
@@ -122,8 +122,8 @@ def memory_bytes(value: str) -> int:
 def container_config(req: RunRequest) -> dict[str, Any]:
     """The Engine API ``POST /containers/create`` body for ``req`` (what ``docker create`` sends)."""
     binds = [f"{req.src}:{req.src_mount}:ro", f"{req.out}:{CONTAINER_OUT}:rw"]
-    if req.worker:
-        binds.append(f"{req.worker}:{CONTAINER_WORKER}:ro")
+    if req.lib:
+        binds.append(f"{req.lib}:{CONTAINER_LIB}:ro")
     # No engine-side log: the run's output is read live through the attach stream (opened
     # before the start) and kept here; the default json-file driver would also write every
     # event line to the engine's disk, which slows a chatty run down for nothing.
@@ -300,7 +300,7 @@ class DockerBackend(Backend):
             network=self.spec.docker.network,
             memory=self.spec.docker.memory,
             src_mount=self.spec.docker.workdir,
-            worker=str(worker_source()),
+            lib=str(local_worker_lib()),
             user=f"{os.getuid()}:{os.getgid()}",
         )
 

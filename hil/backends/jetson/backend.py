@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import posixpath
 import re
@@ -44,7 +43,8 @@ from hil.backends.base import (
     RunPlan,
     RunRequest,
     worker_command,
-    worker_source,
+    worker_digest,
+    worker_files,
 )
 from hil.backends.images import ImageRecipe, recipe
 from hil.config import TargetSpec
@@ -762,15 +762,15 @@ class SshBackend(Backend):
             raise self._failures[0]
 
     # -- run --------------------------------------------------------------------------------
-    def worker_path(self) -> tuple[str, bytes]:
-        """Where the worker goes on the board (content-addressed) and its bytes."""
-        data = worker_source().read_bytes()
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        return posixpath.join(self.board.home, ".cache", "pytest-hil", f"worker-{digest}.py"), data
+    def worker_lib(self) -> tuple[str, dict[str, bytes]]:
+        """The folder of the worker's files on the board (content-addressed) and the files."""
+        files = worker_files()
+        folder = f"lib-{worker_digest(files)}"
+        return posixpath.join(self.board.home, ".cache", "pytest-hil", folder), files
 
     def request(self, plan: RunPlan, image: str) -> RunRequest:
         """The test container for ``plan``, with paths on the board."""
-        worker, _ = self.worker_path()
+        lib, _ = self.worker_lib()
         return RunRequest(
             name=plan.container_name,
             image=image,
@@ -784,23 +784,24 @@ class SshBackend(Backend):
             network=self.spec.docker.network,
             memory=self.spec.docker.memory,
             src_mount=self.spec.docker.workdir,
-            worker=worker,
+            lib=lib,
             user=f"{self.board.uid}:{self.board.gid}" if self.board.uid else "",
             remove=False,  # the run script removes it, after reading OOMKilled
         )
 
     def _run_script(self, plan: RunPlan, req: RunRequest) -> str:
         q = shlex.quote
-        worker, data = self.worker_path()
+        lib, files = self.worker_lib()
         cli = req.docker_cli()
         pgid_file = _pgid_file(req)
         outs = posixpath.dirname(req.out)
         parts = [
             f"out={q(req.out)}; name={q(req.name)}; pidf={q(pgid_file)}",
             "mkdir -p \"$out\" || exit 70",
-            f"w={q(worker)}; if [ ! -s \"$w\" ]; then mkdir -p \"${{w%/*}}\" && "
-            f"printf '%s' {q(base64.b64encode(data).decode())} | base64 -d > \"$w.$$\" && "
-            f"mv \"$w.$$\" \"$w\"; fi",
+            f"l={q(lib)}; if [ ! -d \"$l\" ]; then mkdir -p \"$l.$$\" && "
+            + " && ".join(f"printf '%s' {q(base64.b64encode(data).decode())} | base64 -d > "
+                          f"\"$l.$$\"/{q(name)}" for name, data in sorted(files.items()))
+            + " && { mv \"$l.$$\" \"$l\" || rm -rf \"$l.$$\"; }; fi",
         ]
         if self.board.pending_marker:
             # The sync before this run completed: record it (no extra round trip).
