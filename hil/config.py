@@ -53,6 +53,9 @@ class SshSpec:
     allow_outside_home: bool = False
     #: Extra rsync exclude patterns, used when the checkout is not a git repository.
     excludes: tuple[str, ...] = ()
+    #: Git-ignored paths that must travel too (glob patterns under the checkout, e.g.
+    #: generated code, model files, ``*.egg-info``); a folder brings everything in it.
+    include: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ class RemoteSession:
 
     def _plan(self) -> RunPlan:
         params = self.config.invocation_params
-        root = self.config.rootpath
+        root = self.settings.root
         cwd = Path(params.dir)
         try:
             subdir = cwd.resolve().relative_to(root.resolve()).as_posix()
@@ -130,13 +130,13 @@ class RemoteSession:
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         feeder = EventFeeder(self.config, session, self.spec.docker.workdir,
-                             allure_dir=self.run_dir / "allure-results")
+                             allure_dir=self.run_dir / "allure-results", root=self.settings.root)
         progress = TerminalProgress(self.config, self.log)
         backend_cls = load_backend(self.spec)
         self.plan = plan = self._plan()
         started = time.time()
         stderr_log = (self.run_dir / "stderr.log").open("ab")
-        backend = backend_cls(self.spec, self.config.rootpath, progress,
+        backend = backend_cls(self.spec, self.settings.root, progress,
                               rebuild=bool(self.config.getoption("hil_rebuild")),
                               lease_timeout=self.config.getoption("hil_lease_timeout"))
         image = ""

@@ -35,14 +35,15 @@ class EventFeeder:
     """Decodes the worker's JSON lines and replays them into the local hooks."""
 
     def __init__(self, config: pytest.Config, session: pytest.Session, mount: str = "/src",
-                 allure_dir: Path | None = None) -> None:
+                 allure_dir: Path | None = None, root: Path | None = None) -> None:
         self.config = config
         #: Where the worker's streamed Allure results (``allure`` events) are written.
         self.allure_dir = allure_dir
         self.allure_results = 0
         self.session = session
         self.mount = mount.rstrip("/") + "/"
-        self.root = str(config.rootpath)
+        #: The local checkout the mount shows (the rootdir, or the parent that declared the target).
+        self.root = str(root or config.rootpath)
         self.buffer = b""
         self.started: str | None = None  # the test of the last logstart, until it finishes
         #: Every test started and not finished (several under xdist): node id -> its

@@ -185,17 +185,19 @@ def _link_inside(root: Path, rel: str) -> bool:
     return not (resolved == ".." or resolved.startswith("../") or os.path.isabs(resolved))
 
 
-def list_files(root: Path) -> FileList:
+def list_files(root: Path, include: Sequence[str] = ()) -> FileList:
     """The files git would commit under ``root``, submodules' included (None outside git).
 
     ``git ls-files -co`` lists a submodule as one entry (its gitlink), and
     ``--recurse-submodules`` works only without ``-o``; so each checked-out
     submodule is listed by the same rule, recursively, under its path.  A
     submodule that is not checked out (no ``.git`` inside) contributes nothing.
+    ``include`` names git-ignored paths (globs under ``root``) that travel too.
     """
     listed = _git_files(root)
     if listed is None:
         return FileList(None)
+    listed += included_files(root, include)
     paths: list[str] = []
     skipped: list[str] = []
     for rel in listed:
@@ -215,6 +217,17 @@ def list_files(root: Path) -> FileList:
             continue
         paths.append(rel)
     return FileList(sorted(set(paths)), skipped)
+
+
+def included_files(root: Path, patterns: Sequence[str]) -> list[str]:
+    """Files under ``root`` matched by ``patterns`` (a matched folder: every file in it)."""
+    found: list[str] = []
+    for pattern in patterns:
+        for match in sorted(root.glob(pattern)):
+            inside = sorted(p for p in match.rglob("*") if p.is_file() or p.is_symlink()) \
+                if match.is_dir() and not match.is_symlink() else [match]
+            found += [p.relative_to(root).as_posix() for p in inside]
+    return found
 
 
 def _git_files(root: Path) -> list[str] | None:

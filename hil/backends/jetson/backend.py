@@ -639,7 +639,7 @@ class SshBackend(Backend):
         assert self.rsync is not None
         if not self.board.remote_dir:
             raise ConfigError("remote_dir not checked (preflight did not run)", target=self.spec.name)
-        files = list_files(self.root)
+        files = list_files(self.root, self.spec.ssh.include)
         digest = tree_digest(self.root, files)
         if digest and digest == self.board.synced:
             stats = SyncStats(files=len(files.paths or ()),
