@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from hil.backends import load_backend
-from hil.backends.base import Backend, ByteSink, RunEnd, RunPlan, describe_exit
+from hil.backends.base import Backend, RunEnd, RunPlan, describe_exit
 from hil.errors import HilError, RunLostError, TargetUnhealthyError
 from hil.progress import Progress, TerminalProgress, terminal_line
 from hil.report.allure import write_infrastructure_result
@@ -72,7 +72,8 @@ class RemoteSession:
         self.log: list[str] = []
         self.backend: Backend | None = None
         self.publisher: threading.Thread | None = None
-        self.fetched = False
+        #: The container segment whose results were fetched last (-1: none yet).
+        self.fetched = -1
         # The run's own junit.xml, written here from the streamed reports.
         from _pytest.junitxml import LogXML
 
@@ -128,17 +129,17 @@ class RemoteSession:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        """The phases in order: preflight, image, tests (resumed after crashes), read-back."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         feeder = EventFeeder(self.config, session, self.spec.docker.workdir,
                              allure_dir=self.run_dir / "allure-results", root=self.settings.root)
         progress = TerminalProgress(self.config, self.log)
-        backend_cls = load_backend(self.spec)
-        self.plan = plan = self._plan()
+        self.plan = self._plan()
         started = time.time()
-        stderr_log = (self.run_dir / "stderr.log").open("ab")
-        backend = backend_cls(self.spec, self.settings.root, progress,
-                              rebuild=bool(self.config.getoption("hil_rebuild")),
-                              lease_timeout=self.config.getoption("hil_lease_timeout"))
+        backend = load_backend(self.spec)(
+            self.spec, self.settings.root, progress,
+            rebuild=bool(self.config.getoption("hil_rebuild")),
+            lease_timeout=self.config.getoption("hil_lease_timeout"))
         image = ""
         try:
             with sigterm_as_interrupt():
@@ -148,48 +149,49 @@ class RemoteSession:
                     (self.run_dir / "preflight.json").write_text(
                         json.dumps(report.as_dict(), indent=1), encoding="utf-8")
                     with self._phase("image"):
-                        image = backend.prepare(plan)
+                        image = backend.prepare(self.plan)
                     progress.step(f"running tests in {image} on '{self.spec.name}'")
-
-                    def on_stderr(data: bytes) -> None:
-                        stderr_log.write(data)
-                        stderr_log.flush()
-                        text = data.decode("utf-8", "replace").rstrip("\n")
-                        if text:
-                            terminal_line(self.config, text, yellow=True)
-
-                    self.exitstatus = self._run_tests(session, backend, image, feeder,
-                                                      on_stderr, progress)
+                    self.exitstatus = self._run_tests(session, backend, image, feeder, progress)
                 except HilError as err:
-                    unnamed = (isinstance(err, RunLostError) and err.running_test is None
-                               and not err.not_run)
-                    if unnamed:
-                        # A lost link: the worker's record comes back with the results, and
-                        # it knows the running test better than the events that got here.
-                        with self._phase("fetch"):
-                            self._fetch(backend, self.plan)  # its own fault is second
-                    self._recover(feeder)
-                    if unnamed and feeder.running:
-                        err = RunLostError(err.message, running_test=feeder.running,
-                                           target=err.target or self.spec.name, tail=err.tail)
                     self._fail(err)
-                finally:
-                    with self._phase("fetch"):
-                        fault = self._fetch(backend, self.plan)
+                finally:  # also after an interrupt: whatever ran is kept
+                    fault = self._read_back(backend, feeder)
                     if fault is not None and self.error is None:
                         self._fail(fault)
-                    self._recover(feeder)  # after an interrupt
                     self._publish()
         finally:
             # Closed at unconfigure: the container's removal (and an SSH lease's release)
             # then overlaps with writing the reports and the summary.
             self.backend = backend
-            stderr_log.close()
             self._save(self.plan, image, started, feeder)
         return True
 
+    def _on_stderr(self, data: bytes) -> None:
+        """The container's standard error: kept in ``stderr.log`` and shown as it comes."""
+        with (self.run_dir / "stderr.log").open("ab") as log:
+            log.write(data)
+        text = data.decode("utf-8", "replace").rstrip("\n")
+        if text:
+            terminal_line(self.config, text, yellow=True)
+
+    def _run_container(self, backend: Backend, image: str, feeder: EventFeeder) -> RunEnd:
+        """One test container, start to end; what its worker recorded is read back when it
+        ended without its final report, so a lost run's error names the running test."""
+        try:
+            end = backend.run(self.plan, image, feeder.feed, self._on_stderr)
+        except RunLostError as err:
+            self._read_back(backend, feeder)
+            if err.running_test is None and not err.not_run and feeder.running:
+                raise RunLostError(err.message, running_test=feeder.running,
+                                   target=err.target or self.spec.name, tail=err.tail) from None
+            raise
+        feeder.close()
+        if not feeder.done:  # crashed, killed or cut short: the record knows more
+            self._read_back(backend, feeder)
+        return end
+
     def _run_tests(self, session: pytest.Session, backend: Backend, image: str,
-                   feeder: EventFeeder, on_stderr: ByteSink, progress: Progress) -> int:
+                   feeder: EventFeeder, progress: Progress) -> int:
         """Run the test container, and a fresh one after each test that crashes it; the code.
 
         The exit code is pytest's rule over the whole run: the last container's
@@ -199,13 +201,9 @@ class RemoteSession:
         crashes = 0
         while True:
             run_start = time.monotonic()
-            stderr_at = (self.run_dir / "stderr.log").stat().st_size
-            end = backend.run(self.plan, image, feeder.feed, on_stderr)
-            feeder.close()
-            if self._worker_died(feeder, end):
-                with self._phase("fetch"):
-                    backend.fetch(self.plan)  # the record, if it did not come back with the run
-            self._recover(feeder)
+            log = self.run_dir / "stderr.log"
+            stderr_at = log.stat().st_size if log.exists() else 0
+            end = self._run_container(backend, image, feeder)
             run_end = time.monotonic()
             hello = feeder.hello_at if feeder.hello_at is not None else run_end
             for name, seconds in (("container start", hello - run_start),
@@ -312,17 +310,23 @@ class RemoteSession:
             "kind": err.kind, "exit_code": int(err.exit_code), "message": str(err),
             "target": self.spec.name, "tail": err.tail}, indent=1), encoding="utf-8")
 
-    def _fetch(self, backend: Any, plan: RunPlan) -> HilError | None:
-        """Bring the run's results folder here, once; the fault that stopped that, if any."""
-        if self.fetched:
-            return None
-        self.fetched = True
-        try:
-            backend.fetch(plan)
-        except HilError as err:
-            self.config.get_terminal_writer().line(f"hil: could not fetch results: {err}", red=True)
-            return err
-        return None
+    def _read_back(self, backend: Backend, feeder: EventFeeder) -> HilError | None:
+        """Bring this container's results here (once) and replay what the stream missed.
+
+        Returns the fault that stopped the fetch, if any; the replay runs regardless,
+        from whatever part of the worker's record arrived.
+        """
+        fault: HilError | None = None
+        if self.fetched != self.plan.segment:
+            self.fetched = self.plan.segment
+            with self._phase("fetch"):
+                try:
+                    backend.fetch(self.plan)
+                except HilError as err:
+                    terminal_line(self.config, f"hil: could not fetch results: {err}", red=True)
+                    fault = err
+        self._recover(feeder)
+        return fault
 
     def _publish(self) -> None:
         """Put the run's Allure results (and an infrastructure fault's) in the results folder."""
