@@ -76,12 +76,33 @@ import pluggy
 import pytest
 
 if TYPE_CHECKING:
-    from hil.tiers import item_tier, register_markers, skip_reason
+    from hil.tiers import (
+        CUDA_PROVIDERS,
+        item_tier,
+        onnxruntime_providers,
+        register_markers,
+        skip_reason,
+        torch_cuda,
+    )
 else:
     try:  # in a target: tiers.py is mounted beside this file as hil_tiers.py
-        from hil_tiers import item_tier, register_markers, skip_reason
+        from hil_tiers import (
+            CUDA_PROVIDERS,
+            item_tier,
+            onnxruntime_providers,
+            register_markers,
+            skip_reason,
+            torch_cuda,
+        )
     except ImportError:  # on the host: part of the package
-        from hil.tiers import item_tier, register_markers, skip_reason
+        from hil.tiers import (
+            CUDA_PROVIDERS,
+            item_tier,
+            onnxruntime_providers,
+            register_markers,
+            skip_reason,
+            torch_cuda,
+        )
 
 PROTOCOL = 1
 
@@ -787,7 +808,11 @@ def _flush_interval(value: str | None) -> float:
 
 
 def probe() -> dict[str, Any]:
-    """What this environment offers: Python, packages, CUDA (for preflight)."""
+    """What this environment offers: Python, packages, and CUDA as the suites would see it.
+
+    ``cuda`` is true when torch sees a CUDA device or an onnxruntime CUDA or
+    TensorRT provider really loads (not merely listed).
+    """
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -799,24 +824,16 @@ def probe() -> dict[str, Any]:
     release = Path("/etc/nv_tegra_release")
     if release.is_file():
         info["nv_tegra_release"] = release.read_text(encoding="utf-8", errors="replace").strip()
-    if "torch" in info["packages"]:
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                info["cuda"] = True
-                info["gpu"] = torch.cuda.get_device_name(0)
-        except Exception as err:  # a broken torch is a finding, not a crash
-            info["torch_error"] = repr(err)
-    if not info["cuda"] and importlib.util.find_spec("onnxruntime") is not None:
-        try:
-            import onnxruntime
-
-            providers = onnxruntime.get_available_providers()
-            info["onnxruntime_providers"] = providers
-            info["cuda"] = "CUDAExecutionProvider" in providers
-        except Exception as err:
-            info["onnxruntime_error"] = repr(err)
+    torch_found = torch_cuda()
+    if torch_found is not None:
+        info["torch"] = torch_found
+        if torch_found["cuda"]:
+            info["cuda"], info["gpu"] = True, torch_found["device"]
+    ort_found = onnxruntime_providers()
+    if ort_found is not None:
+        info["onnxruntime"] = ort_found
+        if any(p in ort_found["loadable"] for p in CUDA_PROVIDERS):
+            info["cuda"] = True
     return info
 
 

@@ -16,7 +16,21 @@ def _doctor(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-def test_doctor_sim_jetson_json_lists_every_check(sim_rig: Any) -> None:
+def test_doctor_sim_jetson_json_lists_every_check(sim_rig: Any, sim_jetson: Any,
+                                                  sim_project: Path, tmp_path: Path) -> None:
+    import io
+
+    from hil.backends.base import RunPlan
+    from hil.backends.jetson.backend import SshBackend
+    from hil.progress import Progress
+
+    # The dependencies image (the repo's tag) and the worker on the board, as after a session.
+    first = SshBackend(sim_jetson, sim_project, Progress(io.StringIO()))
+    try:
+        tag = first.prepare(RunPlan(run_id="doctor", pytest_args=(), subdir="", env={},
+                                    local_out=tmp_path / "out"))
+    finally:
+        first.close()
     res = _doctor("--target", "sim-jetson", "--json", "--rootdir", str(REPO))
     assert res.returncode == 0, res.stdout + res.stderr
     data = json.loads(res.stdout)
@@ -26,6 +40,10 @@ def test_doctor_sim_jetson_json_lists_every_check(sim_rig: Any) -> None:
     assert data["facts"]["jetpack"] == "6.2"
     gpu = next(c for c in data["checks"] if c["name"] == "gpu")
     assert "cached" not in gpu["detail"]  # doctor always probes afresh
+    # The probe's own result, from inside the dependencies image (the rig has no GPU).
+    assert f"torch is not installed inside {tag}" in gpu["detail"]
+    assert "onnxruntime providers that load: CPUExecutionProvider" in gpu["detail"]
+    assert data["facts"]["cuda"] == "not usable"
 
 
 def test_doctor_table_shows_every_failure_and_exits_with_the_first(sim_rig: Any,

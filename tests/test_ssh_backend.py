@@ -17,7 +17,8 @@ import pytest
 
 from conftest import IMAGE_REQUIREMENTS
 from hil.backends.base import CONTAINER_LABEL, RunPlan
-from hil.backends.jetson.backend import SshBackend, jetpack_of, l4t_of_image
+from hil.backends.jetson.backend import SshBackend
+from hil.backends.jetson.facts import jetpack_of, l4t_of_image
 from hil.errors import (
     AuthRefusedError,
     BuildFailedError,
@@ -232,7 +233,12 @@ def test_proxy_jump_is_honoured(sim_rig: Any, sim_jetson: Any, tmp_path: Path) -
 
 # -- preflight ---------------------------------------------------------------------------
 
-def test_preflight_reports_the_board(sim_jetson: Any, sim_project: Path) -> None:
+def test_preflight_reports_the_board(sim_jetson: Any, sim_project: Path, tmp_path: Path) -> None:
+    first, _ = _backend(sim_jetson, sim_project)
+    try:
+        tag = first.prepare(_plan(tmp_path))  # the image and the worker on the board
+    finally:
+        first.close()
     backend, _ = _backend(sim_jetson, sim_project)
     try:
         report = backend.preflight()
@@ -245,15 +251,17 @@ def test_preflight_reports_the_board(sim_jetson: Any, sim_project: Path) -> None
     assert facts["board.hostname"] and facts["docker.version"]
     assert int(facts["docker.free_mb"]) > 0
     gpu = next(c for c in report.checks if c.name == "gpu")
+    # The worker's probe ran inside the dependencies image (no GPU on the rig).
+    assert f"inside {tag}" in gpu.detail, gpu.detail
+    assert "onnxruntime providers that load: CPUExecutionProvider" in gpu.detail
     assert "declared capabilities hold" in gpu.detail
-    assert backend.timings["preflight"] < 5
+    assert report.facts["cuda"] == "not usable"
 
 
 @pytest.mark.parametrize(("changes", "error", "code", "words"), [
     ({"docker__runtime": "nvidia-gone"}, RuntimeMissingError, ExitCode.NVIDIA_RUNTIME_MISSING,
      "no 'nvidia-gone' runtime"),
     ({"preflight__min_free_mb": 10**9}, DiskLowError, ExitCode.DISK_LOW, "MB free"),
-    ({"tier": 2}, TargetUnhealthyError, ExitCode.TARGET_UNHEALTHY, "sees no CUDA device"),
     ({"docker__build_args": {"BASE_IMAGE": "nvcr.io/nvidia/l4t-base:r35.4.1"}},
      TargetUnhealthyError, ExitCode.TARGET_UNHEALTHY, "L4T 36.4.3 but the base image"),
     ({"ssh__remote_dir": "~"}, ConfigError, ExitCode.USAGE_ERROR, "home folder itself"),
@@ -270,6 +278,53 @@ def test_preflight_failure_raises_its_own_error(sim_jetson: Any, sim_project: Pa
     assert info.value.exit_code == code
     assert words in str(info.value)
     assert "preflight of target" in info.value.tail  # the whole table comes along
+
+
+def test_tier2_without_cuda_in_the_present_image_is_unhealthy_at_preflight(
+        sim_jetson: Any, sim_project: Path, tmp_path: Path) -> None:
+    first, _ = _backend(sim_jetson, sim_project)
+    try:
+        tag = first.prepare(_plan(tmp_path))  # the image and the worker on the board
+    finally:
+        first.close()
+    backend, _ = _backend(_with(sim_jetson, tier=2), sim_project)
+    try:
+        with pytest.raises(TargetUnhealthyError) as info:
+            backend.preflight()
+    finally:
+        backend.close()
+    assert info.value.exit_code == ExitCode.TARGET_UNHEALTHY
+    # The probe's own words: torch and the onnxruntime providers inside the image.
+    assert f"declares tier 2 (CUDA GPU) but torch is not installed inside {tag}" in str(info.value)
+    assert "onnxruntime providers that load: CPUExecutionProvider" in str(info.value)
+    assert "preflight of target" in info.value.tail
+
+
+def test_tier2_without_cuda_is_unhealthy_right_after_the_build(sim_jetson: Any,
+                                                                 sim_project: Path,
+                                                                 tmp_path: Path) -> None:
+    # A Dockerfile of its own: the image is absent, so preflight cannot probe it.
+    dockerfile = sim_project / "targets" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text(encoding="utf-8") +
+                          f"LABEL io.pytest-hil.test={tmp_path.name}-{time.time_ns()}\n",
+                          encoding="utf-8")
+    backend, out = _backend(_with(sim_jetson, tier=2), sim_project)
+    tag = ""
+    try:
+        report = backend.inspect()
+        assert "runs after the build" in next(c for c in report.checks if c.name == "gpu").detail
+        assert backend.recipe is not None
+        tag = backend.recipe.tag
+        with pytest.raises(TargetUnhealthyError) as info:
+            backend.prepare(_plan(tmp_path))
+        assert backend.build_log  # built in this session, then probed
+    finally:
+        if tag:
+            backend.connect().run(f"docker rmi -f {shlex.quote(tag)}")
+        backend.close()
+    assert info.value.exit_code == ExitCode.TARGET_UNHEALTHY
+    assert f"torch is not installed inside {tag}" in str(info.value)
+    assert "FAIL gpu" in info.value.tail  # the table carries the probe's row
 
 
 def test_swap_required_but_absent_is_unhealthy(sim_jetson: Any, sim_project: Path) -> None:

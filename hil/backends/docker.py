@@ -23,6 +23,7 @@ from hil.backends.base import (
     CONTAINER_LABEL,
     CONTAINER_LIB,
     CONTAINER_OUT,
+    CONTAINER_WORKER,
     Backend,
     ByteSink,
     Check,
@@ -45,6 +46,7 @@ from hil.errors import (
     RuntimeMissingError,
     TargetUnhealthyError,
 )
+from hil.tiers import probe_words
 
 OWNER_LABEL = "io.pytest-hil.owner"
 
@@ -148,6 +150,8 @@ class DockerBackend(Backend):
         super().__init__(*args, **kwargs)
         self.engine: Engine | None = None
         self.engine_url = ""
+        #: The CUDA probe passed in this session (tier 2 targets).
+        self._gpu_checked = False
         self._removers: list[threading.Thread] = []
 
     # -- engine ---------------------------------------------------------------
@@ -226,6 +230,7 @@ class DockerBackend(Backend):
                 )
             checks.append(Check("runtime", True, f"'{runtime}' registered"))
         checks.append(self._check_shared())
+        checks.append(self._gpu_preflight())
         stale = self.remove_stale()
         checks.append(Check("stale containers", True,
                             f"removed {', '.join(stale)}" if stale else "none", required=False))
@@ -233,6 +238,77 @@ class DockerBackend(Backend):
                  "engine.os": f"{version.get('Os')}/{version.get('Arch')}",
                  "runtimes": ",".join(runtimes)}
         return PreflightReport(self.spec.name, tuple(checks), facts)
+
+    # -- CUDA probe (tier 2) ---------------------------------------------------
+    def _gpu_preflight(self) -> Check:
+        """Tier 2: the CUDA probe in the dependencies image when it is there (else after the build)."""
+        if self.spec.tier < 2:
+            return Check("gpu", True, f"tier {self.spec.tier} declared: not probed", required=False)
+        tag = recipe(self.spec, self.root).tag
+        try:
+            self.connect().inspect_image(tag)
+        except EngineNotFoundError:
+            return Check("gpu", True, f"{tag} is not built yet: the CUDA probe runs after the "
+                         "build", required=False)
+        except EngineError as err:
+            raise EngineDownError(f"the engine at {self.engine_url} failed: {err}",
+                                  target=self.spec.name) from err
+        return self.probe_gpu(tag)
+
+    def probe_gpu(self, tag: str) -> Check:
+        """The worker's ``--probe`` in a container of ``tag`` with the target's runtime.
+
+        Raises :class:`TargetUnhealthyError` with the probe's words when a
+        tier-2 target's image shows no CUDA (torch, or an onnxruntime CUDA
+        provider that really loads), or when the probe container fails.
+        """
+        engine = self.connect()
+        runtime = self.spec.docker.runtime
+        host: dict[str, Any] = {"Binds": [f"{local_worker_lib()}:{CONTAINER_LIB}:ro"],
+                                "NetworkMode": "none"}
+        if runtime:
+            host["Runtime"] = runtime
+        config = {"Image": tag, "Entrypoint": ["python3"], "Cmd": [CONTAINER_WORKER, "--probe"],
+                  "Labels": {CONTAINER_LABEL: "probe",
+                             OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"},
+                  "AttachStdout": True, "AttachStderr": True, "HostConfig": host}
+        what = f"a container of {tag} with {runtime or 'the default runtime'}"
+        out = bytearray()
+        code: int | None = None
+        try:
+            cid = engine.create(config, f"hil-probe-{os.getpid()}-{time.time_ns() % 10**9}")
+            try:
+                stream = engine.attach(cid)
+                engine.start(cid)
+                for stdout, stderr in stream:
+                    out += (stdout or b"") + (stderr or b"")
+                code = int(engine.wait(cid, timeout=300).get("StatusCode", -1))
+            finally:
+                _remove(engine, cid)
+        except EngineError as err:
+            raise TargetUnhealthyError(f"the CUDA probe could not run in {what}: {err}",
+                                       target=self.spec.name) from err
+        text = out.decode("utf-8", "replace")
+        info: dict[str, Any] | None = None
+        for line in reversed(text.splitlines()):
+            with contextlib.suppress(ValueError):
+                found = json.loads(line)
+                if isinstance(found, dict):
+                    info = found
+                    break
+        if code != 0 or info is None:
+            raise TargetUnhealthyError(f"the CUDA probe in {what} failed (exit {code})",
+                                       target=self.spec.name, exited=code,
+                                       command=f"python3 {CONTAINER_WORKER} --probe",
+                                       tail=text[-3000:])
+        words = probe_words(info, tag)
+        if not info.get("cuda"):
+            raise TargetUnhealthyError(
+                f"declares tier {self.spec.tier} (CUDA GPU) but {words}", target=self.spec.name,
+                hint="check the engine's nvidia runtime (docker.runtime) and that the image "
+                     "ships CUDA builds of torch or onnxruntime")
+        self._gpu_checked = True
+        return Check("gpu", True, f"{words}; tier {self.spec.tier} declared")
 
     # -- image ----------------------------------------------------------------
     def prepare(self, plan: RunPlan) -> str:
@@ -243,6 +319,8 @@ class DockerBackend(Backend):
             try:
                 self.image_id = engine.inspect_image(tag)["Id"]
                 self.progress.step(f"image {tag} is up to date (content hash)")
+                if self.spec.tier >= 2 and not self._gpu_checked:
+                    self.probe_gpu(tag)  # built since preflight looked
                 return tag
             except EngineNotFoundError:
                 pass
@@ -276,6 +354,8 @@ class DockerBackend(Backend):
                 tail="\n".join(self.build_log[-30:]),
             )
         self.image_id = engine.inspect_image(tag)["Id"]
+        if self.spec.tier >= 2:
+            self.probe_gpu(tag)  # built in this session: probed right after the build
         return tag
 
     # -- run ------------------------------------------------------------------

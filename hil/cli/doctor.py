@@ -3,8 +3,10 @@
 For an SSH target every check runs, also after a failure, so the table shows
 all that is wrong at once; the exit code is the one a session would have
 ended with (the first required failure's), 0 when the target is ready.  The
-GPU probe always runs fresh here (sessions may reuse a cached probe), and
-the board's lease is only looked at, never taken.  Docker targets delegate
+CUDA probe (the worker's ``--probe`` in a container of the dependencies
+image, when that image is on the board) always runs fresh here (sessions
+may reuse a cached probe), and the board's lease is only looked at, never
+taken.  Docker targets delegate
 to their backend's ``preflight()``; the local target reports the tier it
 detects.
 """
@@ -55,6 +57,10 @@ def _ssh(spec: TargetSpec, root: Path, progress: Progress) -> tuple[PreflightRep
     backend.fresh_probe = True
     try:
         report = backend.inspect()
+        if backend.board.image_present and not backend.board.gpu_checked:
+            # The image is there but not the worker: install it and probe (fresh, always).
+            backend._late_gpu_check(raise_first=False)
+            report = backend.report or report
         held, holder = read_holder(backend.connect())
         lease = Check("lease", True, f"held by {holder.describe()}" if held and holder else
                       "free", required=False)

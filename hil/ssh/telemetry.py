@@ -3,19 +3,22 @@
 The sampler runs on its own channel of the session's SSH connection and each
 sample is appended to ``telemetry.jsonl`` as it arrives (one JSON object per
 line, ``{"t": epoch_seconds, ...}``), so a run that dies keeps what was
-sampled.  tegrastats lines are parsed with :func:`onboard.diag.tegrastats.parse_line`
-when that module is importable (host side only); otherwise, or when a line
-does not parse, the line is kept under ``"raw"``.
+sampled.  tegrastats lines are parsed by :func:`parse_tegrastats` into the
+fields the report's chart draws (RAM, swap, GPU load, temperatures, power
+rails); a line without ``RAM`` is kept under ``"raw"``.  The framework reads
+tegrastats itself: it does not import the product under test (``onboard``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import select
+import shlex
 import threading
 import time
-from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +30,61 @@ NVIDIA_SMI_FIELDS = ("timestamp", "utilization.gpu", "memory.used", "temperature
 _SMI_KEYS = ("timestamp", "gpu_util_pct", "mem_used_mb", "temp_c", "power_w")
 
 
+_TS = re.compile(r"^(\d{2}-\d{2}-\d{4} \d{2}:\d{2}:\d{2})\s")
+_RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")
+_SWAP = re.compile(r"\bSWAP (\d+)/(\d+)MB")
+_GR3D = re.compile(r"\bGR3D_FREQ (\d+)%(?:@\[?(\d+(?:,\d+)*)\]?)?")
+_TEMP = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_]*)@(-?\d+(?:\.\d+)?)C(?=\s|$)")
+_RAIL = re.compile(r"(?:^|\s)([A-Z][A-Z0-9_]*) (\d+)(?:mW)?/(\d+)(?:mW)?(?=\s|$)")
+#: tegrastats' temperature of a sensor that is switched off.
+_OFFLINE_C = -256.0
+
+
 def sampler_command(tool: str, interval_ms: int = INTERVAL_MS) -> str:
     """The remote command for ``tool`` ("tegrastats" or "nvidia-smi")."""
     if tool == "tegrastats":
-        return f"exec tegrastats --interval {interval_ms}"
-    if tool == "nvidia-smi":
-        return (f"exec nvidia-smi --query-gpu={','.join(NVIDIA_SMI_FIELDS)} "
-                f"--format=csv,noheader,nounits -lms {interval_ms}")
-    raise ValueError(f"unknown telemetry tool {tool!r}")
+        argv = ["tegrastats", "--interval", str(interval_ms)]
+    elif tool == "nvidia-smi":
+        argv = ["nvidia-smi", f"--query-gpu={','.join(NVIDIA_SMI_FIELDS)}",
+                "--format=csv,noheader,nounits", "-lms", str(interval_ms)]
+    else:
+        raise ValueError(f"unknown telemetry tool {tool!r}")
+    return "exec " + shlex.join(argv)
 
 
-def _tegrastats_parser() -> Callable[[str], dict[str, Any]] | None:
-    try:
-        from onboard.diag.tegrastats import parse_line
-    except ImportError:
-        return None
+def parse_tegrastats(line: str) -> dict[str, Any]:
+    """The charted fields of one JetPack tegrastats line; ``{"raw": line}`` without ``RAM``.
 
-    def parse(line: str) -> dict[str, Any]:
-        return dict(parse_line(line).to_dict())
-
-    return parse
+    ``{"timestamp", "ram_used_mb", "ram_total_mb", "swap_used_mb", "swap_total_mb",
+    "engines": {"GR3D_FREQ": {"load_pct", "freq_mhz"}}, "temperatures_c": {name: C or
+    None (sensor off)}, "rails": {name: {"current_mw", "average_mw"}}}``; absent
+    fields are left out.
+    """
+    ram = _RAM.search(line)
+    if ram is None:
+        return {"raw": line}
+    out: dict[str, Any] = {}
+    ts = _TS.match(line.strip())
+    if ts:
+        with contextlib.suppress(ValueError):
+            out["timestamp"] = datetime.strptime(ts[1], "%m-%d-%Y %H:%M:%S").isoformat()
+    out["ram_used_mb"], out["ram_total_mb"] = int(ram[1]), int(ram[2])
+    swap = _SWAP.search(line)
+    if swap:
+        out["swap_used_mb"], out["swap_total_mb"] = int(swap[1]), int(swap[2])
+    gr3d = _GR3D.search(line)
+    if gr3d:
+        freqs = [int(f) for f in gr3d[2].split(",")] if gr3d[2] else []
+        out["engines"] = {"GR3D_FREQ": {"load_pct": int(gr3d[1]), "freq_mhz": freqs}}
+    temps = {m[1]: (None if float(m[2]) <= _OFFLINE_C else float(m[2]))
+             for m in _TEMP.finditer(line)}
+    if temps:
+        out["temperatures_c"] = temps
+    rails = {m[1]: {"current_mw": int(m[2]), "average_mw": int(m[3])}
+             for m in _RAIL.finditer(line)}
+    if rails:
+        out["rails"] = rails
+    return out
 
 
 def _number(text: str) -> float | str | None:
@@ -59,8 +97,7 @@ def _number(text: str) -> float | str | None:
         return text
 
 
-def parse_sample(tool: str, line: str,
-                 tegra: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
+def parse_sample(tool: str, line: str) -> dict[str, Any]:
     """One sample line -> its fields (``{"raw": line}`` when it does not parse)."""
     if tool == "nvidia-smi":
         cells = [c.strip() for c in line.split(",")]
@@ -68,11 +105,8 @@ def parse_sample(tool: str, line: str,
             return {"raw": line}
         return {key: (cells[0] if key == "timestamp" else _number(cell))
                 for key, cell in zip(_SMI_KEYS, cells, strict=True)}
-    if tegra is not None:
-        try:
-            return tegra(line)
-        except Exception:  # a line this parser does not know is still kept
-            return {"raw": line}
+    if tool == "tegrastats":
+        return parse_tegrastats(line)
     return {"raw": line}
 
 
@@ -90,7 +124,6 @@ class Telemetry:
         self._chan: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._tegra = _tegrastats_parser() if tool == "tegrastats" else None
 
     def start(self) -> Telemetry:
         """Open the sampler's channel and start collecting (errors are kept, not raised)."""
@@ -121,7 +154,7 @@ class Telemetry:
                     if not line:
                         continue
                     sample = {"t": round(time.time(), 3),
-                              **parse_sample(self.tool, line, self._tegra)}
+                              **parse_sample(self.tool, line)}
                     out.write(json.dumps(sample, separators=(",", ":"), default=str) + "\n")
                     out.flush()
                     self.samples += 1

@@ -5,18 +5,20 @@ connection opened in the background from configure time on), on channels of
 their own; round trips are what a remote session costs, so:
 
 * preflight is one remote shell script (identity, L4T, tools, ``docker
-  info``, free space, swap, image presence, and a tiny container of the base
-  image started with the target's runtime to see the GPU), while the lease is
-  requested in parallel on another channel;
+  info``, free space, swap, image and worker presence, and the worker's CUDA
+  probe in a container of the dependencies image started with the target's
+  runtime), while the lease is requested in parallel on another channel;
 * sync is rsync tunnelled through the same connection (:mod:`hil.ssh.sync`);
 * a present image costs nothing more (its presence came with preflight);
-* the run is one script: it installs the worker (content-addressed), writes
+* the run is one script: it installs the worker when the board lacks it, writes
   ``lastfailed.json``, removes stale containers, runs the container in its own
   process group and reports exit code and OOM state on a marker line;
 * telemetry samples on its own channel; the results come back after the run's
   end marker on the same channel (a separate tar fetch when that failed).
 
-Commands are started with exec want-reply off, saving a round trip each.
+Commands are started with exec want-reply off, saving a round trip each.  The
+scripts are ``.sh`` files of this package (``scripts/``), their parameters
+quoted in one place (:func:`hil.backends.jetson.shell.board_command`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import base64
 import contextlib
 import json
 import posixpath
-import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ from typing import Any
 
 from hil.backends.base import (
     CONTAINER_LABEL,
+    CONTAINER_LIB,
     CONTAINER_OUT,
+    CONTAINER_WORKER,
     Backend,
     ByteSink,
     Check,
@@ -47,6 +50,8 @@ from hil.backends.base import (
     worker_files,
 )
 from hil.backends.images import ImageRecipe, recipe
+from hil.backends.jetson.facts import jetpack_of, l4t_of_image
+from hil.backends.jetson.shell import board_command, script_text
 from hil.config import TargetSpec
 from hil.errors import (
     BuildFailedError,
@@ -76,47 +81,16 @@ from hil.ssh.sync import (
     tree_digest,
 )
 from hil.ssh.telemetry import Telemetry
+from hil.tiers import probe_words
 
 #: Marker that starts the run script's last line on standard error.
 END_MARKER = b"\x1ehil-end "
 #: Marker of the image id after a build.
 ID_MARKER = "\x1ehil-id "
-#: Device nodes that mean "the GPU is visible" (discrete GPUs, then Jetson's iGPU).
-GPU_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvhost-ctrl-gpu", "/dev/nvhost-gpu",
-             "/dev/nvgpu/igpu0/ctrl", "/dev/nvmap")
 #: How many results folders of earlier runs stay on the board.
 KEEP_RUNS = 10
 #: Results folders up to this size (KiB) come back on the run's own channel.
 INBAND_RESULTS_KB = 65536
-_L4T_TAG = re.compile(r":r(\d+)\.(\d+)(?:\.(\d+))?")
-
-
-def l4t_of_image(image: str) -> str:
-    """The L4T version an ``l4t-*`` image tag names (``...:r36.4.0-pth2.5`` -> ``36.4.0``)."""
-    tag = image.rsplit("/", 1)[-1]
-    m = _L4T_TAG.search(tag)
-    if not m:
-        return ""
-    return ".".join(p for p in (m[1], m[2], m[3] or "0"))
-
-
-def jetpack_of(nv_tegra_release: str) -> tuple[str, str]:
-    """(L4T version, JetPack release) of an ``/etc/nv_tegra_release`` text ("" if unknown)."""
-    try:
-        from onboard.diag.tegra_release import parse_nv_tegra_release
-
-        rel = parse_nv_tegra_release(nv_tegra_release)
-        return rel.version, rel.jetpack or ""
-    except ImportError:  # pragma: no cover - onboard ships with pytest-hil
-        pass
-    except Exception:
-        return "", ""
-    m = re.search(r"#\s*R(\d+).*?REVISION:\s*(\d+)(?:\.(\d+))?", nv_tegra_release)  # pragma: no cover
-    if not m:  # pragma: no cover
-        return "", ""
-    version = f"{m[1]}.{m[2]}.{m[3] or 0}"  # pragma: no cover
-    table = {"36.4.3": "6.2", "36.4.0": "6.1", "36.3.0": "6.0"}  # pragma: no cover
-    return version, table.get(version, "")  # pragma: no cover
 
 
 def _sections(text: str) -> dict[str, str]:
@@ -174,7 +148,7 @@ def fetch_tree(conn: Connection, remote: str, local: Path, timeout: float = 600.
     """
     import tarfile
 
-    chan = conn.exec(f"cd {shlex.quote(remote)} 2>/dev/null && tar -cf - . 2>/dev/null")
+    chan = conn.exec(board_command("fetch", remote))
     chan.settimeout(timeout)
     try:
         return extract_results(chan.makefile("rb"), local)
@@ -185,6 +159,25 @@ def fetch_tree(conn: Connection, remote: str, local: Path, timeout: float = 600.
         raise
     finally:
         chan.close()
+
+
+def _lib_folder(files: dict[str, bytes]) -> str:
+    """The worker's folder on the board, relative to the home folder (named by content)."""
+    return posixpath.join(".cache", "pytest-hil", f"lib-{worker_digest(files)}")
+
+
+def _lib_b64(files: dict[str, bytes]) -> str:
+    """The worker's files as a base64 tar stream, for the scripts that install them."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in sorted(files.items()):
+            member = tarfile.TarInfo(name)
+            member.size, member.mode = len(data), 0o644
+            tar.addfile(member, io.BytesIO(data))
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _pgid_file(req: RunRequest) -> str:
@@ -247,7 +240,9 @@ class BoardState:
     remote_dir: str = ""
     image_present: bool = False
     image_id: str = ""
-    base_present: bool = False
+    #: The worker's content-addressed folder is on the board.
+    lib_present: bool = False
+    #: The CUDA probe ran in a container of the present image (or came from its cache).
     gpu_checked: bool = False
     tools: set[str] = field(default_factory=set)
     telemetry: str = ""
@@ -321,80 +316,32 @@ class SshBackend(Backend):
                             target=self.spec.name, tail=reason)
 
     # -- preflight --------------------------------------------------------------------------
-    def _script(self, fresh_probe: bool = False) -> str:
-        """The preflight script: one round trip for every check.
+    def _preflight_command(self, fresh_probe: bool = False) -> str:
+        """``scripts/preflight.sh`` with this target's parameters: every check in one round trip.
 
-        The GPU probe (a container of the base image with the target's runtime)
-        starts first, in the background, and its successful result is cached on
-        the board under a key of the boot id, the engine's id and runtimes, the
-        daemon.json mtime and the base image id: a session reuses it while none
-        of those changed; ``fresh_probe`` (``hil doctor``) always runs it.
+        The CUDA probe (``scripts/gpu-probe.sh``: the worker's ``--probe`` in a
+        container of the dependencies image with the target's runtime) starts
+        first, in the background, when the image and the worker are on the
+        board; its successful result is cached there under a key of the boot
+        id, the engine, daemon.json's mtime, the image id, the runtime and the
+        worker's content: a session reuses it while none of those changed;
+        ``fresh_probe`` (``hil doctor``) always runs it.
         """
         spec = self.spec
-        rec = self.recipe
-        q = shlex.quote
-        base = spec.docker.build_args.get("BASE_IMAGE", "")
         raw = spec.ssh.remote_dir.strip()
         rel = raw[2:] if raw.startswith("~/") else raw
-        runtime = f"--runtime {q(spec.docker.runtime)} " if spec.docker.runtime else ""
-        tests = " ".join(f"[ -e {n} ] && echo dev:{n};" for n in GPU_NODES)
-        probe = (tests + " for f in /usr/lib/*/libcuda.so* /usr/lib/*/nvidia/libcuda.so* "
-                 "/usr/lib/*/tegra/libcuda.so* /usr/local/cuda/compat/libcuda.so*; do "
-                 "[ -e \"$f\" ] && echo lib:$f && break; done; true")
-        lines = [
-            "s() { printf '\\n@@hil:%s\\n' \"$1\"; }",
-            "info=$(docker info --format "
-            "'{{.ServerVersion}}|{{.DockerRootDir}}|{{json .Runtimes}}|{{.ID}}' 2>&1); rc=$?",
-            "cache=\"$HOME/.cache/pytest-hil\"; tmp=$(mktemp); bid=''; cached=''",
-        ]
-        if base:
-            lines += [
-                f"[ $rc = 0 ] && bid=$(docker image inspect -f '{{{{.Id}}}}' {q(base)} "
-                "2>/dev/null)",
-                "if [ -n \"$bid\" ]; then key=$(printf '%s|%s|%s|%s' "
-                "\"$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)\" \"$info\" "
-                "\"$(stat -c %Y /etc/docker/daemon.json 2>/dev/null)\" \"$bid\" | md5sum | "
-                "cut -c1-16); cf=\"$cache/gpu-probe-$key\"",
-                f"  if [ {1 if fresh_probe else 0} = 0 ] && [ -s \"$cf\" ]; then "
-                "cached=1; cp \"$cf\" \"$tmp\"; else "
-                f"(docker run --rm --pull never --network none {runtime}--entrypoint sh "
-                f"{q(base)} -c {q(probe)} > \"$tmp\" 2>&1; echo rc=$? >> \"$tmp\") & fi",
-                "fi",
-            ]
-        lines += [
-            "s id; id -u; id -g",
-            "s host; hostname",
-            "s home; realpath -m -- \"$HOME\"",
-            f"s dir; (cd \"$HOME\" && realpath -m -- {q(rel) if rel else q('.')})",
-            "s arch; uname -m",
-            "s tegra; head -n 1 /etc/nv_tegra_release 2>/dev/null",
-            "s tools; for t in rsync flock setsid tegrastats nvidia-smi timeout tar; do "
-            "command -v $t >/dev/null 2>&1 && echo $t; done",
-            "s swap; awk '/^SwapTotal:/{print $2}' /proc/meminfo",
-            "s info; printf '%s\\nrc=%s\\n' \"$info\" \"$rc\"",
-            "root=${info#*|}; root=${root%%|*}",
-            "s df; [ $rc = 0 ] && df -Pm \"$root\" 2>&1 | tail -n 1",
-        ]
-        raw_dir = spec.ssh.remote_dir.strip()
-        if raw_dir and raw_dir not in ("~", "/", "."):
-            # The digest of the last sync, unless anything under remote_dir changed since.
-            lines.append(
-                f"s synced; d=$(cd \"$HOME\" && realpath -m -- {q(rel) if rel else q('.')}); "
-                "m=\"${d%/*}/.hil-sync-${d##*/}\"; [ -f \"$m\" ] && [ -d \"$d\" ] && "
-                "[ -z \"$(find \"$d\" -newer \"$m\" -print -quit 2>/dev/null)\" ] && cat \"$m\"")
-        if rec is not None:
-            lines.append(f"s image; [ $rc = 0 ] && docker image inspect -f '{{{{.Id}}}}' "
-                         f"{q(rec.tag)} 2>/dev/null")
-        if base:
-            lines += [
-                "wait",
-                "s base; echo \"$bid\"; [ -n \"$cached\" ] && echo cached:yes; "
-                "[ -n \"$bid\" ] && cat \"$tmp\"",
-                "[ -n \"$bid\" ] && [ -z \"$cached\" ] && tail -n 1 \"$tmp\" | grep -qx 'rc=0' "
-                "&& mkdir -p \"$cache\" && cp \"$tmp\" \"$cf\"",
-            ]
-        lines += ["rm -f \"$tmp\"", "s end"]
-        return "\n".join(lines) + "\n"
+        return board_command(
+            "preflight",
+            TAG=self.recipe.tag if self.recipe is not None else "",
+            RUNTIME=spec.docker.runtime,
+            REMOTE=rel or ".",
+            SYNCED="1" if raw and raw not in ("~", "/", ".") else "0",
+            LIB=_lib_folder(worker_files()),
+            LIB_MOUNT=CONTAINER_LIB,
+            WORKER_IN=CONTAINER_WORKER,
+            FRESH="1" if fresh_probe else "0",
+            PROBE=script_text("gpu-probe"),
+        )
 
     def inspect(self) -> PreflightReport:
         """Run every preflight check; connection faults raise, check failures are reported."""
@@ -410,7 +357,8 @@ class SshBackend(Backend):
         if self.eager_lease and self.lease is None:
             self.lease = Lease(conn, timeout=self.lease_timeout, target=spec.name,
                                on_wait=self._on_lease_wait).start()
-        res = conn.run(self._script(self.fresh_probe), timeout=max(60.0, spec.timeouts.connect * 6))
+        res = conn.run(self._preflight_command(self.fresh_probe),
+                       timeout=max(60.0, spec.timeouts.connect * 6))
         sec = _sections(res.stdout)
         checks: list[Check] = []
         facts: dict[str, str] = {}
@@ -436,6 +384,7 @@ class SshBackend(Backend):
         facts["board.arch"] = sec.get("arch", "")
         board.home = sec.get("home", "")
         board.tools = set(sec.get("tools", "").split())
+        board.lib_present = sec.get("worker", "").strip() == "present"
         board.synced = sec.get("synced", "").strip()
         # remote_dir: checked as written, then as the board resolves it (symlinks).
         try:
@@ -547,51 +496,53 @@ class SshBackend(Backend):
             check("image", True, f"{self.recipe.tag} " + ("present" if board.image_present else
                                                           "absent: will be built"),
                   required=False)
-        self._gpu_check(sec.get("base", ""), check, facts)
+        self._gpu_check(sec.get("gpu", ""), check, facts)
         self.timings["preflight"] = round(time.monotonic() - start, 3)
         self.report = PreflightReport(spec.name, tuple(checks), facts)
         return self.report
 
     def _gpu_check(self, text: str, check: Any, facts: dict[str, str]) -> None:
+        """Judge the output of ``scripts/gpu-probe.sh`` (empty: the probe could not run yet)."""
         spec = self.spec
-        base = spec.docker.build_args.get("BASE_IMAGE", "")
-        lines = text.splitlines()
-        if not base:
-            check("gpu", True, "no BASE_IMAGE build arg: not probed", required=False)
-            return
-        cached = "cached:yes" in lines
-        lines = [ln for ln in lines if ln != "cached:yes"]
-        if not lines or not lines[0].startswith("sha256:"):
-            self.board.base_present = False
-            check("gpu", True, f"base image {base} not on the board yet: probed after the build",
-                  required=False)
-            return
-        self.board.base_present = True
-        self.board.gpu_checked = True
-        rc = lines[-1].removeprefix("rc=") if lines[-1].startswith("rc=") else "?"
-        devs = [ln[4:] for ln in lines if ln.startswith("dev:")]
-        libs = [ln[4:] for ln in lines if ln.startswith("lib:")]
+        image = self.recipe.tag if self.recipe is not None else ""
         runtime = spec.docker.runtime or "the default runtime"
-        if rc != "0":
-            out = "\n".join(lines[1:-1])
-            check("gpu", False, f"a container with {runtime} failed to start (exit {rc})",
-                  TargetUnhealthyError(f"a container of {base} with {runtime} failed to start",
-                                       target=spec.name, exited=int(rc) if rc.isdigit() else None,
-                                       command="docker run --runtime " + spec.docker.runtime,
-                                       tail=out))
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if not lines:
+            why = ("no image recipe" if not image else
+                   f"{image} is not on the board yet" if not self.board.image_present else
+                   "the worker is not on the board yet")
+            check("gpu", True, f"{why}: the CUDA probe runs after the build", required=False)
             return
-        cuda = bool(devs) and bool(libs)
-        facts["cuda"] = "visible" if cuda else "not visible"
-        seen = ("(cached probe) " if cached else "") + (
-            f"GPU visible in a container ({', '.join(devs)}; {libs[0]})" if cuda else
-                f"no CUDA in a container with {runtime}"
-                + (f" (devices: {', '.join(devs)})" if devs else ""))
+        self.board.gpu_checked = True
+        cached = lines[0] == "cached:yes"
+        lines = lines[1:] if cached else lines
+        rc = lines[-1].removeprefix("rc=") if lines[-1].startswith("rc=") else "?"
+        body = lines[:-1] if rc != "?" else lines
+        info: dict[str, Any] | None = None
+        for line in reversed(body):
+            with contextlib.suppress(ValueError):
+                found = json.loads(line)
+                if isinstance(found, dict):
+                    info = found
+                    break
+        if rc != "0" or info is None:
+            what = f"the CUDA probe in a container of {image} with {runtime} failed (exit {rc})"
+            check("gpu", False, what, TargetUnhealthyError(
+                what, target=spec.name, exited=int(rc) if rc.isdigit() else None,
+                command=f"docker run --runtime {spec.docker.runtime or 'runc'} {image} "
+                        f"python3 {CONTAINER_WORKER} --probe",
+                tail="\n".join(body[-20:])))
+            return
+        words = probe_words(info, image)
+        cuda = bool(info.get("cuda"))
+        facts["cuda"] = "usable" if cuda else "not usable"
+        seen = ("(cached probe) " if cached else "") + words
         if spec.tier >= 2:
-            check("gpu", cuda, seen + f"; tier {spec.tier} declared",
-                  TargetUnhealthyError(f"declares tier {spec.tier} (CUDA GPU) but a container "
-                                       f"with {runtime} sees no CUDA device", target=spec.name,
-                                       hint="check nvidia-container-toolkit and the "
-                                            "docker.runtime of the target"))
+            check("gpu", cuda, seen + f"; tier {spec.tier} declared", TargetUnhealthyError(
+                f"declares tier {spec.tier} (CUDA GPU) but {words}", target=spec.name,
+                hint=f"check nvidia-container-toolkit and the target's docker.runtime "
+                     f"({runtime}), and that the image keeps CUDA builds of torch and "
+                     "onnxruntime (no CPU wheels shadowing the base image's)"))
         else:
             check("gpu", True, seen + f"; tier {spec.tier} declared: the declared capabilities "
                   "hold", required=False)
@@ -682,11 +633,12 @@ class SshBackend(Backend):
         return tag
 
     def build(self, rec: ImageRecipe) -> None:
-        """``docker build`` on the board from the synced tree; streams the log."""
+        """``docker build`` on the board from the synced tree (``scripts/build.sh``); streams the log."""
         spec = self.spec
         conn = self.connect()
-        q = shlex.quote
-        files = " ".join(q(n) for n in sorted({rec.dockerfile, *rec.inputs}))
+        files = sorted({rec.dockerfile, *rec.inputs})
+        if any("\n" in name for name in files):
+            raise ConfigError("a build input's name holds a newline", target=spec.name)
         args = ["docker", "build", "-t", rec.tag, "-f", rec.dockerfile,
                 "--label", f"{CONTAINER_LABEL}=image"]
         for key, value in rec.build_args:
@@ -694,10 +646,9 @@ class SshBackend(Backend):
         if spec.docker.build_network:
             args += ["--network", spec.docker.build_network]
         limit = int(spec.timeouts.build)
-        command = (f"exec 2>&1; cd {q(self.board.remote_dir)} || exit 70; "
-                   f"tar -cf - -- {files} | timeout -s INT {limit} {shlex.join(args)} -; rc=$?; "
-                   f"[ $rc = 0 ] && printf '{ID_MARKER}%s\\n' "
-                   f"\"$(docker image inspect -f '{{{{.Id}}}}' {q(rec.tag)})\"; exit $rc")
+        command = board_command("build", *args[2:], DIR=self.board.remote_dir,
+                                FILES="\n".join(files), LIMIT=str(limit), TAG=rec.tag,
+                                ID_MARKER=ID_MARKER)
         self.progress.step(f"building {rec.tag} on {spec.name} from {rec.dockerfile} "
                            f"({len(rec.inputs)} input file(s))")
         start = time.monotonic()
@@ -740,33 +691,55 @@ class SshBackend(Backend):
         self.image_id = image_id
         self.board.image_present = True
         self.board.image_id = image_id
+        self.board.gpu_checked = False  # a new image: probed again
 
-    def _late_gpu_check(self) -> None:
-        """The GPU probe, when the base image only arrived with the build."""
-        base = self.spec.docker.build_args.get("BASE_IMAGE", "")
-        if not base:
-            return
-        conn = self.connect()
-        probe = _sections(conn.run(self._script(True)).stdout).get("base", "")
+    def _late_gpu_check(self, raise_first: bool = True) -> None:
+        """The CUDA probe when preflight could not run it: right after the build.
+
+        Its row replaces preflight's in :attr:`report`; ``raise_first=False``
+        (``hil doctor``) records a failure instead of raising it.
+        """
         checks: list[Check] = []
-        self._failures = []
+        failures: list[HilError] = []
 
         def check(name: str, ok: bool, detail: str, error: HilError | None = None,
                   required: bool = True) -> None:
             checks.append(Check(name, ok, detail, required))
             if not ok and required and error is not None:
-                self._failures.append(error)
+                failures.append(error)
 
-        self._gpu_check(probe, check, {})
-        if self._failures:
-            raise self._failures[0]
+        facts: dict[str, str] = {}
+        self._gpu_check(self.probe_gpu(), check, facts)
+        if self.report is not None:  # the table shows the probe's row, not preflight's
+            self.report = PreflightReport(
+                self.report.target,
+                tuple(c for c in self.report.checks if c.name != "gpu") + tuple(checks),
+                {**self.report.facts, **facts})
+        self._failures += failures
+        if failures and raise_first:
+            err = failures[0]
+            if not err.tail and self.report is not None:
+                err.tail = self.report.table()
+            raise err
+
+    def probe_gpu(self) -> str:
+        """Run ``scripts/gpu-probe.sh`` for the present image (installing the worker if absent)."""
+        assert self.recipe is not None
+        lib, files = self.worker_lib()
+        command = board_command(
+            "gpu-probe", self.recipe.tag, self.spec.docker.runtime, lib,
+            "1" if self.fresh_probe else "0", CONTAINER_LIB, CONTAINER_WORKER,
+            LIB_B64=None if self.board.lib_present else _lib_b64(files))
+        res = self.connect().run(command, timeout=max(120.0, self.spec.timeouts.connect * 12))
+        if "rc=70" not in res.stdout.splitlines():
+            self.board.lib_present = True
+        return str(res.stdout)
 
     # -- run --------------------------------------------------------------------------------
     def worker_lib(self) -> tuple[str, dict[str, bytes]]:
         """The folder of the worker's files on the board (content-addressed) and the files."""
         files = worker_files()
-        folder = f"lib-{worker_digest(files)}"
-        return posixpath.join(self.board.home, ".cache", "pytest-hil", folder), files
+        return posixpath.join(self.board.home, _lib_folder(files)), files
 
     def request(self, plan: RunPlan, image: str) -> RunRequest:
         """The test container for ``plan``, with paths on the board."""
@@ -789,63 +762,26 @@ class SshBackend(Backend):
             remove=False,  # the run script removes it, after reading OOMKilled
         )
 
-    def _run_script(self, plan: RunPlan, req: RunRequest) -> str:
-        q = shlex.quote
-        lib, files = self.worker_lib()
-        cli = req.docker_cli()
-        pgid_file = _pgid_file(req)
-        outs = posixpath.dirname(req.out)
-        parts = [
-            f"out={q(req.out)}; name={q(req.name)}; pidf={q(pgid_file)}",
-            "mkdir -p \"$out\" || exit 70",
-            f"l={q(lib)}; if [ ! -d \"$l\" ]; then mkdir -p \"$l.$$\" && "
-            + " && ".join(f"printf '%s' {q(base64.b64encode(data).decode())} | base64 -d > "
-                          f"\"$l.$$\"/{q(name)}" for name, data in sorted(files.items()))
-            + " && { mv \"$l.$$\" \"$l\" || rm -rf \"$l.$$\"; }; fi",
-        ]
-        if self.board.pending_marker:
-            # The sync before this run completed: record it (no extra round trip).
-            parts.append(f"printf '%s\\n' {q(self.board.pending_marker)} > "
-                         f"{q(sync_marker(self.board.remote_dir))}")
-        if plan.lastfailed is not None:
-            parts.append(f"printf '%s' {q(plan.lastfailed)} > \"$out/lastfailed.json\"")
-        parts += [
-            # A run that did not finish leaves its .pgid file: only then can labelled
-            # containers be stale, so the usual run pays no extra docker call.
-            "set -- \"$out\"/../*.pgid; if [ -e \"$1\" ]; then "
-            f"ids=$(docker ps -aq --filter label={CONTAINER_LABEL}); "
-            "[ -n \"$ids\" ] && docker rm -f $ids >/dev/null 2>&1; fi",
-            "echo $$ > \"$pidf\"",
-            f"(cd {q(outs)} && ls -1t | grep -v '\\.pgid$' | tail -n +{KEEP_RUNS + 1} | "
-            "xargs -r rm -rf) 2>/dev/null",
-            shlex.join(cli),
-            "rc=$?",
-            # pytest's own codes (0-5) need no post-mortem; anything else may be OOM or kill.
-            "st=''; if [ \"$rc\" -gt 5 ]; then "
-            "st=$(docker inspect -f '{{.State.OOMKilled}} {{.State.ExitCode}}' \"$name\" "
-            "2>/dev/null); fi",
-            f"printf '{END_MARKER.decode()}%s %s\\n' \"$rc\" \"$st\" >&2",
-            # The results follow the marker (small ones: big ones are fetched on their own).
-            f"[ \"$(du -sk \"$out\" 2>/dev/null | cut -f1)\" -le {INBAND_RESULTS_KB} ] && "
-            "tar -cf - -C \"$out\" . >&2 2>/dev/null",
-            # Removal is off the session's path; a next run cleans up if it did not finish.
-            "(docker rm -f \"$name\"; rm -f \"$pidf\") </dev/null >/dev/null 2>&1 &",
-            "exit $rc",
-        ]
-        return "\n".join(parts) + "\n"
+    def _run_command(self, plan: RunPlan, req: RunRequest) -> str:
+        """``scripts/run.sh`` for ``req``, in a session of its own (its process group is killable).
 
-    def _kill_command(self, name: str, pgid_file: str) -> str:
-        q = shlex.quote
-        return (f"p=$(cat {q(pgid_file)} 2>/dev/null); [ -n \"$p\" ] && kill -TERM -- -$p "
-                f"2>/dev/null; docker rm -f {q(name)} >/dev/null 2>&1; rm -f {q(pgid_file)}; "
-                f"true")
+        The worker's files travel only when preflight found the board without them.
+        """
+        lib, files = self.worker_lib()
+        marker = self.board.pending_marker  # the sync before this run completed: recorded
+        return "exec setsid -w " + board_command(
+            "run", *req.docker_cli(),
+            OUT=req.out, NAME=req.name, PIDF=_pgid_file(req), LIB=lib,
+            LIB_B64=None if self.board.lib_present else _lib_b64(files),
+            SYNC_MARKER=sync_marker(self.board.remote_dir) if marker else None,
+            SYNC_DIGEST=marker or None, LASTFAILED=plan.lastfailed, LABEL=CONTAINER_LABEL,
+            KEEP=str(KEEP_RUNS), INBAND_KB=str(INBAND_RESULTS_KB), END=END_MARKER.decode())
 
     def run(self, plan: RunPlan, image: str, on_stdout: ByteSink, on_stderr: ByteSink) -> RunEnd:
         """Run the test container on the board, streaming its output as it arrives."""
         conn = self.connect()
         req = self.request(plan, image)
-        script = self._run_script(plan, req)
-        command = f"exec setsid -w sh -c {shlex.quote(script)}"
+        command = self._run_command(plan, req)
         self._dirty = (req.name, _pgid_file(req))
         self._started.add(plan.run_id)
         plan.local_out.mkdir(parents=True, exist_ok=True)
@@ -887,6 +823,7 @@ class SshBackend(Backend):
             return RunEnd(exit_code=code, reason=f"the run script on the board exited {code} "
                           "without reporting")
         self._dirty = None
+        self.board.lib_present = True
         rc_text = errs.end[0] if errs.end else str(code)
         oom = len(errs.end) > 1 and errs.end[1] == "true"
         exit_code = int(errs.end[2]) if len(errs.end) > 2 and errs.end[2].lstrip("-").isdigit() \
@@ -901,7 +838,7 @@ class SshBackend(Backend):
     def _kill(self, req: RunRequest, conn: Connection) -> None:
         """Kill the run's process group and remove its container (best effort, bounded)."""
         with contextlib.suppress(HilError, OSError):
-            conn.run(self._kill_command(req.name, _pgid_file(req)), timeout=30)
+            conn.run(board_command("kill", req.name, _pgid_file(req)), timeout=30)
             self._dirty = None
 
     # -- fetch ------------------------------------------------------------------------------
@@ -919,7 +856,7 @@ class SshBackend(Backend):
         conn = self.connect()
         if self._dirty is not None:
             name, pgid = self._dirty
-            conn.run(self._kill_command(name, pgid), timeout=60)
+            conn.run(board_command("kill", name, pgid), timeout=60)
             self._dirty = None
         remote = out_dir(self.board.remote_dir, plan.run_id)
         try:
