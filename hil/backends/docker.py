@@ -35,6 +35,7 @@ from hil.backends.base import (
     worker_command,
     worker_source,
 )
+from hil.backends.compose import ComposeProject, local_shell
 from hil.backends.engine import Engine, EngineError, EngineNotFoundError, open_engine
 from hil.errors import (
     BuildFailedError,
@@ -151,6 +152,8 @@ class DockerBackend(Backend):
         self.engine: Engine | None = None
         self.engine_url = ""
         self._removers: list[threading.Thread] = []
+        #: The services beside the tests (``[compose]``), once started by prepare().
+        self.compose: ComposeProject | None = None
 
     # -- engine ---------------------------------------------------------------
     def connect(self) -> Engine:
@@ -238,6 +241,19 @@ class DockerBackend(Backend):
 
     # -- image ----------------------------------------------------------------
     def prepare(self, plan: RunPlan) -> str:
+        tag = self.image(plan)
+        if self.spec.compose.file:
+            out = plan.local_out / "compose"
+            self.compose = ComposeProject(
+                self.spec, local_shell({"DOCKER_HOST": self.engine_url}),
+                engine_root=str(self.root.resolve()), local_root=self.root,
+                override_path=str((out / "override.json").resolve()), local_dir=out,
+                progress=self.progress, judge_owners=True)
+            self.compose.up(tag)
+        return tag
+
+    def image(self, plan: RunPlan) -> str:
+        """The dependencies image's tag, built unless its content hash exists."""
         engine = self.connect()
         rec = recipe(self.spec, self.root)
         tag = rec.tag
@@ -313,7 +329,11 @@ class DockerBackend(Backend):
         if plan.lastfailed is not None:
             (plan.local_out / "lastfailed.json").write_text(plan.lastfailed, encoding="utf-8")
         try:
-            cid = engine.create(container_config(req), req.name)
+            if self.compose is not None:  # the tests' service, created by compose
+                self.compose.create_tests(req)
+                cid = engine.inspect_container(req.name)["Id"]
+            else:
+                cid = engine.create(container_config(req), req.name)
         except EngineError as err:
             raise TargetUnhealthyError(f"could not create the test container: {err}",
                                        target=self.spec.name) from err
@@ -362,6 +382,8 @@ class DockerBackend(Backend):
         if timed_out.is_set():
             raise RunTimedOutError(f"the run exceeded {self.spec.timeouts.run:.0f} s and was "
                                    "killed", target=self.spec.name)
+        if self.compose is not None:
+            self.compose.check()
         if not result:
             return RunEnd(exit_code=None)
         code = int(result.get("StatusCode", state.get("ExitCode", -1)) or 0)
@@ -374,9 +396,13 @@ class DockerBackend(Backend):
         return RunEnd(exit_code=code, oom_killed=bool(state.get("OOMKilled")), reason=reason)
 
     def fetch(self, plan: RunPlan) -> None:
-        """Nothing to copy: the run folder was mounted at /hil/out."""
+        """Nothing to copy (the run folder was mounted at /hil/out) but the services' logs."""
+        if self.compose is not None:
+            self.compose.save_logs()
 
     def close(self) -> None:
+        if self.compose is not None:
+            self.compose.down()
         for remover in self._removers:
             remover.join()
         self._removers.clear()
