@@ -162,10 +162,12 @@ class ServiceState:
     exit_code: int
 
     def describe(self) -> str:
-        """``exited (exit code 3)``, ``running, unhealthy``..."""
-        if self.status in ("exited", "dead"):
+        """``exited (exit code 3)``, ``is running, unhealthy``, ``is unhealthy``..."""
+        if self.status in ("exited", "dead"):  # a stopped container's health says unhealthy
             return f"{self.status} (exit code {self.exit_code})"
-        return self.status + (f", {self.health}" if self.health else "")
+        if self.health == "unhealthy":
+            return "is unhealthy"
+        return f"is {self.status}" + (f", {self.health}" if self.health else "")
 
 
 class ComposeProject:
@@ -452,8 +454,7 @@ class ComposeProject:
         return self._fail_text(out, err)
 
     def _fault(self, state: ServiceState, when: str) -> ServiceFailedError:
-        what = "is unhealthy" if state.health == "unhealthy" else f"is {state.describe()}"
-        return ServiceFailedError(f"compose service '{state.service}' {what} {when}",
+        return ServiceFailedError(f"compose service '{state.service}' {state.describe()} {when}",
                                   service=state.service, target=self.spec.name,
                                   tail=self.log_tail(state.service))
 
@@ -474,7 +475,7 @@ class ComposeProject:
                 elif not (state.health == "healthy"
                           or (not state.health and state.status == "running")
                           or (state.status == "exited" and state.exit_code == 0)):
-                    waiting.append(f"{name} ({state.describe()})")
+                    waiting.append(f"{name} ({state.describe().removeprefix('is ')})")
             if not waiting:
                 self.long_running = [n for n in self.others if states[n].status == "running"]
                 self.progress.step("compose: " + ", ".join(
@@ -517,7 +518,7 @@ class ComposeProject:
                 raise ServiceFailedError(f"compose service '{name}' was removed while the tests "
                                          "ran", service=name, target=self.spec.name)
             if state.status != "running" or state.health == "unhealthy":
-                raise self._fault(state, "after running while the tests ran")
+                raise self._fault(state, "while the tests ran")
 
     # -- logs and teardown ----------------------------------------------------------------
     def save_logs(self) -> list[str]:

@@ -47,6 +47,7 @@ from hil.backends.base import (
     worker_command,
     worker_source,
 )
+from hil.backends.compose import ComposeProject
 from hil.config import TargetSpec
 from hil.errors import (
     BuildFailedError,
@@ -286,6 +287,8 @@ class SshBackend(Backend):
         self._started: set[str] = set()
         #: (run id, segment) of the runs whose results came back on the run's channel.
         self._inband: set[tuple[str, int]] = set()
+        #: The services beside the tests (``[compose]``), once started by prepare().
+        self.compose: ComposeProject | None = None
 
     # -- connection -------------------------------------------------------------------------
     def connect(self) -> Connection:
@@ -617,7 +620,21 @@ class SshBackend(Backend):
             self.preflight()
         self.acquire_lease()
         self.sync()
-        return self.image()
+        tag = self.image()
+        if self.spec.compose.file:
+            self.compose = ComposeProject(
+                self.spec, self._shell, engine_root=self.board.remote_dir, local_root=self.root,
+                override_path=posixpath.join(out_dir(self.board.remote_dir, plan.run_id),
+                                             "compose", "override.json"),
+                local_dir=plan.local_out / "compose", progress=self.progress,
+                judge_owners=False)  # under the board's lease every other project is stale
+            self.compose.up(tag)
+        return tag
+
+    def _shell(self, command: str, timeout: float) -> tuple[int, str, str]:
+        """One shell command on the board: (exit code, stdout, stderr)."""
+        res = self.connect().run(command, timeout=timeout)
+        return res.exited, res.stdout, res.stderr
 
     def acquire_lease(self) -> Lease:
         """Hold the board's lease (waiting up to ``lease_timeout``); DeviceBusyError if not."""
@@ -817,7 +834,7 @@ class SshBackend(Backend):
             "echo $$ > \"$pidf\"",
             f"(cd {q(outs)} && ls -1t | grep -v '\\.pgid$' | tail -n +{KEEP_RUNS + 1} | "
             "xargs -r rm -rf) 2>/dev/null",
-            shlex.join(cli),
+            self._container_command(req, cli),
             "rc=$?",
             # pytest's own codes (0-5) need no post-mortem; anything else may be OOM or kill.
             "st=''; if [ \"$rc\" -gt 5 ]; then "
@@ -832,6 +849,15 @@ class SshBackend(Backend):
             "exit $rc",
         ]
         return "\n".join(parts) + "\n"
+
+    def _container_command(self, req: RunRequest, cli: list[str]) -> str:
+        """``docker run`` of the test container, or, with ``[compose]``, its creation as the
+        tests' service by compose followed by ``docker start -a`` (the same streams)."""
+        if self.compose is None:
+            return shlex.join(cli)
+        log = posixpath.join(req.out, "compose", "create.out")
+        return (f"{{ {self.compose.tests_script(req, errors_to=log)} || "
+                f"{{ cat {shlex.quote(log)} >&2; false; }}; }} && docker start -a \"$name\"")
 
     def _kill_command(self, name: str, pgid_file: str) -> str:
         q = shlex.quote
@@ -895,6 +921,8 @@ class SshBackend(Backend):
         if oom or exit_code == 137:
             reason = "the test container was killed" + (" (OOM)" if oom else
                                                          f" (exit {exit_code})")
+        if self.compose is not None:
+            self.compose.check()
         return RunEnd(exit_code=exit_code, oom_killed=oom, reason=reason)
 
     def _kill(self, req: RunRequest, conn: Connection) -> None:
@@ -906,6 +934,9 @@ class SshBackend(Backend):
     # -- fetch ------------------------------------------------------------------------------
     def fetch(self, plan: RunPlan) -> None:
         """Copy the run's results folder back; after a lost link, reconnect and clean up first."""
+        if self.compose is not None and self.conn is not None and self.conn.alive:
+            with contextlib.suppress(HilError, OSError):
+                self.compose.save_logs()
         if plan.run_id not in self._started:
             return  # nothing ran on the board
         if (plan.run_id, plan.segment) in self._inband:
@@ -933,6 +964,9 @@ class SshBackend(Backend):
         if self._telemetry is not None:
             self._telemetry.stop()
             self._telemetry = None
+        if self.compose is not None:  # before the lease goes: the next holder finds none
+            with contextlib.suppress(HilError, OSError):
+                self.compose.down()
         if self.lease is not None:
             self.lease.release()
             self.lease = None
