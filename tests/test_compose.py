@@ -159,6 +159,7 @@ def test_example_passes_and_a_failing_test_exits_1(project: Project) -> None:
     run = project.last_run()
     assert "mosquitto version" in (run / "compose" / "broker.log").read_text(encoding="utf-8")
     assert project.leftovers(project_of(out)) == []
+    assert "compose service broker" in staged_attachments(project)
     (project.root / "suites/compose/test_wrong.py").write_text(WRONG, encoding="utf-8")
     red = project.run("suites/compose", "-rf")
     out = red.stdout + red.stderr
@@ -167,6 +168,44 @@ def test_example_passes_and_a_failing_test_exits_1(project: Project) -> None:
     assert "FAILED suites/compose/test_wrong.py::test_reads_back_what_was_never_sent" in out
     # The broker's image was built once: its build context did not change.
     assert "of 'broker' is up to date (content hash)" in out
+    assert project.leftovers(project_of(out)) == []
+
+
+def staged_attachments(project: Project) -> set[str]:
+    """Names of the attachments of the run containers ``hil report`` stages."""
+    import json
+
+    from hil.backends.base import Progress
+    from hil.report import Stager
+
+    folder = project.root / "staged"
+    Stager(folder, Progress(quiet=True)).add_folder(project.root / "reports" / "allure-results")
+    containers = [json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*-container.json")]
+    return {a["name"] for c in containers for b in c.get("befores") or ()
+            for a in b.get("attachments") or ()}
+
+
+CRASHES = """
+import os
+
+def test_before():
+    pass
+
+def test_crashes():
+    os._exit(3)
+
+def test_after():
+    pass
+"""
+
+
+def test_a_crashed_test_resumes_in_a_fresh_tests_service_container(project: Project) -> None:
+    (project.root / "suites/compose/test_crash.py").write_text(CRASHES, encoding="utf-8")
+    done = project.run("suites/compose/test_crash.py", "suites/compose/test_broker.py")
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-4000:]
+    assert "FAILED suites/compose/test_crash.py::test_crashes - crashed: exit code 3" in out
+    assert "1 failed, 4 passed" in out  # the broker tests ran in the resumed container
     assert project.leftovers(project_of(out)) == []
 
 
