@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,7 +234,6 @@ def test_unhealthy_service_is_service_failed_naming_it(project: Project) -> None
 
 
 WAITS_FOR_THE_BROKER_TO_GO = """
-import time
 from suites.compose.mqtt import MqttClient
 from suites.compose.test_broker import BROKER
 
