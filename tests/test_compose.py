@@ -361,3 +361,14 @@ def test_unknown_service_names_the_file_and_the_services(project: Project) -> No
     assert done.returncode == ExitCode.USAGE_ERROR, out[-3000:]
     assert ("key 'compose.service' names 'runner', which suites/compose/docker-compose.yml does "
             "not define (it has: broker, tests)") in out
+
+
+def test_a_broken_compose_file_is_a_usage_error_with_composes_words(project: Project) -> None:
+    (project.root / "suites/compose/docker-compose.yml").write_text(
+        "services:\n  tests:\n    image: [unclosed\n", encoding="utf-8")
+    done = project.run("suites/compose")
+    out = done.stdout + done.stderr
+    assert done.returncode == ExitCode.USAGE_ERROR, out[-3000:]
+    line = next(x for x in out.splitlines() if x.startswith("hil: error:"))
+    assert line.startswith("hil: error: target 'box': targets/box.toml: key 'compose.file': "
+                           "compose cannot read 'suites/compose/docker-compose.yml': "), line
