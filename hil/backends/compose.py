@@ -175,7 +175,7 @@ class ComposeProject:
 
     def __init__(self, spec: TargetSpec, shell: Shell, *, engine_root: str, local_root: Path,
                  override_path: str, local_dir: Path, progress: Progress,
-                 judge_owners: bool) -> None:
+                 judge_owners: bool, rebuild: bool = False) -> None:
         self.spec = spec
         self.compose = spec.compose
         self.shell = shell
@@ -189,6 +189,8 @@ class ComposeProject:
         self.progress = progress
         #: Docker targets judge stale projects by their owner's pid; on a board the lease does.
         self.judge_owners = judge_owners
+        #: ``--hil-rebuild``: build the services' images even when their hash has one.
+        self.rebuild = rebuild
         self.name = project_name()
         self.cli: list[str] = []
         self.flavour = ""
@@ -409,7 +411,7 @@ class ComposeProject:
         probe = "; ".join(f"docker image inspect {shlex.quote(tag)} >/dev/null 2>&1 || "
                           f"echo {shlex.quote(name)}" for name, tag in tags.items())
         _, out, _ = self._sh(probe)
-        missing = [name for name in out.split() if name in tags]
+        missing = list(tags) if self.rebuild else [n for n in out.split() if n in tags]
         for name in tags:
             if name not in missing:
                 self.progress.step(f"compose: image {tags[name]} of '{name}' is up to date "

@@ -248,7 +248,8 @@ class DockerBackend(Backend):
                 self.spec, local_shell({"DOCKER_HOST": self.engine_url}),
                 engine_root=str(self.root.resolve()), local_root=self.root,
                 override_path=str((out / "override.json").resolve()), local_dir=out,
-                progress=self.progress, judge_owners=True)
+                progress=self.progress, judge_owners=True,
+                rebuild=self.rebuild)
             self.compose.up(tag)
         return tag
 

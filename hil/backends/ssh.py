@@ -627,7 +627,8 @@ class SshBackend(Backend):
                 override_path=posixpath.join(out_dir(self.board.remote_dir, plan.run_id),
                                              "compose", "override.json"),
                 local_dir=plan.local_out / "compose", progress=self.progress,
-                judge_owners=False)  # under the board's lease every other project is stale
+                judge_owners=False,  # under the board's lease every other project is stale
+                rebuild=self.rebuild)
             self.compose.up(tag)
         return tag
 
