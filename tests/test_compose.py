@@ -168,6 +168,9 @@ def test_example_passes_and_a_failing_test_exits_1(project: Project) -> None:
     # The broker's image was built once: its build context did not change.
     assert "of 'broker' is up to date (content hash)" in out
     assert project.leftovers(project_of(out)) == []
+    forced = project.run("suites/compose", "--hil-rebuild")
+    out = forced.stdout + forced.stderr
+    assert forced.returncode == 1 and "hil: compose: building broker" in out, out[-3000:]
 
 
 def staged_attachments(project: Project) -> set[str]:
