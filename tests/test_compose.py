@@ -273,10 +273,25 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
             proc.kill()
 
 
-def test_service_killed_mid_run_is_service_failed_naming_it(
+NEVER_ENDS = """
+import time
+from suites.compose.mqtt import MqttClient
+from suites.compose.test_broker import BROKER
+
+def test_first():
+    MqttClient(BROKER, "first").close()
+
+def test_never_ends_on_its_own():
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+"""
+
+
+def test_service_killed_mid_run_ends_the_run_service_failed_naming_it(
         project: Project, procs: list[subprocess.Popen[str]]) -> None:
-    (project.root / "suites/compose/test_wait.py").write_text(WAITS_FOR_THE_BROKER_TO_GO,
-                                                              encoding="utf-8")
+    # The second test never ends on its own: only the service's death can end the run.
+    (project.root / "suites/compose/test_wait.py").write_text(NEVER_ENDS, encoding="utf-8")
     proc = project.popen("suites/compose/test_wait.py")
     procs.append(proc)
     seen: list[str] = []
@@ -290,7 +305,7 @@ def test_service_killed_mid_run_is_service_failed_naming_it(
     text = "".join(seen) + out
     assert proc.returncode == ExitCode.SERVICE_FAILED, text[-4000:]
     assert "compose service 'broker' exited (exit code 137) while the tests ran" in text
-    assert "2 passed" in text  # the tests' own results are kept
+    assert "1 passed" in text  # the results so far are kept
     assert project.leftovers(name) == []
 
 

@@ -34,6 +34,7 @@ local engine (a subprocess) and the board (the session's SSH connection).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +42,7 @@ import re
 import shlex
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -70,6 +72,8 @@ LOG_MARKER = "\x1ehil-log "
 LOG_LINES = 5000
 #: Seconds between two looks at the services while waiting for them.
 POLL_INTERVAL = 0.25
+#: Seconds between two looks at the services while the tests run.
+WATCH_INTERVAL = 1.0
 
 #: ``(exit code, stdout, stderr)`` of one shell command on the engine's host.
 Shell = Callable[[str, float], "tuple[int, str, str]"]
@@ -434,9 +438,10 @@ class ComposeProject:
         """The project's service containers (not the tests' one), by service."""
         fmt = (f"{{{{index .Config.Labels \"{SERVICE_LABEL}\"}}}}|{{{{.State.Status}}}}|"
                "{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{.State.ExitCode}}")
+        # A container removed between the two calls (the test container's) is skipped.
         code, out, err = self._sh(
-            f"docker ps -aq --filter label={PROJECT_LABEL}={self.name} | "
-            f"xargs -r docker inspect -f {shlex.quote(fmt)}")
+            f"ids=$(docker ps -aq --filter label={PROJECT_LABEL}={self.name}) || exit 3; "
+            f"[ -z \"$ids\" ] || docker inspect -f {shlex.quote(fmt)} $ids 2>/dev/null; exit 0")
         if code != 0:
             raise TargetUnhealthyError("could not inspect the compose services",
                                        target=self.spec.name, tail=self._fail_text(out, err))
@@ -522,6 +527,10 @@ class ComposeProject:
             if state.status != "running" or state.health == "unhealthy":
                 raise self._fault(state, "while the tests ran")
 
+    def watch(self, stop_run: Callable[[], object]) -> ServiceWatch:
+        """Watch the services while the tests run; the first that stops calls ``stop_run``."""
+        return ServiceWatch(self, stop_run).start()
+
     # -- logs and teardown ----------------------------------------------------------------
     def save_logs(self) -> list[str]:
         """Each service's log into ``compose/<service>.log`` here; returns the services."""
@@ -549,6 +558,45 @@ class ComposeProject:
         self.down_done = True
         self._sh(f"{self.command('down', '-v', '--remove-orphans', '-t', '3')} >/dev/null 2>&1; "
                  f"{_removal(self.name)}")
+
+
+class ServiceWatch:
+    """While the tests run: a service that stops ends the run (``stop_run``), as the seed
+    harness's ``--abort-on-container-exit`` did; :meth:`ComposeProject.check` names it."""
+
+    def __init__(self, project: ComposeProject, stop_run: Callable[[], object]) -> None:
+        self.project = project
+        self.stop_run = stop_run
+        #: The service that stopped, once one did.
+        self.stopped: str = ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="hil-compose-watch", daemon=True)
+
+    def start(self) -> ServiceWatch:
+        """Start watching (when there is a service to watch)."""
+        if self.project.long_running:
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._done.wait(WATCH_INTERVAL):
+            try:
+                states = self.project.states()
+            except Exception:  # a failed look (a link gone): the run's own end tells
+                continue
+            for name in self.project.long_running:
+                state = states.get(name)
+                if (state is None or state.status != "running") and not self._done.is_set():
+                    self.stopped = name
+                    with contextlib.suppress(Exception):  # the run ended meanwhile
+                        self.stop_run()
+                    return
+
+    def stop(self) -> None:
+        """Stop watching (idempotent)."""
+        self._done.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(10)
 
 
 def _removal(name: str) -> str:

@@ -35,7 +35,7 @@ from hil.backends.base import (
     worker_command,
     worker_source,
 )
-from hil.backends.compose import ComposeProject, local_shell
+from hil.backends.compose import ComposeProject, ServiceWatch, local_shell
 from hil.backends.engine import Engine, EngineError, EngineNotFoundError, open_engine
 from hil.errors import (
     BuildFailedError,
@@ -346,12 +346,15 @@ class DockerBackend(Backend):
                 engine.kill(cid)
 
         timer = threading.Timer(self.spec.timeouts.run, kill_on_timeout)
+        watch: ServiceWatch | None = None
         timer.daemon = True
         try:
             try:
                 stream = engine.attach(cid)
                 engine.start(cid)
                 timer.start()
+                if self.compose is not None:  # a service that stops ends the run
+                    watch = self.compose.watch(lambda: engine.kill(cid))
                 finished = False
                 for stdout, stderr in stream:
                     if stderr:
@@ -373,9 +376,13 @@ class DockerBackend(Backend):
                                    target=self.spec.name) from err
         except BaseException:
             timer.cancel()
+            if watch is not None:
+                watch.stop()
             _remove(engine, cid)  # failed or interrupted: the container goes before anything else
             raise
         timer.cancel()
+        if watch is not None:
+            watch.stop()
         # Normal end: remove in the background; close() waits for it.
         remover = threading.Thread(target=_remove, args=(engine, cid), daemon=True)
         remover.start()

@@ -47,7 +47,7 @@ from hil.backends.base import (
     worker_command,
     worker_source,
 )
-from hil.backends.compose import ComposeProject
+from hil.backends.compose import ComposeProject, ServiceWatch
 from hil.config import TargetSpec
 from hil.errors import (
     BuildFailedError,
@@ -881,8 +881,12 @@ class SshBackend(Backend):
         errs = _EndFilter(on_stderr)
         start = time.monotonic()
         chan: Any = None
+        watch: ServiceWatch | None = None
         try:
             chan = conn.exec(command)
+            if self.compose is not None:  # a service that stops ends the run
+                watch = self.compose.watch(lambda: conn.run(
+                    f"docker kill {shlex.quote(req.name)}", timeout=30))
             code = conn.stream(chan, on_stdout, errs.feed,
                                deadline=start + self.spec.timeouts.run)
         except ConnectionLostError as err:
@@ -895,6 +899,8 @@ class SshBackend(Backend):
             self._kill(req, conn)
             raise
         finally:
+            if watch is not None:
+                watch.stop()
             errs.flush()
             if chan is not None:
                 chan.close()
