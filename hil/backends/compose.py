@@ -17,7 +17,8 @@ answers there (the ``docker compose`` plugin, else the standalone
    command, the checkout and results mounts, labels, user and environment;
    the backend then attaches to and starts it exactly as a plain test
    container, so the event stream, exit codes and crash resumes are unchanged;
-6. checks after the run that the services still run, saves each service's log
+6. watches the services while the tests run (:class:`ServiceWatch`: one that
+   stops ends the run), checks after it that they still run, saves each service's log
    in the run folder (``compose/<service>.log``) and tears everything down
    (``down -v --remove-orphans``, then anything left with the project's label).
 
