@@ -76,6 +76,22 @@ class DockerSpec:
 
 
 @dataclass(frozen=True)
+class ComposeSpec:
+    """Services beside the tests: a docker compose file and the service the tests run in."""
+
+    #: The compose file, relative to the inventory root ("" = no compose project).
+    file: str = ""
+    #: The service whose container runs the tests (its image, env, networks, volumes).
+    service: str = ""
+    #: Compose profiles to enable (``--profile``).
+    profiles: tuple[str, ...] = ()
+    #: An env file for the file's ``${VAR}`` interpolation (``--env-file``), relative to the root.
+    env_file: str = ""
+    #: Seconds the other services get to become healthy (or running, without a healthcheck).
+    ready_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
 class Timeouts:
     """Seconds allowed for each step."""
 
@@ -107,6 +123,7 @@ class TargetSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     timeouts: Timeouts = field(default_factory=Timeouts)
     preflight: PreflightSpec = field(default_factory=PreflightSpec)
+    compose: ComposeSpec = field(default_factory=ComposeSpec)
     #: True for ``local`` when the tier was not declared and is to be detected.
     detect_tier: bool = False
 
@@ -116,14 +133,16 @@ class TargetSpec:
         return self.kind in ("docker", "ssh")
 
 
-_TOP_KEYS = {"name", "kind", "tier", "description", "ssh", "docker", "env", "timeouts", "preflight"}
+_TOP_KEYS = {"name", "kind", "tier", "description", "ssh", "docker", "env", "timeouts", "preflight",
+             "compose"}
 _SECTIONS: dict[str, type[Any]] = {
     "ssh": SshSpec,
     "docker": DockerSpec,
     "timeouts": Timeouts,
     "preflight": PreflightSpec,
+    "compose": ComposeSpec,
 }
-_SECTION_KINDS = {"ssh": ("ssh",), "docker": ("docker", "ssh")}
+_SECTION_KINDS = {"ssh": ("ssh",), "docker": ("docker", "ssh"), "compose": ("docker", "ssh")}
 
 
 def _type_name(value: object) -> str:
@@ -240,6 +259,8 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
             raise ConfigError(
                 f"{source}: missing key 'ssh.remote_dir' (where the checkout goes on the board)"
             )
+    if "compose" in sections:
+        _check_compose(source, sections["compose"])
     env = _string_table(source, "env", data["env"]) if "env" in data else {}
     return TargetSpec(
         name=name,
@@ -251,6 +272,26 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
         detect_tier=detect,
         **sections,
     )
+
+
+def _check_compose(source: str, compose: ComposeSpec) -> None:
+    """The ``[compose]`` keys that must be given, and names compose would refuse."""
+    if not compose.file:
+        raise ConfigError(f"{source}: missing key 'compose.file' (the docker compose file, "
+                          "relative to the checkout)")
+    if not compose.service:
+        raise ConfigError(f"{source}: missing key 'compose.service' (the compose service the "
+                          "tests run in)")
+    for key, value in (("compose.file", compose.file), ("compose.env_file", compose.env_file)):
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ConfigError(f"{source}: key '{key}' must be a path inside the checkout, "
+                              f"got {value!r}")
+    names = (("compose.service", compose.service),
+             *(("compose.profiles", p) for p in compose.profiles))
+    for key, value in names:
+        if not value or not all(c.isalnum() or c in "._-" for c in value):
+            raise ConfigError(f"{source}: key '{key}' must be a compose name (letters, digits, "
+                              f"'.', '_', '-'), got {value!r}")
 
 
 def _load_toml(path: Path, display: str) -> dict[str, Any]:

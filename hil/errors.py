@@ -35,6 +35,7 @@ class ExitCode(enum.IntEnum):
     RUN_LOST = 19
     RUN_TIMED_OUT = 20
     DEVICE_BUSY = 21
+    SERVICE_FAILED = 22
 
 
 #: One line per infrastructure code, used by the README table and ``hil --exit-codes``.
@@ -58,6 +59,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
                         "a test crashed past the resume limit"),
     ExitCode.RUN_TIMED_OUT: "run timed out",
     ExitCode.DEVICE_BUSY: "device busy: the board's lease was not acquired in time",
+    ExitCode.SERVICE_FAILED: ("a compose service beside the tests was unhealthy, exited or "
+                              "died during the run"),
 }
 
 
@@ -194,6 +197,18 @@ class DeviceBusyError(HilError):
     kind = "device-busy"
 
 
+class ServiceFailedError(HilError):
+    """A compose service beside the tests was unhealthy, exited, or died while the tests ran."""
+
+    exit_code = ExitCode.SERVICE_FAILED
+    kind = "service-failed"
+
+    def __init__(self, message: str, *, service: str = "", **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        #: The compose service at fault.
+        self.service = service
+
+
 #: Every infrastructure error class, keyed by kind (used by reports and nightly).
 ERROR_KINDS: dict[str, type[HilError]] = {
     cls.kind: cls
@@ -210,5 +225,6 @@ ERROR_KINDS: dict[str, type[HilError]] = {
         RunLostError,
         RunTimedOutError,
         DeviceBusyError,
+        ServiceFailedError,
     )
 }

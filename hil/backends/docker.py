@@ -34,6 +34,7 @@ from hil.backends.base import (
     local_worker_lib,
     worker_command,
 )
+from hil.backends.compose import ComposeProject, ServiceWatch, local_shell
 from hil.backends.engine import Engine, EngineError, EngineNotFoundError, open_engine
 from hil.backends.images import build_context, recipe
 from hil.errors import (
@@ -153,6 +154,8 @@ class DockerBackend(Backend):
         #: The CUDA probe passed in this session (tier 2 targets).
         self._gpu_checked = False
         self._removers: list[threading.Thread] = []
+        #: The services beside the tests (``[compose]``), once started by prepare().
+        self.compose: ComposeProject | None = None
 
     # -- engine ---------------------------------------------------------------
     def connect(self) -> Engine:
@@ -312,6 +315,20 @@ class DockerBackend(Backend):
 
     # -- image ----------------------------------------------------------------
     def prepare(self, plan: RunPlan) -> str:
+        tag = self.image(plan)
+        if self.spec.compose.file:
+            out = plan.local_out / "compose"
+            self.compose = ComposeProject(
+                self.spec, local_shell({"DOCKER_HOST": self.engine_url}),
+                engine_root=str(self.root.resolve()), local_root=self.root,
+                override_path=str((out / "override.json").resolve()), local_dir=out,
+                progress=self.progress, judge_owners=True,
+                rebuild=self.rebuild)
+            self.compose.up(tag)
+        return tag
+
+    def image(self, plan: RunPlan) -> str:
+        """The dependencies image's tag, built unless its content hash exists."""
         engine = self.connect()
         rec = recipe(self.spec, self.root)
         tag = rec.tag
@@ -391,7 +408,11 @@ class DockerBackend(Backend):
         if plan.lastfailed is not None:
             (plan.local_out / "lastfailed.json").write_text(plan.lastfailed, encoding="utf-8")
         try:
-            cid = engine.create(container_config(req), req.name)
+            if self.compose is not None:  # the tests' service, created by compose
+                self.compose.create_tests(req)
+                cid = engine.inspect_container(req.name)["Id"]
+            else:
+                cid = engine.create(container_config(req), req.name)
         except EngineError as err:
             raise TargetUnhealthyError(f"could not create the test container: {err}",
                                        target=self.spec.name) from err
@@ -403,12 +424,15 @@ class DockerBackend(Backend):
                 engine.kill(cid)
 
         timer = threading.Timer(self.spec.timeouts.run, kill_on_timeout)
+        watch: ServiceWatch | None = None
         timer.daemon = True
         try:
             try:
                 stream = engine.attach(cid)
                 engine.start(cid)
                 timer.start()
+                if self.compose is not None:  # a service that stops ends the run
+                    watch = self.compose.watch(lambda: engine.kill(cid))
                 finished = False
                 for stdout, stderr in stream:
                     if stderr:
@@ -430,9 +454,13 @@ class DockerBackend(Backend):
                                    target=self.spec.name) from err
         except BaseException:
             timer.cancel()
+            if watch is not None:
+                watch.stop()
             _remove(engine, cid)  # failed or interrupted: the container goes before anything else
             raise
         timer.cancel()
+        if watch is not None:
+            watch.stop()
         # Normal end: remove in the background; close() waits for it.
         remover = threading.Thread(target=_remove, args=(engine, cid), daemon=True)
         remover.start()
@@ -440,6 +468,8 @@ class DockerBackend(Backend):
         if timed_out.is_set():
             raise RunTimedOutError(f"the run exceeded {self.spec.timeouts.run:.0f} s and was "
                                    "killed", target=self.spec.name)
+        if self.compose is not None:
+            self.compose.check()
         if not result:
             return RunEnd(exit_code=None)
         code = int(result.get("StatusCode", state.get("ExitCode", -1)) or 0)
@@ -452,9 +482,13 @@ class DockerBackend(Backend):
         return RunEnd(exit_code=code, oom_killed=bool(state.get("OOMKilled")), reason=reason)
 
     def fetch(self, plan: RunPlan) -> None:
-        """Nothing to copy: the run folder was mounted at /hil/out."""
+        """Nothing to copy (the run folder was mounted at /hil/out) but the services' logs."""
+        if self.compose is not None:
+            self.compose.save_logs()
 
     def close(self) -> None:
+        if self.compose is not None:
+            self.compose.down()
         for remover in self._removers:
             remover.join()
         self._removers.clear()

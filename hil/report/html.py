@@ -555,6 +555,11 @@ class Stager:
                     text = "\n".join([f"[... {len(lines) - 3000} earlier lines cut]",
                                       *lines[-3000:]])
                 attachments.append(self.attach(title, text, "text/plain", "txt"))
+        # [compose] targets: the build of the services and each service's log.
+        for path in sorted((run.path / "compose").glob("*.log")):
+            attachments.append(self.attach(
+                f"compose {'build log' if path.stem == 'build' else 'service ' + path.stem}",
+                path.read_text(encoding="utf-8", errors="replace"), "text/plain", "txt"))
         if run.preflight:
             attachments.append(self.attach("preflight", preflight_table(run.preflight),
                                            "text/plain", "txt"))

@@ -10,7 +10,7 @@ is printed.
 
 Exit code (:func:`combine_exit_codes`), in this order:
 
-1. any target hit an infrastructure fault (10-21): the **highest** such code,
+1. any target hit an infrastructure fault (10-22): the **highest** such code,
    so CI can tell "the board is down" from "the product regressed";
 2. else pytest's internal error (3), interrupted (2) or usage error (4), in
    that order, when any target ended with one;

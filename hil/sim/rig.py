@@ -46,6 +46,9 @@ REQUIRED_TOOLS: dict[str, str] = {
     "mkfs.ext4": "e2fsprogs",
     "useradd": "passwd",
     "tar": "tar",
+    # [compose] targets: the colima engine's client here, and the board's (the board's face
+    # shares this host's /usr, so one install serves both).
+    "docker-compose": "docker-compose",
 }
 
 

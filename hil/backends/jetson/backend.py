@@ -49,6 +49,7 @@ from hil.backends.base import (
     worker_digest,
     worker_files,
 )
+from hil.backends.compose import ComposeProject, ServiceWatch
 from hil.backends.images import ImageRecipe, recipe
 from hil.backends.jetson.facts import jetpack_of, l4t_of_image
 from hil.backends.jetson.shell import board_command, script_text
@@ -180,6 +181,11 @@ def _lib_b64(files: dict[str, bytes]) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _create_log(req: RunRequest) -> str:
+    """Where compose's output goes when it creates the tests' service (shown on failure)."""
+    return posixpath.join(req.out, "compose", "create.out")
+
+
 def _pgid_file(req: RunRequest) -> str:
     """Where the run script keeps its process group id while the container runs."""
     return posixpath.join(posixpath.dirname(req.out), req.name + ".pgid")
@@ -281,6 +287,8 @@ class SshBackend(Backend):
         self._started: set[str] = set()
         #: (run id, segment) of the runs whose results came back on the run's channel.
         self._inband: set[tuple[str, int]] = set()
+        #: The services beside the tests (``[compose]``), once started by prepare().
+        self.compose: ComposeProject | None = None
 
     # -- connection -------------------------------------------------------------------------
     def connect(self) -> Connection:
@@ -568,7 +576,22 @@ class SshBackend(Backend):
             self.preflight()
         self.acquire_lease()
         self.sync()
-        return self.image()
+        tag = self.image()
+        if self.spec.compose.file:
+            self.compose = ComposeProject(
+                self.spec, self._shell, engine_root=self.board.remote_dir, local_root=self.root,
+                override_path=posixpath.join(out_dir(self.board.remote_dir, plan.run_id),
+                                             "compose", "override.json"),
+                local_dir=plan.local_out / "compose", progress=self.progress,
+                judge_owners=False,  # under the board's lease every other project is stale
+                rebuild=self.rebuild)
+            self.compose.up(tag)
+        return tag
+
+    def _shell(self, command: str, timeout: float) -> tuple[int, str, str]:
+        """One shell command on the board: (exit code, stdout, stderr)."""
+        res = self.connect().run(command, timeout=timeout)
+        return res.exited, res.stdout, res.stderr
 
     def acquire_lease(self) -> Lease:
         """Hold the board's lease (waiting up to ``lease_timeout``); DeviceBusyError if not."""
@@ -775,7 +798,10 @@ class SshBackend(Backend):
             LIB_B64=None if self.board.lib_present else _lib_b64(files),
             SYNC_MARKER=sync_marker(self.board.remote_dir) if marker else None,
             SYNC_DIGEST=marker or None, LASTFAILED=plan.lastfailed, LABEL=CONTAINER_LABEL,
-            KEEP=str(KEEP_RUNS), INBAND_KB=str(INBAND_RESULTS_KB), END=END_MARKER.decode())
+            KEEP=str(KEEP_RUNS), INBAND_KB=str(INBAND_RESULTS_KB), END=END_MARKER.decode(),
+            # [compose]: the test container is made by compose as the tests' service.
+            CREATE=self.compose.tests_script(req, errors_to=_create_log(req))
+            if self.compose is not None else None)
 
     def run(self, plan: RunPlan, image: str, on_stdout: ByteSink, on_stderr: ByteSink) -> RunEnd:
         """Run the test container on the board, streaming its output as it arrives."""
@@ -791,8 +817,12 @@ class SshBackend(Backend):
         errs = _EndFilter(on_stderr)
         start = time.monotonic()
         chan: Any = None
+        watch: ServiceWatch | None = None
         try:
             chan = conn.exec(command)
+            if self.compose is not None:  # a service that stops ends the run
+                watch = self.compose.watch(lambda: conn.run(
+                    f"docker kill {shlex.quote(req.name)}", timeout=30))
             code = conn.stream(chan, on_stdout, errs.feed,
                                deadline=start + self.spec.timeouts.run)
         except ConnectionLostError as err:
@@ -805,6 +835,8 @@ class SshBackend(Backend):
             self._kill(req, conn)
             raise
         finally:
+            if watch is not None:
+                watch.stop()
             errs.flush()
             if chan is not None:
                 chan.close()
@@ -833,6 +865,8 @@ class SshBackend(Backend):
         if oom or exit_code == 137:
             reason = "the test container was killed" + (" (OOM)" if oom else
                                                          f" (exit {exit_code})")
+        if self.compose is not None:
+            self.compose.check()
         return RunEnd(exit_code=exit_code, oom_killed=oom, reason=reason)
 
     def _kill(self, req: RunRequest, conn: Connection) -> None:
@@ -844,6 +878,9 @@ class SshBackend(Backend):
     # -- fetch ------------------------------------------------------------------------------
     def fetch(self, plan: RunPlan) -> None:
         """Copy the run's results folder back; after a lost link, reconnect and clean up first."""
+        if self.compose is not None and self.conn is not None and self.conn.alive:
+            with contextlib.suppress(HilError, OSError):
+                self.compose.save_logs()
         if plan.run_id not in self._started:
             return  # nothing ran on the board
         if (plan.run_id, plan.segment) in self._inband:
@@ -871,6 +908,9 @@ class SshBackend(Backend):
         if self._telemetry is not None:
             self._telemetry.stop()
             self._telemetry = None
+        if self.compose is not None:  # before the lease goes: the next holder finds none
+            with contextlib.suppress(HilError, OSError):
+                self.compose.down()
         if self.lease is not None:
             self.lease.release()
             self.lease = None

@@ -11,6 +11,8 @@
 #     LASTFAILED  lastfailed.json's content (unset: none)
 #     KEEP        how many results folders stay  INBAND_KB   the most sent in band
 #     END         the end marker
+#     CREATE      with [compose]: shell that creates the container as the tests' service
+#                 (its output in $OUT/compose/create.out); it is then started attached
 mkdir -p "$OUT" || exit 70
 if [ ! -d "$LIB" ] && [ -n "${LIB_B64:-}" ]; then
   mkdir -p "$LIB.$$" && printf '%s' "$LIB_B64" | base64 -d | tar -xf - -C "$LIB.$$" &&
@@ -33,7 +35,12 @@ for f in "$OUT"/../*.pgid; do
 done
 echo $$ >"$PIDF"
 (cd "${OUT%/*}" && ls -1t | grep -v '\.pgid$' | tail -n +$((KEEP + 1)) | xargs -r rm -rf) 2>/dev/null
-"$@"
+if [ -n "${CREATE:-}" ]; then
+  mkdir -p "$OUT/compose"
+  { sh -c "$CREATE" || { cat "$OUT/compose/create.out" >&2; false; }; } && docker start -a "$NAME"
+else
+  "$@"
+fi
 rc=$?
 # pytest's own codes (0-5) need no post-mortem; anything else may be OOM or a kill.
 st=''
