@@ -20,7 +20,6 @@ import getpass
 import json
 import os
 import select
-import shlex
 import socket
 import threading
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from hil.backends.jetson.shell import board_command
 from hil.errors import DeviceBusyError, HilError
 from hil.ssh.connection import ConnectionLostError, SshConnection, exited
 
@@ -78,17 +78,10 @@ class Holder:
 
 
 def lease_script(holder: Holder, timeout: float, lease_dir: str = LEASE_DIR) -> str:
-    """The remote shell that takes the lock, reports, and holds it until stdin closes."""
-    d = shlex.quote(lease_dir)
-    return (
-        f"d={d}; (umask 0; mkdir -p \"$d\"; : >> \"$d/lease.lock\"; : >> \"$d/lease.holder\") "
-        f"2>/dev/null; exec 9<>\"$d/lease.lock\" || exit 71; "
-        f"if ! flock -n 9; then printf 'WAIT %s\\n' \"$(head -c 4096 \"$d/lease.holder\")\"; "
-        f"if ! flock -w {max(0.0, timeout):.1f} 9; then "
-        f"printf 'BUSY %s\\n' \"$(head -c 4096 \"$d/lease.holder\")\"; exit {_BUSY_EXIT}; fi; fi; "
-        f"printf '%s\\n' {shlex.quote(holder.to_json())} > \"$d/lease.holder\"; "
-        f"echo ACQUIRED; exec cat > /dev/null"
-    )
+    """The remote shell (``scripts/lease.sh``) that takes the lock, reports, and holds it
+    until stdin closes."""
+    return board_command("lease", DIR=lease_dir, HOLDER=holder.to_json(),
+                         TIMEOUT=f"{max(0.0, timeout):.1f}", BUSY=str(_BUSY_EXIT))
 
 
 class Lease:
@@ -200,10 +193,7 @@ class Lease:
 
 def read_holder(conn: SshConnection, lease_dir: str = LEASE_DIR) -> tuple[bool, Holder | None]:
     """Whether the lease is held now, and by whom (for ``hil doctor``)."""
-    d = shlex.quote(lease_dir)
-    res = conn.run(f"exec 9<{d}/lease.lock 2>/dev/null || {{ echo FREE; exit 0; }}; "
-                   f"if flock -n 9; then echo FREE; else echo HELD; "
-                   f"head -c 4096 {d}/lease.holder; fi")
+    res = conn.run(board_command("lease-holder", DIR=lease_dir))
     lines = res.stdout.splitlines()
     if not lines or lines[0] != "HELD":
         return False, None
