@@ -19,7 +19,7 @@ import pytest
 from hil.config import DEFAULT_TARGET, TargetSpec, load_inventory
 from hil.errors import ConfigError, HilError, TargetUnhealthyError
 from hil.tiers import detect_local_tier, item_tier, register_markers, tier_label
-from hil.worker import TierGate
+from hil.worker import ShareFilter, TierGate
 
 HELP_TARGET = "where to run the tests: a target name from targets/*.toml (default: $HIL_TARGET or 'local')"
 HELP_TARGETS = "folder of target TOML files (default: [tool.hil] in pyproject.toml, then targets/)"
@@ -71,6 +71,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=HELP_NO_ALLURE)
     group.addoption("--hil-max-resumes", dest="hil_max_resumes", metavar="N", type=int,
                     default=3, help=HELP_MAX_RESUMES)
+    from hil.shards import HELP_SHARD
+
+    group.addoption("--hil-shard", dest="hil_shard", metavar="I/N", default=None,
+                    help=HELP_SHARD)
 
 
 def git_commit(root: Path) -> str:
@@ -143,7 +147,11 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         spec = load_inventory(early_config.rootpath, Path(folder) if folder else None).get(name)
     except ConfigError:
         return
-    if spec.kind == "ssh":
+    if spec.kind == "ssh" and spec.ssh.hosts:
+        from hil.pool import connect_boards_in_background
+
+        connect_boards_in_background(spec)
+    elif spec.kind == "ssh":
         from hil.sshconn import connect_in_background
 
         connect_in_background(spec)
@@ -199,10 +207,25 @@ def pytest_configure(config: pytest.Config) -> None:
     gate_allure = str(allure_dir) if spec.kind == "local" and allure_dir else None
     config.pluginmanager.register(
         TierGate(spec.name, tier, gate_allure, environment), "hil-tiergate")
-    if spec.is_container and not plan:
+    _register_shards(config, spec)
+    if spec.is_container and not plan and spec.ssh.hosts:
+        from hil.pool import PoolSession
+
+        config.pluginmanager.register(PoolSession(config, settings), "hil-session")
+    elif spec.is_container and not plan:
         from hil.session import RemoteSession
 
         config.pluginmanager.register(RemoteSession(config, settings), "hil-session")
+
+
+def _register_shards(config: pytest.Config, spec: TargetSpec) -> None:
+    """Durations are recorded in every session; ``--hil-shard`` filters here for ``local``."""
+    from hil.shards import DurationRecorder, recorded_durations, shard_levels
+
+    levels = shard_levels(config)
+    config.pluginmanager.register(DurationRecorder(config), "hil-durations")
+    if levels and spec.kind == "local":
+        config.pluginmanager.register(ShareFilter(levels, recorded_durations(config)), "hil-share")
 
 
 #: Where a local xdist worker finds what its controller resolved (``workerinput``).
@@ -230,9 +253,11 @@ def pytest_configure_node(node: Any) -> None:
     if settings is None:
         return
     local_allure = settings.allure_dir if settings.target.kind == "local" else None
+    share = node.config.pluginmanager.get_plugin("hil-share")
     node.workerinput[WORKERINPUT_KEY] = {
         "target": settings.target.name, "tier": settings.tier,
-        "allure_dir": str(local_allure) if local_allure else None}
+        "allure_dir": str(local_allure) if local_allure else None,
+        "share": [share.levels, share.durations] if share is not None else None}
 
 
 def _configure_worker(config: pytest.Config, given: dict[str, Any] | None) -> None:
@@ -246,6 +271,9 @@ def _configure_worker(config: pytest.Config, given: dict[str, Any] | None) -> No
     config.pluginmanager.register(
         TierGate(given["target"], int(given["tier"]), allure_dir, write_environment=False),
         "hil-tiergate")
+    if given.get("share"):
+        levels, durations = given["share"]
+        config.pluginmanager.register(ShareFilter(levels, durations), "hil-share")
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

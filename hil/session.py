@@ -40,6 +40,7 @@ from hil.backends.base import (
 from hil.crash import CrashReport
 from hil.errors import HilError, RunLostError, TargetUnhealthyError
 from hil.plugin import HilSettings, git_commit
+from hil.shards import shard_levels, share_env
 from hil.worker import encode_resume, only_pytest_implements
 
 #: Options that only make sense on the controller: (name, takes a value).
@@ -47,6 +48,7 @@ HOST_ONLY_OPTIONS: dict[str, bool] = {
     "--target": True, "--hil-targets": True, "--hil-require-tier": True,
     "--hil-keep-results": False, "--hil-rebuild": False, "--hil-lease-timeout": True,
     "--hil-reports": True, "--hil-no-allure": False, "--hil-plan": False, "--hil-max-resumes": True,
+    "--hil-shard": True, "--hil-confirm-failures": False, "--hil-hold-on-failure": True,
     "--junitxml": True, "--junit-xml": True, "--alluredir": True, "--clean-alluredir": False,
     "--basetemp": True, "--result-log": True, "--resultlog": True, "--pastebin": True,
 }
@@ -566,7 +568,8 @@ class RemoteSession:
             lastfailed = json.dumps(cache.get("cache/lastfailed", {}))
         env = {**self.spec.env, "HIL_TARGET": self.spec.name, "HIL_TIER": str(self.settings.tier),
                "HIL_RUN_ID": self.run_id,
-               "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}"}
+               "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}",
+               **share_env(self.config, shard_levels(self.config))}
         return RunPlan(
             run_id=self.run_id,
             pytest_args=tuple(remote_args(list(params.args), root, cwd)),

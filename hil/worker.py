@@ -185,6 +185,9 @@ def _allure_target_parameter(target: str) -> None:
         return
     try:
         allure.dynamic.parameter("target", target)
+        board = os.environ.get("HIL_BOARD")
+        if board:  # a board of a pool: every result names it
+            allure.dynamic.parameter("board", board)
     except Exception:  # no Allure test context (allure-pytest inactive)
         return
 
@@ -622,6 +625,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(
         TierGate(settings["target"], settings["tier"], settings["allure_dir"],
                  write_environment=False), "hil-tiergate")
+    share = ShareFilter.from_env()  # each xdist worker collects: each keeps the same part
+    if share is not None:
+        config.pluginmanager.register(share, "hil-share")
     if settings["allure_dir"]:
         speed_up_allure_results()
 
@@ -655,6 +661,91 @@ class ResumeFilter:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         by_id = {item.nodeid: item for item in items}
         items[:] = [by_id[nodeid] for nodeid in self.ids if nodeid in by_id]
+
+
+# -- shares: the part of a suite one board (or one CI shard) runs ---------------------------
+
+def split_shares(ids: list[str], durations: dict[str, float], count: int) -> list[list[str]]:
+    """``ids`` split into ``count`` parts of about equal run time, each in collection order.
+
+    With durations recorded in earlier runs: longest first onto the least
+    loaded part (ties: the lowest index); a test with no record counts as the
+    mean of those recorded.  With none recorded: ``count`` consecutive runs of
+    the collection order (file order), sizes differing by one at most.  The
+    same inputs always give the same split, so every board (or shard) that
+    collects the same tests computes the same parts.
+    """
+    if count <= 1:
+        return [list(ids)]
+    known = [durations[i] for i in ids if i in durations]
+    if not known:
+        size, extra = divmod(len(ids), count)
+        parts, start = [], 0
+        for k in range(count):
+            end = start + size + (1 if k < extra else 0)
+            parts.append(list(ids[start:end]))
+            start = end
+        return parts
+    mean = sum(known) / len(known)
+    cost = [durations.get(i, mean) for i in ids]
+    loads = [0.0] * count
+    owner = [0] * len(ids)
+    for place in sorted(range(len(ids)), key=lambda p: (-cost[p], p)):
+        k = min(range(count), key=lambda b: (loads[b], b))
+        loads[k] += cost[place]
+        owner[place] = k
+    return [[i for place, i in enumerate(ids) if owner[place] == k] for k in range(count)]
+
+
+def share_of(ids: list[str], durations: dict[str, float], levels: list[list[int]]) -> list[str]:
+    """The part of ``ids`` that ``levels`` name: ``[[index, count], ...]``, 0-based, nested.
+
+    ``[[0, 3]]`` is the first of three parts; ``[[1, 3], [0, 2]]`` the first
+    half of the second third (a CI shard spread over a pool of two boards).
+    """
+    for index, count in levels:
+        ids = split_shares(ids, durations, count)[index]
+    return ids
+
+
+def encode_share(levels: list[list[int]], durations: dict[str, float]) -> str:
+    """``HIL_SHARE``: which part of the collected tests this container runs, compressed."""
+    data = json.dumps({"levels": levels, "durations": durations}).encode("utf-8")
+    return base64.b64encode(zlib.compress(data, 9)).decode("ascii")
+
+
+def decode_share(value: str) -> dict[str, Any]:
+    """The inverse of :func:`encode_share`."""
+    data: dict[str, Any] = json.loads(zlib.decompress(base64.b64decode(value)))
+    return data
+
+
+class ShareFilter:
+    """Runs only this board's (or shard's) part of the suite.
+
+    The rest are left out silently (not "deselected": the other parts run
+    them), after every other plugin's selection (``-k``, ``--lf``, ...), so
+    every part splits the same selected list.
+    """
+
+    def __init__(self, levels: list[list[int]], durations: dict[str, float]) -> None:
+        self.levels = levels
+        self.durations = durations
+
+    @classmethod
+    def from_env(cls) -> ShareFilter | None:
+        """The filter ``HIL_SHARE`` asks for, if any."""
+        value = os.environ.get("HIL_SHARE")
+        if not value:
+            return None
+        data = decode_share(value)
+        return cls([list(level) for level in data["levels"]],
+                   {str(k): float(v) for k, v in data["durations"].items()})
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        keep = set(share_of([item.nodeid for item in items], self.durations, self.levels))
+        items[:] = [item for item in items if item.nodeid in keep]
 
 
 def keep_capture_files(folder: Path) -> bool:
@@ -730,6 +821,10 @@ def main(argv: list[str] | None = None) -> int:
                          interval=_flush_interval(os.environ.get("HIL_EVENT_INTERVAL_MS")),
                          first_seq=int(resume["n"]) if resume else 0)
     plugins: list[object] = [stream]
+    # A resumed container's list is already within its share: splitting it again would differ.
+    share = None if resume else ShareFilter.from_env()
+    if share is not None:
+        plugins.append(share)
     if resume:
         plugins.append(ResumeFilter(list(resume["ids"])))
     # junit.xml is written by the controller from the streamed reports (see session.py):

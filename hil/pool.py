@@ -1,0 +1,508 @@
+"""A pool of boards: one target, several boards (``[ssh] hosts``), one local session.
+
+Registered by the plugin in place of :class:`hil.session.RemoteSession` for a
+target with ``hosts``.  Each board is an ordinary ssh target of its own
+(:func:`board_spec`): its own connection, lease, preflight, sync, image and
+container, exactly as a one-board run.  What the pool adds:
+
+* preflight, lease, sync and build run on every board at once (threads);
+  a board that fails them is quarantined for the session (one line, its
+  reason) and the others share the suite; none healthy is the first board's
+  infrastructure code;
+* each healthy board runs its part of the tests (``HIL_SHARE``: the split
+  of :func:`hil.worker.share_of`, balanced by recorded durations), computed in
+  its container over the tests collected there, so no test runs twice or not
+  at all;
+* the boards' event streams are replayed into this one session from the main
+  thread (:class:`PoolFeeder`): one collection count, one terminal, one junit
+  file, one set of Allure results, one exit code by pytest's rule; every
+  report carries a junit property ``board`` and every Allure result a
+  ``board`` parameter (``HIL_BOARD`` in the container).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil.backends.base import Backend, Progress, RunEnd, RunPlan, load_backend
+from hil.config import TargetSpec
+from hil.errors import HilError, RunLostError
+from hil.plugin import HilSettings, git_commit
+from hil.session import (
+    EventFeeder,
+    new_run_id,
+    publish_results,
+    remote_args,
+    set_aside,
+    sigterm_as_interrupt,
+    terminal_line,
+    write_infra_result,
+)
+from hil.shards import shard_levels, share_env
+
+
+def board_spec(spec: TargetSpec, host: str) -> TargetSpec:
+    """The one-board target of ``host`` in ``spec``'s pool: named after the board."""
+    return dataclasses.replace(spec, name=host,
+                               ssh=dataclasses.replace(spec.ssh, host=host, hosts=()))
+
+
+def connect_boards_in_background(spec: TargetSpec) -> None:
+    """Start opening every board's connection (see :func:`hil.sshconn.connect_in_background`)."""
+    from hil.sshconn import connect_in_background
+
+    for host in spec.ssh.boards:
+        connect_in_background(board_spec(spec, host))
+
+
+class BoardProgress(Progress):
+    """Progress lines of one board, prefixed with its name; safe from the board's thread."""
+
+    def __init__(self, config: pytest.Config, board: str, log: list[str],
+                 lock: threading.Lock) -> None:
+        super().__init__(quiet=config.get_verbosity() < -1)
+        self.config, self.board, self.log, self.lock = config, board, log, lock
+
+    def step(self, message: str) -> None:
+        with self.lock:
+            self.log.append(f"hil: [{self.board}] {message}")
+            if not self.quiet:
+                terminal_line(self.config, f"hil: [{self.board}] {message}", cyan=True)
+
+    def detail(self, message: str) -> None:
+        with self.lock:
+            self.log.append(f"  | [{self.board}] {message}")
+
+
+@dataclass
+class BoardRun:
+    """One board of the pool in this session: its backend, plan, feeder and outcome."""
+
+    name: str
+    spec: TargetSpec
+    backend: Backend
+    out: Path
+    image: str = ""
+    #: Why the board is out of this session (preflight, lease, sync or build failed).
+    quarantined: HilError | None = None
+    plan: RunPlan | None = None
+    feeder: PoolFeeder | None = None
+    code: int | None = None
+    error: HilError | None = None
+    seconds: float = 0.0
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+
+class PoolCollection:
+    """What the boards' streams share: one collection, reported once, and the current board.
+
+    Every board collects the same tests; each reports its own part.  The
+    session's collection is reported when every running board has reported
+    its part (or ended): the count is the parts' sum.  Events of tests that
+    arrive before that wait in ``backlog``.  Collection errors, deselections
+    and collection-time warnings, which every board sees alike, are taken from
+    the first board that reports each kind.
+    """
+
+    def __init__(self, config: pytest.Config, session: pytest.Session, boards: list[str]) -> None:
+        self.config = config
+        self.session = session
+        self.waiting = set(boards)
+        self.counts: dict[str, int] = {}
+        self.deselected = 0
+        self.owner: dict[str, str] = {}
+        self.backlog: list[tuple[PoolFeeder, dict[str, Any]]] = []
+        self.reported = False
+        #: The board whose event is being replayed (read by the junit property hook).
+        self.current = ""
+        #: node id -> the board that ran it.
+        self.board_of: dict[str, str] = {}
+
+    def settle(self, board: str, count: int | None) -> None:
+        """``board`` reported its part (``count`` tests) or ended without one (None)."""
+        if count is not None:
+            self.counts[board] = count
+        self.waiting.discard(board)
+        if self.waiting or self.reported:
+            return
+        self.reported = True
+        self.session.testscollected = sum(self.counts.values())
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            terminal._numcollected = self.session.testscollected + self.deselected
+        self.config.hook.pytest_collection_finish(session=self.session)
+        backlog, self.backlog = self.backlog, []
+        for feeder, event in backlog:
+            feeder.replay(event)
+
+
+class PoolFeeder(EventFeeder):
+    """One board's event stream, merged into the pool's session."""
+
+    TEST_EVENTS = frozenset({"logstart", "logreport", "finish", "logfinish"})
+
+    def __init__(self, config: pytest.Config, session: pytest.Session, board: str,
+                 shared: PoolCollection, allure_dir: Path, mount: str) -> None:
+        super().__init__(config, session, mount, allure_dir=allure_dir)
+        self.board = board
+        self.shared = shared
+
+    def handle(self, event: dict[str, Any]) -> None:
+        """Replay one event, merging the collection with the other boards'."""
+        kind = event.get("ev")
+        shared = self.shared
+        if kind in ("collectreport", "deselected") or (
+                kind == "warning" and event.get("when") != "runtest"):
+            if shared.owner.setdefault(str(kind), self.board) != self.board:
+                return  # another board reported the same already
+            if kind == "deselected":
+                shared.deselected += len(event["nodeids"])
+        if kind == "collection_finish":
+            self.collected = list(event["nodeids"])
+            self.order = {nodeid: i for i, nodeid in enumerate(self.collected)}
+            shared.settle(self.board, len(self.collected))
+            return
+        if kind in self.TEST_EVENTS and not shared.reported:
+            shared.backlog.append((self, event))
+            return
+        self.replay(event)
+
+    def replay(self, event: dict[str, Any]) -> None:
+        """Hand the event to pytest's hooks as this board's."""
+        self.shared.current = self.board
+        if event.get("ev") == "logstart":
+            self.shared.board_of[event["nodeid"]] = self.board
+        super().handle(event)
+
+
+def combined_exit(codes: list[int]) -> int:
+    """pytest's exit code over the boards' own: as if every test ran in one session."""
+    for code in codes:
+        if code not in (0, 1, 5):
+            return code  # interrupted, internal or usage error: as the board said
+    if 1 in codes:
+        return 1
+    if codes and all(code == 5 for code in codes):
+        return 5
+    return 0
+
+
+class PoolSession:
+    """Drives the boards of a pool target and feeds their reports into the local session."""
+
+    def __init__(self, config: pytest.Config, settings: HilSettings) -> None:
+        self.config = config
+        self.settings = settings
+        self.spec = settings.target
+        connect_boards_in_background(self.spec)
+        self.run_id = new_run_id(self.spec.name)
+        self.run_dir = settings.reports / "runs" / self.run_id
+        self.log: list[str] = []
+        self.lock = threading.Lock()
+        self.boards: list[BoardRun] = []
+        self.shared: PoolCollection | None = None
+        self.error: HilError | None = None
+        self.exitstatus: int | None = None
+        self.timings: dict[str, float] = {}
+        self.publisher: threading.Thread | None = None
+        from _pytest.junitxml import LogXML
+
+        config.pluginmanager.register(LogXML(
+            str(self.run_dir / "junit.xml"), None,
+            suite_name=config.getini("junit_suite_name"), family=config.getini("junit_family"),
+            report_duration=config.getini("junit_duration_report"),
+            logging=config.getini("junit_logging"),
+            log_passing_tests=config.getini("junit_log_passing_tests"),
+        ), "hil-run-junitxml")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection(self, session: pytest.Session) -> bool:
+        return True  # tests are collected inside the boards' containers
+
+    # -- the run ----------------------------------------------------------------------------
+    def _board(self, host: str) -> BoardRun:
+        spec = board_spec(self.spec, host)
+        progress = BoardProgress(self.config, host, self.log, self.lock)
+        backend = load_backend(spec)(spec, self.config.rootpath, progress,
+                                     rebuild=bool(self.config.getoption("hil_rebuild")),
+                                     lease_timeout=self.config.getoption("hil_lease_timeout"))
+        return BoardRun(name=host, spec=spec, backend=backend, out=self.run_dir / "boards" / host)
+
+    def _prepare(self, board: BoardRun) -> None:
+        """Preflight, lease, sync and image on one board (its own thread); quarantine on a fault."""
+        try:
+            report = board.backend.preflight()
+            board.out.mkdir(parents=True, exist_ok=True)
+            (board.out / "preflight.json").write_text(json.dumps(report.as_dict(), indent=1),
+                                                      encoding="utf-8")
+            board.image = board.backend.prepare(self._plan(board, 0, 1))
+        except HilError as err:
+            board.quarantined = err
+
+    def _plan(self, board: BoardRun, index: int, count: int) -> RunPlan:
+        params = self.config.invocation_params
+        root = self.config.rootpath
+        cwd = Path(params.dir)
+        try:
+            subdir = cwd.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            subdir = ""
+        lastfailed = None
+        cache = getattr(self.config, "cache", None)
+        if cache is not None and (self.config.getoption("lf", False)
+                                  or self.config.getoption("failedfirst", False)):
+            lastfailed = json.dumps(cache.get("cache/lastfailed", {}))
+        levels = [*shard_levels(self.config), [index, count]]
+        env = {**self.spec.env, "HIL_TARGET": self.spec.name, "HIL_TIER": str(self.settings.tier),
+               "HIL_RUN_ID": self.run_id, "HIL_BOARD": board.name,
+               "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}\n"
+                                  f"pool={','.join(self.spec.ssh.boards)}",
+               **share_env(self.config, levels)}
+        return RunPlan(run_id=f"{self.run_id}-{board.name}",
+                       pytest_args=tuple(remote_args(list(params.args), root, cwd)),
+                       subdir="" if subdir == "." else subdir, env=env, local_out=board.out,
+                       lastfailed=lastfailed)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            terminal.showfspath = False  # the boards' files interleave, as under xdist
+        self.boards = [self._board(host) for host in self.spec.ssh.boards]
+        started = time.monotonic()
+        try:
+            with sigterm_as_interrupt():
+                terminal_line(self.config, f"hil: pool '{self.spec.name}': preparing "
+                              f"{len(self.boards)} board(s) at once", cyan=True)
+                with ThreadPoolExecutor(max_workers=len(self.boards)) as pool:
+                    list(pool.map(self._prepare, self.boards))
+                self.timings["prepare"] = round(time.monotonic() - started, 3)
+                for board in self.boards:
+                    if board.quarantined is not None:
+                        err = board.quarantined
+                        terminal_line(self.config, f"hil: board '{board.name}' quarantined for "
+                                      f"this session: [{err.kind}] {err}", yellow=True, bold=True)
+                healthy = [b for b in self.boards if b.quarantined is None]
+                if not healthy:
+                    first = self.boards[0].quarantined
+                    assert first is not None
+                    self._fail(type(first)(
+                        f"no healthy board in pool '{self.spec.name}': " + "; ".join(
+                            f"{b.name}: [{b.quarantined.kind}] {b.quarantined.message}"
+                            for b in self.boards if b.quarantined is not None),
+                        target=self.spec.name, tail=first.tail)
+                        if _rebuildable(first) else first)
+                    return True
+                self._run(session, healthy)
+        finally:
+            self._finish()
+        return True
+
+    def _run(self, session: pytest.Session, healthy: list[BoardRun]) -> None:
+        """Each healthy board runs its part; their events are replayed here as they come."""
+        shared = self.shared = PoolCollection(self.config, session, [b.name for b in healthy])
+        events: queue.Queue[tuple[BoardRun, str, Any]] = queue.Queue()
+        run_start = time.monotonic()
+        for index, board in enumerate(healthy):
+            board.plan = self._plan(board, index, len(healthy))
+            board.feeder = PoolFeeder(self.config, session, board.name, shared,
+                                      board.out / "allure-results", self.spec.docker.workdir)
+            threading.Thread(target=self._run_board, args=(board, events), daemon=True,
+                             name=f"hil-pool-{board.name}").start()
+        terminal_line(self.config, f"hil: running on {len(healthy)} board(s): "
+                      + ", ".join(b.name for b in healthy), cyan=True)
+        running = len(healthy)
+        while running:
+            board, what, data = events.get()
+            feeder = board.feeder
+            assert feeder is not None
+            if what == "out":
+                feeder.feed(data)
+            elif what == "err":
+                text = data.decode("utf-8", "replace").rstrip("\n")
+                if text:
+                    terminal_line(self.config, f"[{board.name}] {text}", yellow=True)
+            else:
+                running -= 1
+                board.seconds = round(time.monotonic() - run_start, 3)
+                self._ended(board, data)
+        self.timings["tests"] = round(time.monotonic() - run_start, 3)
+        codes = [b.code for b in healthy if b.code is not None]
+        lost = [b.error for b in healthy if b.error is not None]
+        if lost:
+            self._fail(lost[0])
+        else:
+            self.exitstatus = combined_exit(codes)
+
+    def _run_board(self, board: BoardRun,
+                   events: queue.Queue[tuple[BoardRun, str, Any]]) -> None:
+        """A board's container run, on its own thread: its output goes to the main thread."""
+        assert board.plan is not None
+
+        def sink(what: str) -> Callable[[bytes], None]:
+            return lambda data: events.put((board, what, data))
+
+        result: RunEnd | HilError
+        try:
+            result = board.backend.run(board.plan, board.image, sink("out"), sink("err"))
+        except HilError as err:
+            result = err
+        except Exception as err:  # never leave the main loop waiting for this board
+            result = RunLostError(f"the run on the board failed: {err!r}", target=board.name)
+        events.put((board, "end", result))
+
+    def _ended(self, board: BoardRun, result: RunEnd | HilError) -> None:
+        """A board's run is over: its code, or the fault that ended it (results kept)."""
+        feeder = board.feeder
+        assert feeder is not None and board.plan is not None
+        feeder.close()
+        if not feeder.done:
+            try:
+                board.backend.fetch(board.plan)
+            except HilError as err:
+                self.log.append(f"hil: [{board.name}] could not fetch results: {err}")
+            feeder.recover(board.out / "events.jsonl")
+        if feeder.hello is None or not feeder.collected:
+            assert self.shared is not None
+            self.shared.settle(board.name, None)
+        if isinstance(result, HilError):
+            board.error = result
+        elif feeder.remote_exit is not None and feeder.hello is not None:
+            board.code = feeder.remote_exit
+        elif feeder.exit_code is not None:
+            board.code = feeder.exit_code  # pytest stopped before its session (usage error)
+        else:
+            why = result.reason or (f"the test container ended (exit {result.exit_code}) "
+                                    "without pytest's final report")
+            board.error = RunLostError(why, running_test=feeder.running, target=board.name)
+
+    def _fail(self, err: HilError) -> None:
+        self.error = err
+        self.exitstatus = int(err.exit_code)
+        terminal_line(self.config, f"hil: error: {err.details()}", red=True, bold=True)
+        (self.run_dir / "error.json").write_text(json.dumps({
+            "kind": err.kind, "exit_code": int(err.exit_code), "message": str(err),
+            "target": self.spec.name, "tail": err.tail}, indent=1), encoding="utf-8")
+
+    def _finish(self) -> None:
+        """Fetch what did not come back, publish the Allure results, save the run's record."""
+        for board in self.boards:
+            if board.plan is not None and board.feeder is not None and board.feeder.done:
+                try:
+                    board.backend.fetch(board.plan)
+                except HilError as err:
+                    self.log.append(f"hil: [{board.name}] could not fetch results: {err}")
+        self._publish()
+        if self.log:
+            (self.run_dir / "hil.log").write_text("\n".join(self.log) + "\n", encoding="utf-8")
+        (self.run_dir / "run.json").write_text(json.dumps({
+            "target": self.spec.name, "kind": "pool", "run_id": self.run_id,
+            "exit_code": self.exitstatus, "timings": self.timings,
+            "boards": {b.name: {"image": b.image, "code": b.code, "seconds": b.seconds,
+                                "quarantined": str(b.quarantined) if b.quarantined else None,
+                                "error": str(b.error) if b.error else None}
+                       for b in self.boards},
+        }, indent=1), encoding="utf-8")
+
+    def _publish(self) -> None:
+        allure_dir = self.settings.allure_dir
+        if allure_dir is None:
+            return
+        stale: list[Path] = []
+        if not self.settings.keep_results and allure_dir.exists():
+            stale = set_aside(allure_dir)
+        allure_dir.mkdir(parents=True, exist_ok=True)
+        if self.error is not None:
+            write_infra_result(allure_dir, self.spec.name, self.error)
+        folders = [b.out / "allure-results" for b in self.boards]
+
+        def publish() -> None:
+            for folder in folders:
+                publish_results(folder, allure_dir, [])
+            publish_results(Path(os.devnull), allure_dir, stale)
+
+        self.publisher = threading.Thread(target=publish, name="hil-publish-results",
+                                          daemon=True)
+        self.publisher.start()
+
+    # -- hooks ------------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Name the board in the report: a junit property, and for the summary."""
+        if self.shared is None or not self.shared.current:
+            return
+        board = self.shared.current
+        ends = report.when == "teardown" or (report.when == "setup" and report.outcome != "passed")
+        if ends and ("board", board) not in report.user_properties:
+            report.user_properties.append(("board", board))
+        for run in self.boards:
+            if run.name == board and (report.when == "call" or report.outcome != "passed"):
+                previous = run.outcomes.get(report.nodeid)
+                if previous in (None, "passed"):
+                    run.outcomes[report.nodeid] = report.outcome
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.exitstatus is not None:
+            session.exitstatus = self.exitstatus
+
+    def pytest_unconfigure(self) -> None:
+        boards, self.boards = self.boards, []
+        if boards:  # leases released and containers removed on every board at once
+            with ThreadPoolExecutor(max_workers=len(boards)) as pool:
+                list(pool.map(lambda b: b.backend.close(), boards))
+        if self.publisher is not None:
+            self.publisher.join()
+            self.publisher = None
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tr = terminalreporter
+        tr.write_sep("-", f"hil: pool {self.spec.name}")
+        for board in self.boards:
+            if board.quarantined is not None:
+                tr.write_line(f"{board.name}: quarantined [{board.quarantined.kind}]: "
+                              f"{board.quarantined.message}", yellow=True)
+                continue
+            counts: dict[str, int] = {}
+            for outcome in board.outcomes.values():
+                counts[outcome] = counts.get(outcome, 0) + 1
+            shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no tests"
+            line = f"{board.name}: {len(board.outcomes)} test(s) ({shown}) in {board.seconds:.2f}s"
+            if board.error is not None:
+                line += f"; [{board.error.kind}] {board.error.message}"
+            tr.write_line(line, red=board.error is not None)
+        for board in self.boards:
+            for nodeid, outcome in board.outcomes.items():
+                if outcome == "failed":
+                    tr.write_line(f"FAILED {nodeid} on board {board.name}", red=True)
+        tr.write_line(f"results: {os.path.relpath(self.run_dir)}")
+        if self.settings.allure_dir is not None:
+            tr.write_line(f"allure results: {os.path.relpath(self.settings.allure_dir)}")
+        if self.error is not None:
+            tr.write_line(f"infrastructure fault [{self.error.kind}] "
+                          f"(exit {int(self.error.exit_code)}): {self.error}", red=True)
+
+
+def _rebuildable(err: HilError) -> bool:
+    """Whether ``err``'s class takes the base constructor (to restate it for the pool)."""
+    try:
+        type(err)("probe", target="x")
+    except TypeError:
+        return False
+    return True
+
+
+__all__ = ["PoolSession", "board_spec", "combined_exit", "connect_boards_in_background"]
