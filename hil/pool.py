@@ -294,7 +294,9 @@ class PoolSession:
                     if board.quarantined is not None:
                         err = board.quarantined
                         terminal_line(self.config, f"hil: board '{board.name}' quarantined for "
-                                      f"this session: [{err.kind}] {err}", yellow=True, bold=True)
+                                      f"this session: [{err.kind}] {err.message}"
+                                      + (f"; {err.hint}" if err.hint else ""),
+                                      yellow=True, bold=True)
                 healthy = [b for b in self.boards if b.quarantined is None]
                 if not healthy:
                     first = self.boards[0].quarantined

@@ -64,7 +64,8 @@ class DurationRecorder:
 
     Registered for every session, local or remote (reports arrive here either
     way), so a pool or a shard run is balanced by whatever ran before.
-    Earlier records of tests not run this time are kept.
+    Earlier records of tests not run this time are kept.  A shard records
+    nothing: every shard of a suite must split by the same durations.
     """
 
     def __init__(self, config: pytest.Config) -> None:
@@ -78,7 +79,9 @@ class DurationRecorder:
     def pytest_sessionfinish(self, session: Any) -> None:
         """Merge this run's durations into the cache."""
         cache = getattr(self.config, "cache", None)
-        if cache is None or not self.seen:
+        if cache is None or not self.seen or shard_levels(self.config):
+            # A shard leaves the record as it found it: the next shard of the same CI run
+            # (or of the same checkout) must split by the same durations.
             return
         merged = recorded_durations(self.config)
         merged.update({k: round(v, 4) for k, v in self.seen.items()})

@@ -1,0 +1,242 @@
+"""Board pools (``[ssh] hosts``) and shards (``--hil-shard I/N``).
+
+The split logic and the configuration are checked without a rig; the rest
+runs real sessions (pytester subprocesses) on the rig's pool boards
+``hil-sim-jetson-1..3``, faulting only those (never board 0, which other
+sessions use).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import IMAGE_REQUIREMENTS
+from hil.config import parse_target
+from hil.errors import ConfigError, ExitCode
+from hil.pool import combined_exit
+from hil.sim import Rig
+from hil.worker import decode_share, encode_share, share_of, split_shares
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parent.parent
+POOL = ["hil-sim-jetson-1", "hil-sim-jetson-2", "hil-sim-jetson-3"]
+
+
+# -- configuration and the split, without a rig --------------------------------------------
+
+def _ssh_target(ssh: dict[str, Any]) -> Any:
+    return parse_target({"kind": "ssh", "tier": 1, "ssh": {"remote_dir": "hil/x", **ssh}},
+                        "targets/p.toml", default_name="p")
+
+
+def test_hosts_make_a_pool_and_exclude_host() -> None:
+    spec = _ssh_target({"hosts": ["orin-01", "orin-02"]})
+    assert spec.ssh.boards == ("orin-01", "orin-02")
+    assert _ssh_target({"host": "orin-01"}).ssh.boards == ("orin-01",)
+    with pytest.raises(ConfigError, match="'ssh.host' and 'ssh.hosts' exclude each other"):
+        _ssh_target({"host": "a", "hosts": ["b"]})
+    with pytest.raises(ConfigError, match="missing key 'ssh.host'.*or 'ssh.hosts'"):
+        _ssh_target({})
+    with pytest.raises(ConfigError, match="distinct, non-empty"):
+        _ssh_target({"hosts": ["a", "a"]})
+    with pytest.raises(ConfigError, match="must be an array of strings"):
+        _ssh_target({"hosts": "a"})
+
+
+def test_the_shipped_pool_target_parses() -> None:
+    from hil.config import load_inventory
+
+    spec = load_inventory(REPO).get("sim-pool")
+    assert spec.ssh.boards == tuple(POOL)
+
+
+def test_without_durations_the_split_is_file_order_in_runs() -> None:
+    ids = [f"t{i}" for i in range(10)]
+    assert split_shares(ids, {}, 3) == [ids[0:4], ids[4:7], ids[7:10]]
+
+
+def test_with_durations_longest_first_onto_the_least_loaded() -> None:
+    ids = ["a", "b", "c", "d", "e"]
+    durations = {"a": 1.0, "b": 5.0, "c": 3.0, "d": 3.0, "e": 2.0}
+    parts = split_shares(ids, durations, 2)
+    # b(5) -> 0, c(3) -> 1, d(3) -> 1 (3 < 5), e(2) -> 0 (5 < 6), a(1) -> 1 (7 = 6+1? no: 6 < 7)
+    assert parts == [["b", "e"], ["a", "c", "d"]]
+    loads = [sum(durations[i] for i in p) for p in parts]
+    assert max(loads) - min(loads) <= max(durations.values())
+
+
+def test_nested_parts_cover_every_test_once() -> None:
+    ids = [f"t{i}" for i in range(23)]
+    durations = {f"t{i}": float(i % 7) + 0.1 for i in range(0, 23, 2)}  # half unknown
+    seen = Counter(i for shard in range(3) for board in range(2)
+                   for i in share_of(ids, durations, [[shard, 3], [board, 2]]))
+    assert seen == Counter(ids)
+    levels = [[1, 3], [0, 2]]
+    data = decode_share(encode_share(levels, durations))
+    assert data == {"levels": levels, "durations": durations}
+
+
+def test_the_pool_exit_code_is_pytest_rule_over_the_boards() -> None:
+    assert combined_exit([0, 0, 5]) == 0
+    assert combined_exit([0, 1, 5]) == 1
+    assert combined_exit([5, 5]) == 5
+    assert combined_exit([1, 2, 0]) == 2
+    assert combined_exit([]) == 0
+
+
+def test_a_bad_shard_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_a():\n    pass\n")
+    res = pytester.runpytest_subprocess("--hil-shard", "4/3")
+    assert res.ret == ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*--hil-shard: expected I/N with 1 <= I <= N*'4/3'*"])
+
+
+def test_local_shards_run_every_test_once(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_s="import pytest\n\n@pytest.mark.parametrize('i', range(10))\n"
+                               "def test_p(i):\n    pass\n")
+    seen: Counter[str] = Counter()
+    for shard in ("1/3", "2/3", "3/3"):
+        res = pytester.runpytest_subprocess("--hil-shard", shard, "-p", "no:cacheprovider",
+                                            "--junitxml", f"j{shard[0]}.xml")
+        assert res.ret == 0
+        seen.update(_cases(pytester.path / f"j{shard[0]}.xml"))
+    assert seen == Counter(f"test_p[{i}]" for i in range(10))
+
+
+# -- on the rig's pool ---------------------------------------------------------------------
+
+SUITE = """
+import os
+import time
+
+import pytest
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_many(i):
+    time.sleep(0.05)
+
+
+def test_fails():
+    assert 1 + 1 == 3
+
+
+def test_board_named():
+    assert os.environ["HIL_BOARD"] in {boards!r}
+"""
+
+
+@pytest.fixture(scope="module")
+def pool_rig(sim_rig: Rig) -> Rig:
+    """The rig with (at least) its three pool boards up (left up afterwards)."""
+    sim_rig.up(boards=max(3, sim_rig.pool.size()))
+    return sim_rig
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, pool_rig: Rig) -> pytest.Pytester:
+    """A git checkout with the repo's image recipe and targets/sim-pool.toml syncing to a
+    folder of its own, and a suite of 14 tests (one fails)."""
+    root = pytester.path
+    for rel in ("targets/Dockerfile", *IMAGE_REQUIREMENTS):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, root / rel)
+    toml = (REPO / "targets" / "sim-pool.toml").read_text(encoding="utf-8")
+    (root / "targets" / "sim-pool.toml").write_text(
+        re.sub(r'(?m)^remote_dir = .*$', f'remote_dir = "hil-tests/{root.name}/project"', toml),
+        encoding="utf-8")
+    (root / ".gitignore").write_text("reports/\n__pycache__/\n*.xml\n", encoding="utf-8")
+    pytester.makepyfile(test_suite=SUITE.format(boards=set(POOL)))
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    return pytester
+
+
+def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
+    subprocess.run(["git", "-C", str(project.path), "add", "-A"], check=True)
+    return project.runpytest_subprocess("--target=sim-pool", *args, timeout=600)
+
+
+def _cases(path: Path) -> Counter[str]:
+    return Counter(case.attrib["name"] for case in ET.parse(path).getroot().iter("testcase"))
+
+
+def _boards(path: Path) -> dict[str, str]:
+    """Test name -> the board named by its junit property."""
+    out: dict[str, str] = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        props = {p.attrib["name"]: p.attrib["value"] for p in case.iter("property")}
+        out[case.attrib["name"]] = props.get("board", "")
+    return out
+
+
+EXPECTED = Counter([*(f"test_many[{i}]" for i in range(12)), "test_fails", "test_board_named"])
+
+
+def test_a_pool_spreads_the_suite_and_names_each_board(project: pytest.Pytester) -> None:
+    res = run(project, "--junitxml=j.xml")
+    assert res.ret == ExitCode.TESTS_FAILED
+    res.assert_outcomes(passed=13, failed=1)
+    res.stdout.fnmatch_lines(["collected 14 items", "*hil: pool sim-pool*",
+                              "FAILED test_suite.py::test_fails on board hil-sim-jetson-*"])
+    assert _cases(project.path / "j.xml") == EXPECTED
+    boards = _boards(project.path / "j.xml")
+    assert set(boards.values()) == set(POOL)  # every board ran a part, every case names one
+    import json
+
+    results = [json.loads(p.read_text()) for p in
+               (project.path / "reports" / "allure-results").glob("*-result.json")]
+    assert len(results) == 14
+    for result in results:
+        params = {p["name"]: p["value"] for p in result["parameters"]}
+        assert params["target"] == "'sim-pool'"
+        assert params["board"].strip("'") == boards[result["name"]]
+
+
+def test_a_board_with_sshd_stopped_is_quarantined_and_the_others_run_its_share(
+        project: pytest.Pytester, pool_rig: Rig) -> None:
+    with pool_rig.pool[2].sshd_stopped():
+        res = run(project, "--junitxml=j.xml")
+    res.stdout.fnmatch_lines(["hil: board 'hil-sim-jetson-2' quarantined for this session: "
+                              "?unreachable? cannot connect*Connection refused*"])
+    assert res.ret == ExitCode.TESTS_FAILED  # as if every test ran: one fails
+    res.assert_outcomes(passed=13, failed=1)
+    assert _cases(project.path / "j.xml") == EXPECTED  # none lost, none twice
+    assert set(_boards(project.path / "j.xml").values()) == {"hil-sim-jetson-1", "hil-sim-jetson-3"}
+
+
+def test_no_healthy_board_is_the_infrastructure_code(project: pytest.Pytester,
+                                                     pool_rig: Rig) -> None:
+    with pool_rig.pool[1].sshd_stopped(), pool_rig.pool[2].sshd_stopped(), \
+            pool_rig.pool[3].sshd_stopped():
+        res = run(project)
+    assert res.ret == ExitCode.UNREACHABLE
+    res.stdout.fnmatch_lines(["*no healthy board in pool 'sim-pool': hil-sim-jetson-1: "
+                              "?unreachable?*hil-sim-jetson-3: ?unreachable?*"])
+
+
+def test_shards_of_a_pool_together_run_every_test_once(project: pytest.Pytester) -> None:
+    run(project, "-p", "no:randomly")  # durations recorded: the shards balance by them
+    seen: Counter[str] = Counter()
+    for shard in (1, 2, 3):
+        res = run(project, f"--hil-shard={shard}/3", f"--junitxml=s{shard}.xml")
+        assert res.ret in (ExitCode.OK, ExitCode.TESTS_FAILED)
+        part = _cases(project.path / f"s{shard}.xml")
+        assert part, f"shard {shard}/3 ran nothing"
+        seen.update(part)
+    assert seen == EXPECTED
+
+
+def test_n2_on_each_board_runs_every_test_once(project: pytest.Pytester) -> None:
+    res = run(project, "-n", "2", "--junitxml=j.xml")
+    assert res.ret == ExitCode.TESTS_FAILED
+    res.assert_outcomes(passed=13, failed=1)
+    assert _cases(project.path / "j.xml") == EXPECTED
