@@ -99,8 +99,24 @@ class DockerEngine:
                             "exec " + " ".join(q(a) for a in argv)])
         return ["unshare", "--mount", "--propagation", "slave", "sh", "-ec", script]
 
+    def lacks_binds(self) -> bool:
+        """Whether a running dockerd that should have binds shares the host's mounts.
+
+        Such an engine (started by an older rig) resolves the paths a session
+        hands it in the host's home, not the board's: it is restarted.
+        """
+        pid = self.pid()
+        if not self.binds or pid is None:
+            return False
+        try:
+            return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+        except OSError:
+            return False
+
     def start(self, timeout: float = 60.0) -> bool:
         """Start dockerd unless it runs; wait until it answers. True when started now."""
+        if self.lacks_binds():
+            self.stop()
         if self.pid() is not None:
             wait_until(self.answers, timeout, f"{self.name} engine API", error=EngineDownError)
             return False
