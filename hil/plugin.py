@@ -75,6 +75,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
     group.addoption("--hil-shard", dest="hil_shard", metavar="I/N", default=None,
                     help=HELP_SHARD)
+    from hil.attribution import HELP_CONFIRM
+
+    group.addoption("--hil-confirm-failures", dest="hil_confirm_failures", action="store_true",
+                    help=HELP_CONFIRM)
 
 
 def git_commit(root: Path) -> str:

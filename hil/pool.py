@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from hil.attribution import FLAKY, Attribution, Rerun, label, mark_allure, outcomes_of
 from hil.backends.base import Backend, Progress, RunEnd, RunPlan, load_backend
 from hil.config import TargetSpec
 from hil.errors import HilError, RunLostError
@@ -51,6 +52,7 @@ from hil.session import (
     write_infra_result,
 )
 from hil.shards import shard_levels, share_env
+from hil.worker import encode_share
 
 
 def board_spec(spec: TargetSpec, host: str) -> TargetSpec:
@@ -154,10 +156,15 @@ class PoolFeeder(EventFeeder):
     TEST_EVENTS = frozenset({"logstart", "logreport", "finish", "logfinish"})
 
     def __init__(self, config: pytest.Config, session: pytest.Session, board: str,
-                 shared: PoolCollection, allure_dir: Path, mount: str) -> None:
+                 shared: PoolCollection, allure_dir: Path, mount: str,
+                 hold: bool = False) -> None:
         super().__init__(config, session, mount, allure_dir=allure_dir)
         self.board = board
         self.shared = shared
+        #: Hold back the rest of a failed test's events (its teardown report, its end) until
+        #: its failure is attributed: junit takes the label from the teardown report.
+        self.hold = hold
+        self.held: dict[str, list[dict[str, Any]]] = {}
 
     def handle(self, event: dict[str, Any]) -> None:
         """Replay one event, merging the collection with the other boards'."""
@@ -180,11 +187,26 @@ class PoolFeeder(EventFeeder):
         self.replay(event)
 
     def replay(self, event: dict[str, Any]) -> None:
-        """Hand the event to pytest's hooks as this board's."""
+        """Hand the event to pytest's hooks as this board's (or hold it back, see ``hold``)."""
+        report = event.get("report") if event.get("ev") == "logreport" else None
+        nodeid = str(report.get("nodeid", "")) if report else str(event.get("nodeid", ""))
+        if nodeid in self.held:
+            self.held[nodeid].append(event)
+            return
         self.shared.current = self.board
         if event.get("ev") == "logstart":
             self.shared.board_of[event["nodeid"]] = self.board
         super().handle(event)
+        if (self.hold and report and report.get("outcome") == "failed"
+                and report.get("when") in ("setup", "call")):
+            self.held[nodeid] = []
+
+    def release(self) -> None:
+        """Replay every held-back event, in order."""
+        held, self.held = self.held, {}
+        for events in held.values():
+            for event in events:
+                self.replay(event)
 
 
 def combined_exit(codes: list[int]) -> int:
@@ -217,6 +239,9 @@ class PoolSession:
         self.exitstatus: int | None = None
         self.timings: dict[str, float] = {}
         self.publisher: threading.Thread | None = None
+        self.confirm = bool(config.getoption("hil_confirm_failures", False))
+        #: node id -> its failure's attribution (``--hil-confirm-failures``).
+        self.attribution: dict[str, Attribution] = {}
         from _pytest.junitxml import LogXML
 
         config.pluginmanager.register(LogXML(
@@ -266,7 +291,7 @@ class PoolSession:
             lastfailed = json.dumps(cache.get("cache/lastfailed", {}))
         levels = [*shard_levels(self.config), [index, count]]
         env = {**self.spec.env, "HIL_TARGET": self.spec.name, "HIL_TIER": str(self.settings.tier),
-               "HIL_RUN_ID": self.run_id, "HIL_BOARD": board.name,
+               "HIL_RUN_ID": self.run_id, "HIL_BOARD": board.name, "HIL_ATTEMPT": "1",
                "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}\n"
                                   f"pool={','.join(self.spec.ssh.boards)}",
                **share_env(self.config, levels)}
@@ -321,7 +346,8 @@ class PoolSession:
         for index, board in enumerate(healthy):
             board.plan = self._plan(board, index, len(healthy))
             board.feeder = PoolFeeder(self.config, session, board.name, shared,
-                                      board.out / "allure-results", self.spec.docker.workdir)
+                                      board.out / "allure-results", self.spec.docker.workdir,
+                                      hold=self.confirm)
             threading.Thread(target=self._run_board, args=(board, events), daemon=True,
                              name=f"hil-pool-{board.name}").start()
         terminal_line(self.config, f"hil: running on {len(healthy)} board(s): "
@@ -342,6 +368,13 @@ class PoolSession:
                 board.seconds = round(time.monotonic() - run_start, 3)
                 self._ended(board, data)
         self.timings["tests"] = round(time.monotonic() - run_start, 3)
+        if self.confirm:
+            try:
+                self._confirm(healthy)
+            finally:
+                for board in healthy:
+                    if board.feeder is not None:
+                        board.feeder.release()
         codes = [b.code for b in healthy if b.code is not None]
         lost = [b.error for b in healthy if b.error is not None]
         if lost:
@@ -365,6 +398,57 @@ class PoolSession:
         except Exception as err:  # never leave the main loop waiting for this board
             result = RunLostError(f"the run on the board failed: {err!r}", target=board.name)
         events.put((board, "end", result))
+
+    def _confirm(self, healthy: list[BoardRun]) -> None:
+        """Re-run each failed test on its board and on another one; label the failures."""
+        ready = [b for b in healthy if b.error is None]
+        failed = {nodeid: board for board in ready if board.feeder is not None
+                  for nodeid in board.feeder.held}
+        if not failed:
+            return
+        wanted: dict[str, list[str]] = {b.name: [] for b in ready}
+        other_of: dict[str, str] = {}
+        for nodeid, board in failed.items():
+            wanted[board.name].append(nodeid)
+            place = ready.index(board)
+            if len(ready) > 1:
+                other = ready[(place + 1) % len(ready)]
+                other_of[nodeid] = other.name
+                wanted[other.name].append(nodeid)
+        terminal_line(self.config, f"hil: confirming {len(failed)} failure(s): each re-run on its "
+                      "board and on another", cyan=True)
+        jobs = [(b, wanted[b.name]) for b in ready if wanted[b.name]]
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            reruns = dict(zip([b.name for b, _ in jobs], pool.map(self._rerun, jobs), strict=True))
+        for nodeid, board in failed.items():
+            same = reruns[board.name]
+            second = reruns.get(other_of.get(nodeid, ""))
+            other_passed = (None if second is None or second.fault
+                            else second.outcomes.get(nodeid) is True)
+            found = Attribution(nodeid=nodeid, board=board.name, same=same, other=second,
+                                label=label(same.outcomes.get(nodeid) is True, other_passed))
+            self.attribution[nodeid] = found
+            mark_allure(board.out / "allure-results", found)
+
+    def _rerun(self, job: tuple[BoardRun, list[str]]) -> Rerun:
+        """One container on ``board`` running exactly ``ids`` (attempt 2); its outcomes."""
+        board, ids = job
+        plan = self._plan(board, 0, 1)
+        plan = dataclasses.replace(
+            plan, run_id=f"{plan.run_id}-confirm", local_out=board.out / "confirm",
+            env={**plan.env, "HIL_ATTEMPT": "2", "HIL_SHARE": encode_share([], {}, ids)},
+            lastfailed=None)
+        out = bytearray()
+        rerun = Rerun(board=board.name)
+        try:
+            board.backend.run(plan, board.image, out.extend, lambda data: None)
+            board.backend.fetch(plan)
+        except HilError as err:
+            rerun.fault = f"[{err.kind}] {err.message}"
+        rerun.outcomes = outcomes_of(bytes(out))
+        log = plan.local_out / "pytest.log"
+        rerun.log = log if log.is_file() else None
+        return rerun
 
     def _ended(self, board: BoardRun, result: RunEnd | HilError) -> None:
         """A board's run is over: its code, or the fault that ended it (results kept)."""
@@ -450,6 +534,9 @@ class PoolSession:
         ends = report.when == "teardown" or (report.when == "setup" and report.outcome != "passed")
         if ends and ("board", board) not in report.user_properties:
             report.user_properties.append(("board", board))
+        found = self.attribution.get(report.nodeid)
+        if found is not None and report.when == "teardown":
+            report.user_properties.append(("attribution", found.label))
         for run in self.boards:
             if run.name == board and (report.when == "call" or report.outcome != "passed"):
                 previous = run.outcomes.get(report.nodeid)
@@ -490,6 +577,11 @@ class PoolSession:
             for nodeid, outcome in board.outcomes.items():
                 if outcome == "failed":
                     tr.write_line(f"FAILED {nodeid} on board {board.name}", red=True)
+        if self.attribution:
+            tr.write_line("failure attribution (--hil-confirm-failures):")
+            for found in self.attribution.values():
+                tr.write_line(f"  {found.label.upper()}: {found.nodeid} ({found.detail()})",
+                              yellow=found.label == FLAKY, red=found.label != FLAKY)
         tr.write_line(f"results: {os.path.relpath(self.run_dir)}")
         if self.settings.allure_dir is not None:
             tr.write_line(f"allure results: {os.path.relpath(self.settings.allure_dir)}")

@@ -708,9 +708,16 @@ def share_of(ids: list[str], durations: dict[str, float], levels: list[list[int]
     return ids
 
 
-def encode_share(levels: list[list[int]], durations: dict[str, float]) -> str:
-    """``HIL_SHARE``: which part of the collected tests this container runs, compressed."""
-    data = json.dumps({"levels": levels, "durations": durations}).encode("utf-8")
+def encode_share(levels: list[list[int]], durations: dict[str, float],
+                 ids: list[str] | None = None) -> str:
+    """``HIL_SHARE``: which part of the collected tests this container runs, compressed.
+
+    ``ids``, when given, names the tests outright (a re-run of failed tests).
+    """
+    payload: dict[str, Any] = {"levels": levels, "durations": durations}
+    if ids is not None:
+        payload["ids"] = ids
+    data = json.dumps(payload).encode("utf-8")
     return base64.b64encode(zlib.compress(data, 9)).decode("ascii")
 
 
@@ -728,9 +735,11 @@ class ShareFilter:
     every part splits the same selected list.
     """
 
-    def __init__(self, levels: list[list[int]], durations: dict[str, float]) -> None:
+    def __init__(self, levels: list[list[int]], durations: dict[str, float],
+                 ids: list[str] | None = None) -> None:
         self.levels = levels
         self.durations = durations
+        self.ids = ids
 
     @classmethod
     def from_env(cls) -> ShareFilter | None:
@@ -739,12 +748,17 @@ class ShareFilter:
         if not value:
             return None
         data = decode_share(value)
+        ids = data.get("ids")
         return cls([list(level) for level in data["levels"]],
-                   {str(k): float(v) for k, v in data["durations"].items()})
+                   {str(k): float(v) for k, v in data["durations"].items()},
+                   [str(i) for i in ids] if isinstance(ids, list) else None)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        keep = set(share_of([item.nodeid for item in items], self.durations, self.levels))
+        if self.ids is not None:
+            keep = set(self.ids)
+        else:
+            keep = set(share_of([item.nodeid for item in items], self.durations, self.levels))
         items[:] = [item for item in items if item.nodeid in keep]
 
 

@@ -232,7 +232,19 @@ def test_shards_of_a_pool_together_run_every_test_once(project: pytest.Pytester)
         part = _cases(project.path / f"s{shard}.xml")
         assert part, f"shard {shard}/3 ran nothing"
         seen.update(part)
+        # What a CI shard job uploads: its Allure results.
+        shutil.copytree(project.path / "reports" / "allure-results",
+                        project.path / "shards" / f"s{shard}" / "allure-results")
     assert seen == EXPECTED
+    # hil report merges the shards' folders into one report's input.
+    from hil.backends.base import Progress
+    from hil.report import Stager, load_categories
+
+    stager = Stager(project.path / "stage", Progress(quiet=True))
+    for shard in (1, 2, 3):
+        stager.add_folder(project.path / "shards" / f"s{shard}" / "allure-results")
+    staged = stager.finish(load_categories(REPO), None)
+    assert staged.targets["sim-pool"].statuses == {"passed": 13, "failed": 1}
 
 
 def test_n2_on_each_board_runs_every_test_once(project: pytest.Pytester) -> None:
@@ -240,3 +252,92 @@ def test_n2_on_each_board_runs_every_test_once(project: pytest.Pytester) -> None
     assert res.ret == ExitCode.TESTS_FAILED
     res.assert_outcomes(passed=13, failed=1)
     assert _cases(project.path / "j.xml") == EXPECTED
+
+
+# -- failure attribution -------------------------------------------------------------------
+
+ATTRIBUTION_SUITE = """
+import json
+import os
+
+
+def test_a():
+    pass
+
+
+def test_b():
+    pass
+
+
+def test_calibration():
+    # Each board's calibration file: hil-sim-jetson-2's is wrong.
+    with open(f"calib/{os.environ['HIL_BOARD']}.json") as fh:
+        assert json.load(fh)["gain"] == 1.0
+
+
+def test_c():
+    pass
+
+
+def test_flaky():
+    assert os.environ["HIL_ATTEMPT"] != "1", "fails on its first attempt only"
+
+
+def test_product():
+    assert 2 + 2 == 5
+"""
+
+
+def test_confirm_failures_labels_board_specific_flaky_and_product(
+        project: pytest.Pytester) -> None:
+    (project.path / "test_suite.py").unlink()
+    project.makepyfile(test_attr=ATTRIBUTION_SUITE)
+    calib = project.path / "calib"
+    calib.mkdir()
+    for board in POOL:
+        gain = 0.5 if board == "hil-sim-jetson-2" else 1.0
+        (calib / f"{board}.json").write_text(f'{{"gain": {gain}}}\n')
+    # No durations recorded: file order, two tests a board (calibration on board 2, the
+    # flaky and the product failure on board 3).
+    res = run(project, "--hil-confirm-failures", "-p", "no:cacheprovider", "--junitxml=j.xml")
+    assert res.ret == ExitCode.TESTS_FAILED  # the first run's outcomes: counts as failed
+    res.assert_outcomes(passed=3, failed=3)
+    res.stdout.fnmatch_lines([
+        "*hil: confirming 3 failure(s)*",
+        "failure attribution (--hil-confirm-failures):",
+        "  BOARD-SPECIFIC: test_attr.py::test_calibration (failed on hil-sim-jetson-2; re-run "
+        "on hil-sim-jetson-2 failed; re-run on hil-sim-jetson-3 passed)",
+        "  FLAKY: test_attr.py::test_flaky (failed on hil-sim-jetson-3; re-run on "
+        "hil-sim-jetson-3 passed; re-run on hil-sim-jetson-1 passed)",
+        "  PRODUCT FAILURE: test_attr.py::test_product (failed on hil-sim-jetson-3; re-run on "
+        "hil-sim-jetson-3 failed; re-run on hil-sim-jetson-1 failed)",
+    ])
+    labels = {}
+    for case in ET.parse(project.path / "j.xml").getroot().iter("testcase"):
+        props = {p.attrib["name"]: p.attrib["value"] for p in case.iter("property")}
+        labels[case.attrib["name"]] = props.get("attribution")
+    assert labels == {"test_a": None, "test_b": None, "test_c": None,
+                      "test_calibration": "board-specific", "test_flaky": "flaky",
+                      "test_product": "product failure"}
+    import json
+
+    from hil.report import load_categories
+
+    results = {r["name"]: r for r in (json.loads(p.read_text()) for p in
+               (project.path / "reports" / "allure-results").glob("*-result.json"))}
+    calibration = results["test_calibration"]
+    assert calibration["statusDetails"]["message"].startswith(
+        "hil attribution: board-specific (failed on hil-sim-jetson-2")
+    logs = {a["name"]: a["source"] for a in calibration["attachments"]}
+    assert set(logs) >= {"re-run on hil-sim-jetson-2 (pytest.log)",
+                         "re-run on hil-sim-jetson-3 (pytest.log)"}
+    text = (project.path / "reports" / "allure-results"
+            / logs["re-run on hil-sim-jetson-2 (pytest.log)"]).read_text()
+    assert "assert 0.5 == 1.0" in text
+    # Each label falls in its own Allure category (Allure 3 searches the message).
+    categories = {c["name"]: c for c in load_categories(REPO)}
+    for name, category in (("test_calibration", "Board-specific failures"),
+                           ("test_flaky", "Flaky (passed when re-run)"),
+                           ("test_product", "Product failures (confirmed on another board)")):
+        assert re.search(categories[category]["messageRegex"],
+                         results[name]["statusDetails"]["message"])
