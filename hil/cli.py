@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("hil.sim.cli", "bring the simulated Jetson + Colima rig up, down, or show it"),
     "report": ("hil.report", "turn Allure results into an HTML report"),
     "nightly": ("hil.nightly", "run every target and publish one report"),
+    "release": ("hil.hold", "release what --hil-hold-on-failure kept: containers and leases"),
 }
 
 

@@ -79,6 +79,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
     group.addoption("--hil-confirm-failures", dest="hil_confirm_failures", action="store_true",
                     help=HELP_CONFIRM)
+    from hil.hold import HELP_HOLD, parse_ttl
+
+    group.addoption("--hil-hold-on-failure", dest="hil_hold_on_failure", metavar="TTL",
+                    type=parse_ttl, default=None, help=HELP_HOLD)
 
 
 def git_commit(root: Path) -> str:

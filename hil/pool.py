@@ -40,6 +40,7 @@ from hil.attribution import FLAKY, Attribution, Rerun, label, mark_allure, outco
 from hil.backends.base import Backend, Progress, RunEnd, RunPlan, load_backend
 from hil.config import TargetSpec
 from hil.errors import HilError, RunLostError
+from hil.hold import Hold
 from hil.plugin import HilSettings, git_commit
 from hil.session import (
     EventFeeder,
@@ -240,6 +241,8 @@ class PoolSession:
         self.timings: dict[str, float] = {}
         self.publisher: threading.Thread | None = None
         self.confirm = bool(config.getoption("hil_confirm_failures", False))
+        self.hold_ttl: float = config.getoption("hil_hold_on_failure", None) or 0.0
+        self.hold: Hold | None = None
         #: node id -> its failure's attribution (``--hil-confirm-failures``).
         self.attribution: dict[str, Attribution] = {}
         from _pytest.junitxml import LogXML
@@ -375,6 +378,8 @@ class PoolSession:
                 for board in healthy:
                     if board.feeder is not None:
                         board.feeder.release()
+        if self.hold_ttl:
+            self._hold(healthy)
         codes = [b.code for b in healthy if b.code is not None]
         lost = [b.error for b in healthy if b.error is not None]
         if lost:
@@ -429,6 +434,33 @@ class PoolSession:
                                 label=label(same.outcomes.get(nodeid) is True, other_passed))
             self.attribution[nodeid] = found
             mark_allure(board.out / "allure-results", found)
+
+    def _hold(self, healthy: list[BoardRun]) -> None:
+        """Keep a container like the first failed test's, and its board's lease, for TTL s."""
+        from hil.hold import hold_failed
+
+        failed = [(b, n) for b in healthy for n, outcome in b.outcomes.items()
+                  if outcome == "failed" and b.error is None and b.plan is not None]
+        if not failed:
+            return
+        board, nodeid = failed[0]
+        assert board.plan is not None
+        try:
+            self.hold = hold = hold_failed(board.backend, board.plan, board.image, nodeid,
+                                           self.hold_ttl)
+        except HilError as err:
+            terminal_line(self.config, f"hil: could not hold {nodeid} on {board.name}: {err}",
+                          red=True)
+            return
+        for line in self._hold_lines(hold):
+            terminal_line(self.config, line, yellow=True, bold=line.startswith("hil:"))
+
+    def _hold_lines(self, hold: Hold) -> list[str]:
+        return [f"hil: holding {hold.container} on {hold.board} for {hold.ttl:.0f} s (lease kept) "
+                f"for {hold.nodeid}",
+                f"  shell:   {hold.shell_command()}",
+                f"  re-run:  {hold.rerun_command()}",
+                f"  release: hil release --target {self.spec.name}"]
 
     def _rerun(self, job: tuple[BoardRun, list[str]]) -> Rerun:
         """One container on ``board`` running exactly ``ids`` (attempt 2); its outcomes."""
@@ -582,6 +614,9 @@ class PoolSession:
             for found in self.attribution.values():
                 tr.write_line(f"  {found.label.upper()}: {found.nodeid} ({found.detail()})",
                               yellow=found.label == FLAKY, red=found.label != FLAKY)
+        if self.hold is not None:
+            for line in self._hold_lines(self.hold):
+                tr.write_line(line, yellow=True)
         tr.write_line(f"results: {os.path.relpath(self.run_dir)}")
         if self.settings.allure_dir is not None:
             tr.write_line(f"allure results: {os.path.relpath(self.settings.allure_dir)}")
