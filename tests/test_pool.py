@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import subprocess
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -341,3 +342,69 @@ def test_confirm_failures_labels_board_specific_flaky_and_product(
                            ("test_product", "Product failures (confirmed on another board)")):
         assert re.search(categories[category]["messageRegex"],
                          results[name]["statusDetails"]["message"])
+
+
+# -- hold on failure -----------------------------------------------------------------------
+
+HOLD_LINE = re.compile(r"hil: holding (\S+) on (\S+) for (\d+) s \(lease kept\) for (\S+)")
+
+
+def _board_state(rig: Rig, board: str, container: str) -> tuple[bool, bool, str]:
+    """(hold container running, lease lock taken, lease holder line) on a pool board."""
+    index = POOL.index(board) + 1
+    res = rig.pool[index].ssh(
+        f"docker ps -q --filter name=^{container}$ | grep -q . && echo RUNNING; "
+        "flock -n /tmp/pytest-hil/lease.lock true || echo LOCKED; "
+        "cat /tmp/pytest-hil/lease.holder", timeout=60)
+    assert res.returncode == 0, res.stderr
+    return "RUNNING" in res.stdout, "LOCKED" in res.stdout, res.stdout
+
+
+def _released_within(rig: Rig, board: str, container: str, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        running, locked, _ = _board_state(rig, board, container)
+        if not running and not locked:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)  # poll interval while the board-side holder lets go
+
+
+def _hold_of(res: pytest.RunResult) -> tuple[str, str, str]:
+    text = res.stdout.str()
+    found = HOLD_LINE.search(text)
+    assert found, text[-3000:]
+    rerun = next(line for line in text.splitlines() if line.startswith("  re-run:"))
+    return found[1], found[2], rerun.split(":", 1)[1].strip()
+
+
+def test_hold_on_failure_keeps_container_and_lease_until_hil_release(
+        project: pytest.Pytester, pool_rig: Rig) -> None:
+    res = run(project, "--hil-hold-on-failure", "600")
+    assert res.ret == ExitCode.TESTS_FAILED
+    container, board, rerun = _hold_of(res)
+    res.stdout.fnmatch_lines(["  shell:   ssh -F * -t docker exec -it -w /src hil-hold-* sh",
+                              "  release: hil release --target sim-pool"])
+    running, locked, holder = _board_state(pool_rig, board, container)
+    assert running and locked, holder  # the session ended; both outlive it
+    assert "(hold: test_suite.py::test_fails)" in holder
+    # The printed re-run command runs the failed test in that container (no tty here).
+    again = subprocess.run(rerun.replace(" -t ", " ").replace(" -it ", " -i "), shell=True,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert "1 failed" in again.stdout, again.stdout + again.stderr
+    released = subprocess.run(
+        [sys.executable, "-m", "hil.cli", "release", "--target", "sim-pool"],
+        cwd=project.path, capture_output=True, text=True, timeout=120, check=False)
+    assert released.returncode == 0, released.stderr
+    assert f"hil release: {board}: released 1" in released.stdout
+    assert _released_within(pool_rig, board, container, 30)
+
+
+def test_hold_on_failure_ends_by_itself_after_its_ttl(project: pytest.Pytester,
+                                                      pool_rig: Rig) -> None:
+    res = run(project, "--hil-hold-on-failure", "3")
+    container, board, _ = _hold_of(res)
+    assert _released_within(pool_rig, board, container, 60)
