@@ -359,9 +359,10 @@ def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
         if not isinstance(tool, dict):
             raise ConfigError("pyproject.toml: key 'tool.hil' must be a table")
         for key in tool:
-            if key not in ("targets", "targets_dir"):
+            if key not in ("targets", "targets_dir", "routing"):
                 raise ConfigError(
-                    f"pyproject.toml: unknown key 'tool.hil.{key}' (expected: targets, targets_dir)"
+                    f"pyproject.toml: unknown key 'tool.hil.{key}' "
+                    "(expected: targets, targets_dir, routing)"
                 )
         declared = tool.get("targets", {})
         if not isinstance(declared, dict):

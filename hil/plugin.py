@@ -18,7 +18,7 @@ import pytest
 
 from hil.config import DEFAULT_TARGET, TargetSpec, load_inventory
 from hil.errors import ConfigError, HilError, TargetUnhealthyError
-from hil.tiers import detect_local_tier, item_tier, register_markers, tier_label
+from hil.tiers import detect_local_tier, item_tier, register_markers, skip_reason, tier_label
 from hil.worker import ShareFilter, TierGate
 
 HELP_TARGET = "where to run the tests: a target name from targets/*.toml (default: $HIL_TARGET or 'local')"
@@ -98,11 +98,21 @@ def git_commit(root: Path) -> str:
 
 
 def _resolve_target(config: pytest.Config) -> tuple[TargetSpec, Path]:
-    """The chosen target and the folder its inventory was declared in."""
+    """The chosen target and the folder its inventory was declared in.
+
+    ``--target a,b`` and ``--target auto`` resolve to a routing (kept in the
+    stash, :data:`hil.routing.ROUTING_KEY`) and a stand-in target for it.
+    """
     folder = config.getoption("hil_targets")
     try:
         inventory = load_inventory(config.rootpath, Path(folder) if folder else None)
         name = config.getoption("hil_target") or os.environ.get("HIL_TARGET") or DEFAULT_TARGET
+        from hil.routing import ROUTING_KEY, is_routed, resolve, routed_spec
+
+        if is_routed(name):
+            routing = resolve(name, inventory)
+            config.stash[ROUTING_KEY] = routing
+            return routed_spec(routing), inventory.root
         return inventory.get(name), inventory.root
     except ConfigError as err:
         raise pytest.UsageError(str(err)) from None
@@ -213,10 +223,16 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HIL_TIER"] = str(tier)
     environment = {"git.commit": git_commit(config.rootpath), "tier.detection": how}
     gate_allure = str(allure_dir) if spec.kind == "local" and allure_dir else None
+    from hil.routing import ROUTING_KEY, make_session
+
+    routing = config.stash.get(ROUTING_KEY, None)
+    # Routed: each target's container gates its own tests (the plan shows them per target).
     config.pluginmanager.register(
-        TierGate(spec.name, tier, gate_allure, environment), "hil-tiergate")
+        TierGate(spec.name, 3 if routing else tier, gate_allure, environment), "hil-tiergate")
     _register_shards(config, spec)
-    if spec.is_container and not plan and spec.ssh.hosts:
+    if routing is not None and not plan:
+        config.pluginmanager.register(make_session(config, settings, routing), "hil-session")
+    elif spec.is_container and not plan and spec.ssh.hosts:
         from hil.pool import PoolSession
 
         config.pluginmanager.register(PoolSession(config, settings), "hil-session")
@@ -307,14 +323,25 @@ def _print_plan(session: pytest.Session, settings: HilSettings) -> None:
     run = skipped = 0
     write("")
     write(f"hil plan: target '{spec.name}' ({spec.kind}, serves tier {settings.tier})")
+    from hil.routing import ROUTING_KEY
+
+    routing = session.config.stash.get(ROUTING_KEY, None)
+    if routing is not None:
+        write("hil plan: routing " + ", ".join(
+            f"tier{t} -> {name}" for t, name in sorted(routing.route.items())))
+    served = {t.name: t.tier for t in routing.targets} if routing is not None else {}
     for item in session.items:
         skip = item.get_closest_marker("skip")
         tier = item_tier(item)
-        if skip is not None:
+        goes_to = routing.target_of(tier) if routing is not None else spec.name
+        if skip is None and routing is not None and tier > served[goes_to]:
+            write(f"  SKIP {item.nodeid}: {skip_reason(tier, goes_to, served[goes_to])}")
+            skipped += 1
+        elif skip is not None:
             reason = skip.kwargs.get("reason") or (skip.args[0] if skip.args else "unconditional")
             write(f"  SKIP {item.nodeid}: {reason}")
             skipped += 1
         else:
-            write(f"  RUN  {item.nodeid} -> {spec.name} (tier{tier})")
+            write(f"  RUN  {item.nodeid} -> {goes_to} (tier{tier})")
             run += 1
     write(f"hil plan: {run} to run, {skipped} skipped; nothing was run")

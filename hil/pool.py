@@ -260,8 +260,22 @@ class PoolSession:
         return True  # tests are collected inside the boards' containers
 
     # -- the run ----------------------------------------------------------------------------
-    def _board(self, host: str) -> BoardRun:
-        spec = board_spec(self.spec, host)
+    #: What a member is called in lines and the junit property ("board"; "target" when routed).
+    member = "board"
+
+    def _members(self) -> list[TargetSpec]:
+        """The one-board targets this session runs on: the pool's boards."""
+        return [board_spec(self.spec, host) for host in self.spec.ssh.boards]
+
+    def _env(self, board: BoardRun, index: int, count: int) -> dict[str, str]:
+        """What a member's container gets in its environment besides the common part."""
+        return {**self.spec.env, "HIL_TARGET": self.spec.name,
+                "HIL_TIER": str(self.settings.tier), "HIL_BOARD": board.name,
+                "HIL_POOL": ",".join(self.spec.ssh.boards),
+                **share_env(self.config, [*shard_levels(self.config), [index, count]])}
+
+    def _board(self, spec: TargetSpec) -> BoardRun:
+        host = spec.name
         progress = BoardProgress(self.config, host, self.log, self.lock)
         backend = load_backend(spec)(spec, self.config.rootpath, progress,
                                      rebuild=bool(self.config.getoption("hil_rebuild")),
@@ -292,12 +306,8 @@ class PoolSession:
         if cache is not None and (self.config.getoption("lf", False)
                                   or self.config.getoption("failedfirst", False)):
             lastfailed = json.dumps(cache.get("cache/lastfailed", {}))
-        levels = [*shard_levels(self.config), [index, count]]
-        env = {**self.spec.env, "HIL_TARGET": self.spec.name, "HIL_TIER": str(self.settings.tier),
-               "HIL_RUN_ID": self.run_id, "HIL_BOARD": board.name, "HIL_ATTEMPT": "1",
-               "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}\n"
-                                  f"pool={','.join(self.spec.ssh.boards)}",
-               **share_env(self.config, levels)}
+        env = {**self._env(board, index, count), "HIL_RUN_ID": self.run_id, "HIL_ATTEMPT": "1",
+               "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}"}
         return RunPlan(run_id=f"{self.run_id}-{board.name}",
                        pytest_args=tuple(remote_args(list(params.args), root, cwd)),
                        subdir="" if subdir == "." else subdir, env=env, local_out=board.out,
@@ -309,23 +319,29 @@ class PoolSession:
         terminal = self.config.pluginmanager.get_plugin("terminalreporter")
         if terminal is not None:
             terminal.showfspath = False  # the boards' files interleave, as under xdist
-        self.boards = [self._board(host) for host in self.spec.ssh.boards]
+        self.boards = [self._board(spec) for spec in self._members()]
         started = time.monotonic()
         try:
             with sigterm_as_interrupt():
-                terminal_line(self.config, f"hil: pool '{self.spec.name}': preparing "
-                              f"{len(self.boards)} board(s) at once", cyan=True)
+                terminal_line(self.config, f"hil: '{self.spec.name}': preparing "
+                              f"{len(self.boards)} {self.member}(s) at once", cyan=True)
                 with ThreadPoolExecutor(max_workers=len(self.boards)) as pool:
                     list(pool.map(self._prepare, self.boards))
                 self.timings["prepare"] = round(time.monotonic() - started, 3)
                 for board in self.boards:
                     if board.quarantined is not None:
                         err = board.quarantined
-                        terminal_line(self.config, f"hil: board '{board.name}' quarantined for "
+                        terminal_line(self.config, f"hil: {self.member} '{board.name}' "
+                                      "quarantined for "
                                       f"this session: [{err.kind}] {err.message}"
                                       + (f"; {err.hint}" if err.hint else ""),
                                       yellow=True, bold=True)
                 healthy = [b for b in self.boards if b.quarantined is None]
+                if not healthy and self.member != "board":
+                    first = self.boards[0].quarantined
+                    assert first is not None
+                    self._fail(first)
+                    return True
                 if not healthy:
                     first = self.boards[0].quarantined
                     assert first is not None
@@ -337,6 +353,10 @@ class PoolSession:
                         if _rebuildable(first) else first)
                     return True
                 self._run(session, healthy)
+                lost = next((b.quarantined for b in self.boards if b.quarantined), None)
+                if self.member != "board" and lost is not None and self.error is None:
+                    # A routed target's tests have nowhere else to go: its fault is the code.
+                    self._fail(lost)
         finally:
             self._finish()
         return True
@@ -349,11 +369,11 @@ class PoolSession:
         for index, board in enumerate(healthy):
             board.plan = self._plan(board, index, len(healthy))
             board.feeder = PoolFeeder(self.config, session, board.name, shared,
-                                      board.out / "allure-results", self.spec.docker.workdir,
+                                      board.out / "allure-results", board.spec.docker.workdir,
                                       hold=self.confirm)
             threading.Thread(target=self._run_board, args=(board, events), daemon=True,
                              name=f"hil-pool-{board.name}").start()
-        terminal_line(self.config, f"hil: running on {len(healthy)} board(s): "
+        terminal_line(self.config, f"hil: running on {len(healthy)} {self.member}(s): "
                       + ", ".join(b.name for b in healthy), cyan=True)
         running = len(healthy)
         while running:
@@ -564,8 +584,8 @@ class PoolSession:
             return
         board = self.shared.current
         ends = report.when == "teardown" or (report.when == "setup" and report.outcome != "passed")
-        if ends and ("board", board) not in report.user_properties:
-            report.user_properties.append(("board", board))
+        if ends and (self.member, board) not in report.user_properties:
+            report.user_properties.append((self.member, board))
         found = self.attribution.get(report.nodeid)
         if found is not None and report.when == "teardown":
             report.user_properties.append(("attribution", found.label))
@@ -591,7 +611,7 @@ class PoolSession:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
-        tr.write_sep("-", f"hil: pool {self.spec.name}")
+        tr.write_sep("-", f"hil: {'pool ' if self.member == 'board' else ''}{self.spec.name}")
         for board in self.boards:
             if board.quarantined is not None:
                 tr.write_line(f"{board.name}: quarantined [{board.quarantined.kind}]: "
@@ -608,7 +628,7 @@ class PoolSession:
         for board in self.boards:
             for nodeid, outcome in board.outcomes.items():
                 if outcome == "failed":
-                    tr.write_line(f"FAILED {nodeid} on board {board.name}", red=True)
+                    tr.write_line(f"FAILED {nodeid} on {self.member} {board.name}", red=True)
         if self.attribution:
             tr.write_line("failure attribution (--hil-confirm-failures):")
             for found in self.attribution.values():

@@ -628,6 +628,9 @@ def pytest_configure(config: pytest.Config) -> None:
     share = ShareFilter.from_env()  # each xdist worker collects: each keeps the same part
     if share is not None:
         config.pluginmanager.register(share, "hil-share")
+    route = RouteFilter.from_env()
+    if route is not None:
+        config.pluginmanager.register(route, "hil-route")
     if settings["allure_dir"]:
         speed_up_allure_results()
 
@@ -762,6 +765,34 @@ class ShareFilter:
         items[:] = [item for item in items if item.nodeid in keep]
 
 
+class RouteFilter:
+    """Runs only the tests routed to this target (``--target a,b``): ``HIL_ROUTE``.
+
+    ``HIL_ROUTE`` maps each tier ("1", "2", "3") to the target its tests go
+    to; this container keeps those whose tier maps to ``HIL_TARGET``.  The
+    rest are left out silently: the other targets run them.
+    """
+
+    def __init__(self, route: dict[str, str], target: str) -> None:
+        self.route = route
+        self.target = target
+
+    @classmethod
+    def from_env(cls) -> RouteFilter | None:
+        """The filter ``HIL_ROUTE`` asks for, if any."""
+        value = os.environ.get("HIL_ROUTE")
+        if not value:
+            return None
+        route = json.loads(value)
+        return cls({str(k): str(v) for k, v in route.items()},
+                   os.environ.get("HIL_TARGET", "container"))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        items[:] = [item for item in items
+                    if self.route.get(str(item_tier(item))) == self.target]
+
+
 def keep_capture_files(folder: Path) -> bool:
     """Have pytest's fd capture write into named files in ``folder``; False if it cannot.
 
@@ -837,8 +868,9 @@ def main(argv: list[str] | None = None) -> int:
     plugins: list[object] = [stream]
     # A resumed container's list is already within its share: splitting it again would differ.
     share = None if resume else ShareFilter.from_env()
-    if share is not None:
-        plugins.append(share)
+    route = None if resume else RouteFilter.from_env()
+    # Registered last, called first: the route picks the tests, the share splits those.
+    plugins += [f for f in (share, route) if f is not None]
     if resume:
         plugins.append(ResumeFilter(list(resume["ids"])))
     # junit.xml is written by the controller from the streamed reports (see session.py):
