@@ -22,7 +22,7 @@ import pytest
 from conftest import IMAGE_REQUIREMENTS
 from hil.config import parse_target
 from hil.errors import ConfigError, ExitCode
-from hil.pool import combined_exit
+from hil.merge import combined_exit
 from hil.sim import Rig
 from hil.worker import decode_share, encode_share, share_of, split_shares
 
