@@ -183,6 +183,12 @@ def pytest_configure(config: pytest.Config) -> None:
         _configure_worker(config, workerinput.get(WORKERINPUT_KEY))
         return
     spec, root = _resolve_target(config)
+    for option, given in (("--hil-confirm-failures", config.getoption("hil_confirm_failures")),
+                          ("--hil-hold-on-failure", config.getoption("hil_hold_on_failure"))):
+        if given and not spec.ssh.hosts:
+            raise pytest.UsageError(
+                f"{option} works on board pools: target '{spec.name}' has no [ssh] hosts "
+                "(one board can be a pool of one: hosts = [\"its-alias\"])")
     if spec.is_container:
         _no_local_workers(config)
     plan = bool(config.getoption("hil_plan"))

@@ -101,6 +101,16 @@ def test_a_bad_shard_is_a_usage_error(pytester: pytest.Pytester) -> None:
     res.stderr.fnmatch_lines(["*--hil-shard: expected I/N with 1 <= I <= N*'4/3'*"])
 
 
+@pytest.mark.parametrize("option", [["--hil-confirm-failures"], ["--hil-hold-on-failure", "5"]])
+def test_pool_only_options_name_what_they_need(pytester: pytest.Pytester,
+                                               option: list[str]) -> None:
+    pytester.makepyfile("def test_a():\n    pass\n")
+    res = pytester.runpytest_subprocess(*option)
+    assert res.ret == ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines([f"ERROR: {option[0]} works on board pools: target 'local' has no "
+                              "?ssh? hosts*"])
+
+
 def test_local_shards_run_every_test_once(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_s="import pytest\n\n@pytest.mark.parametrize('i', range(10))\n"
                                "def test_p(i):\n    pass\n")
