@@ -22,6 +22,7 @@ container, exactly as a one-board run.  What the pool adds:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -128,6 +129,8 @@ class PoolSession:
         self.timings: dict[str, float] = {}
         self.publisher: threading.Thread | None = None
         self.confirm = bool(config.getoption("hil_confirm_failures", False))
+        #: -x / --maxfail was reached: the other boards' runs are being stopped.
+        self.stopping = False
         self.hold_ttl: float = config.getoption("hil_hold_on_failure", None) or 0.0
         self.hold: Hold | None = None
         #: node id -> its failure's attribution (``--hil-confirm-failures``).
@@ -274,6 +277,8 @@ class PoolSession:
             assert feeder is not None
             if what == "out":
                 feeder.feed(data)
+                if (session.shouldfail or session.shouldstop) and not self.stopping:
+                    self._stop_others(board, healthy)
             elif what == "err":
                 text = data.decode("utf-8", "replace").rstrip("\n")
                 if text:
@@ -394,11 +399,30 @@ class PoolSession:
         rerun.log = log if log.is_file() else None
         return rerun
 
+    def _stop_others(self, board: BoardRun, healthy: list[BoardRun]) -> None:
+        """``-x`` / ``--maxfail`` reached here: stop the other boards' runs, as one session stops."""
+        self.stopping = True
+        others = [b for b in healthy if b is not board and b.plan is not None
+                  and b.feeder is not None and not b.feeder.done]
+
+        def stop(other: BoardRun) -> None:
+            assert other.plan is not None
+            with contextlib.suppress(HilError):
+                other.backend.fetch(other.plan)  # a run still going is killed first
+
+        for other in others:
+            threading.Thread(target=stop, args=(other,), daemon=True,
+                             name=f"hil-stop-{other.name}").start()
+
     def _ended(self, board: BoardRun, result: RunEnd | HilError) -> None:
         """A board's run is over: its code, or the fault that ended it (results kept)."""
         feeder = board.feeder
         assert feeder is not None and board.plan is not None
         feeder.close()
+        if self.stopping and not feeder.done:
+            # Stopped for -x: what it ran is kept, and the others' failure is the code.
+            feeder.recover(board.out / "events.jsonl")
+            return
         if not feeder.done:
             try:
                 board.backend.fetch(board.plan)
@@ -430,11 +454,16 @@ class PoolSession:
     def _finish(self) -> None:
         """Fetch what did not come back, publish the Allure results, save the run's record."""
         for board in self.boards:
-            if board.plan is not None and board.feeder is not None and board.feeder.done:
-                try:
-                    board.backend.fetch(board.plan)
-                except HilError as err:
-                    self.log.append(f"hil: [{board.name}] could not fetch results: {err}")
+            feeder = board.feeder
+            if board.plan is None or feeder is None:
+                continue
+            try:
+                # After an interrupt a board's run is still going: fetch stops it first.
+                board.backend.fetch(board.plan)
+            except HilError as err:
+                self.log.append(f"hil: [{board.name}] could not fetch results: {err}")
+            if not feeder.done:  # what the stream had not carried when it was cut short
+                feeder.recover(board.out / "events.jsonl")
         self._publish()
         if self.log:
             (self.run_dir / "hil.log").write_text("\n".join(self.log) + "\n", encoding="utf-8")

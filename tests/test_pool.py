@@ -418,3 +418,23 @@ def test_hold_on_failure_ends_by_itself_after_its_ttl(project: pytest.Pytester,
     res = run(project, "--hil-hold-on-failure", "3")
     container, board, _ = _hold_of(res)
     assert _released_within(pool_rig, board, container, 60)
+
+
+def test_exitfirst_stops_every_board(project: pytest.Pytester) -> None:
+    project.makepyfile(test_suite="""
+import time
+
+import pytest
+
+
+@pytest.mark.parametrize("i", range(30))
+def test_slow(i):
+    time.sleep(0.3)
+    assert i != 11
+""")
+    res = run(project, "-x", "-p", "no:cacheprovider")  # file order: [11] is board 2's second
+    assert res.ret == ExitCode.TESTS_FAILED  # pytest's -x code, no infrastructure fault
+    outcomes = res.parseoutcomes()
+    assert outcomes["failed"] == 1 and outcomes["passed"] < 29
+    res.stdout.fnmatch_lines(["*stopping after 1 failures*"])
+    res.stdout.no_fnmatch_line("*infrastructure fault*")
