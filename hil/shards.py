@@ -52,11 +52,24 @@ def recorded_durations(config: pytest.Config) -> dict[str, float]:
     return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))}
 
 
+#: Longest ``HIL_SHARE`` sent with its durations: the run script is one argument of the
+#: board's shell, which Linux caps at 128 KiB (MAX_ARG_STRLEN).
+SHARE_LIMIT = 64 * 1024
+
+
 def share_env(config: pytest.Config, levels: list[list[int]]) -> dict[str, str]:
-    """``HIL_SHARE`` for a container that runs the part ``levels`` name ({} for the whole)."""
+    """``HIL_SHARE`` for a container that runs the part ``levels`` name ({} for the whole).
+
+    Past :data:`SHARE_LIMIT` (tens of thousands of recorded tests) the split
+    falls back to file order, the same for every part, rather than fail.
+    """
     if not levels or all(count <= 1 for _, count in levels):
         return {}
-    return {"HIL_SHARE": encode_share(levels, recorded_durations(config))}
+    durations = {k: round(v, 2) for k, v in recorded_durations(config).items()}
+    value = encode_share(levels, durations)
+    if len(value) > SHARE_LIMIT:
+        value = encode_share(levels, {})
+    return {"HIL_SHARE": value}
 
 
 class DurationRecorder:
