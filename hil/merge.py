@@ -94,6 +94,9 @@ class PoolFeeder(EventFeeder):
             return
         if kind in self.TEST_EVENTS and not shared.reported:
             shared.backlog.append((self, event))
+            if kind == "logstart":  # known as running now: a crash at once must find it
+                self.started = event["nodeid"]
+                self.active[event["nodeid"]] = event
             return
         self.replay(event)
 

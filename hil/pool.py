@@ -39,8 +39,9 @@ from typing import Any
 import pytest
 
 from hil.attribution import FLAKY, Attribution, Rerun, label, mark_allure, outcomes_of
-from hil.backends.base import Backend, Progress, RunEnd, RunPlan, load_backend
+from hil.backends.base import Backend, Progress, RunEnd, RunPlan, describe_exit, load_backend
 from hil.config import TargetSpec
+from hil.crash import CrashReport
 from hil.errors import HilError, RunLostError
 from hil.hold import Hold
 from hil.merge import PoolCollection, PoolFeeder, combined_exit
@@ -55,7 +56,7 @@ from hil.session import (
     write_infra_result,
 )
 from hil.shards import shard_levels, share_env
-from hil.worker import encode_share
+from hil.worker import encode_resume, encode_share
 
 
 def board_spec(spec: TargetSpec, host: str) -> TargetSpec:
@@ -106,6 +107,10 @@ class BoardRun:
     feeder: PoolFeeder | None = None
     code: int | None = None
     error: HilError | None = None
+    #: Where this container's standard error starts in ``stderr.log`` (for a crash report).
+    stderr_at: int = 0
+    #: A test crashed the interpreter on this board (it resumed after it).
+    crashed: bool = False
     seconds: float = 0.0
     outcomes: dict[str, str] = field(default_factory=dict)
 
@@ -280,10 +285,13 @@ class PoolSession:
                 if (session.shouldfail or session.shouldstop) and not self.stopping:
                     self._stop_others(board, healthy)
             elif what == "err":
+                board.out.mkdir(parents=True, exist_ok=True)
+                with (board.out / "stderr.log").open("ab") as log:  # what a crash report reads
+                    log.write(data)
                 text = data.decode("utf-8", "replace").rstrip("\n")
                 if text:
                     terminal_line(self.config, f"[{board.name}] {text}", yellow=True)
-            else:
+            elif not self._resumed(session, board, data, events):
                 running -= 1
                 board.seconds = round(time.monotonic() - run_start, 3)
                 self._ended(board, data)
@@ -399,6 +407,54 @@ class PoolSession:
         rerun.log = log if log.is_file() else None
         return rerun
 
+    def _resumed(self, session: pytest.Session, board: BoardRun, result: RunEnd | HilError,
+                 events: queue.Queue[tuple[BoardRun, str, Any]]) -> bool:
+        """A test crashed the board's interpreter: report it, resume after it (as one board does).
+
+        True when the board runs on in a fresh container; False when its run is
+        over (``_ended`` takes it from there).
+        """
+        feeder, plan = board.feeder, board.plan
+        assert feeder is not None and plan is not None
+        if (self.stopping or not isinstance(result, RunEnd) or feeder.done
+                or feeder.hello is None or result.exit_code is None or result.reason
+                or result.oom_killed or feeder.workers):
+            return False
+        feeder.close()
+        with contextlib.suppress(HilError):
+            board.backend.fetch(plan)  # the worker's record and the crashed test's output
+        feeder.recover(board.out / "events.jsonl")
+        nodeid = feeder.started
+        if feeder.done or nodeid is None:
+            return False
+        how = describe_exit(result.exit_code)
+        CrashReport(feeder, nodeid, how, board.out, segment=plan.segment,
+                    stderr_from=board.stderr_at, target=board.name,
+                    allure=self.settings.allure_dir is not None).replay()
+        remaining = feeder.remaining(nodeid)
+        limit = int(self.config.getoption("hil_max_resumes"))
+        if not remaining or session.shouldfail or session.shouldstop:
+            board.code = 1  # a crashed test is a failed one; nothing after it to run
+            return False
+        if plan.segment >= limit:
+            board.error = RunLostError(
+                f"{nodeid} crashed ({how}) after {limit} resume(s), the limit "
+                "(--hil-max-resumes)", not_run=remaining, target=board.name)
+            return False
+        terminal_line(self.config, f"hil: [{board.name}] {nodeid} crashed ({how}); resuming "
+                      f"with the {len(remaining)} test(s) after it in a fresh container", cyan=True)
+        stderr = board.out / "stderr.log"
+        board.stderr_at = stderr.stat().st_size if stderr.exists() else 0
+        segment = plan.segment + 1
+        board.plan = dataclasses.replace(plan, segment=segment, env={
+            **plan.env, "HIL_SEGMENT": str(segment),
+            "HIL_RESUME": encode_resume(remaining, nodeid, how, feeder.last_n)})
+        board.crashed = True
+        feeder.next_segment()
+        threading.Thread(target=self._run_board, args=(board, events), daemon=True,
+                         name=f"hil-pool-{board.name}-{segment}").start()
+        return True
+
     def _stop_others(self, board: BoardRun, healthy: list[BoardRun]) -> None:
         """``-x`` / ``--maxfail`` reached here: stop the other boards' runs, as one session stops."""
         self.stopping = True
@@ -423,6 +479,8 @@ class PoolSession:
             # Stopped for -x: what it ran is kept, and the others' failure is the code.
             feeder.recover(board.out / "events.jsonl")
             return
+        if board.code is not None or board.error is not None:
+            return  # decided by the crash that ended it (see _resumed)
         if not feeder.done:
             try:
                 board.backend.fetch(board.plan)
@@ -435,7 +493,8 @@ class PoolSession:
         if isinstance(result, HilError):
             board.error = result
         elif feeder.remote_exit is not None and feeder.hello is not None:
-            board.code = feeder.remote_exit
+            code = feeder.remote_exit
+            board.code = 1 if board.crashed and code in (0, 5) else code
         elif feeder.exit_code is not None:
             board.code = feeder.exit_code  # pytest stopped before its session (usage error)
         else:

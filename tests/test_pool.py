@@ -438,3 +438,42 @@ def test_slow(i):
     assert outcomes["failed"] == 1 and outcomes["passed"] < 29
     res.stdout.fnmatch_lines(["*stopping after 1 failures*"])
     res.stdout.no_fnmatch_line("*infrastructure fault*")
+
+
+def test_a_crashing_test_on_a_board_fails_as_crashed_and_the_board_resumes(
+        project: pytest.Pytester) -> None:
+    project.makepyfile(test_suite="""
+import os
+
+
+def test_a1():
+    pass
+
+
+def test_a2():
+    pass
+
+
+def test_b_crashes():
+    os._exit(3)
+
+
+def test_b_after():
+    pass
+
+
+def test_c1():
+    pass
+
+
+def test_c2():
+    pass
+""")
+    res = run(project, "-p", "no:cacheprovider", "--junitxml=j.xml")  # file order: 2 a board
+    assert res.ret == ExitCode.TESTS_FAILED
+    res.assert_outcomes(passed=5, failed=1)
+    res.stdout.fnmatch_lines(["*hil: [[]hil-sim-jetson-2[]] test_suite.py::test_b_crashes crashed "
+                              "(exit code 3); resuming with the 1 test(s) after it*",
+                              "*crashed: exit code 3*"])
+    assert _cases(project.path / "j.xml") == Counter(
+        ["test_a1", "test_a2", "test_b_crashes", "test_b_after", "test_c1", "test_c2"])
