@@ -336,7 +336,16 @@ def _print_plan(session: pytest.Session, settings: HilSettings) -> None:
         write("hil plan: routing " + ", ".join(
             f"tier{t} -> {name}" for t, name in sorted(routing.route.items())))
     served = {t.name: t.tier for t in routing.targets} if routing is not None else {}
+    from hil.shards import planned_places
+
+    places = planned_places(session.config, spec.ssh.boards, [i.nodeid for i in session.items],
+                            spec.is_container)
+    outside = 0
     for item in session.items:
+        place = places.get(item.nodeid, "")
+        if place is None:
+            outside += 1  # another shard's
+            continue
         skip = item.get_closest_marker("skip")
         tier = item_tier(item)
         goes_to = routing.target_of(tier) if routing is not None else spec.name
@@ -348,6 +357,9 @@ def _print_plan(session: pytest.Session, settings: HilSettings) -> None:
             write(f"  SKIP {item.nodeid}: {reason}")
             skipped += 1
         else:
-            write(f"  RUN  {item.nodeid} -> {goes_to} (tier{tier})")
+            on = f" on {place}" if place else ""
+            write(f"  RUN  {item.nodeid} -> {goes_to}{on} (tier{tier})")
             run += 1
+    if outside:
+        write(f"hil plan: {outside} test(s) belong to the other shards")
     write(f"hil plan: {run} to run, {skipped} skipped; nothing was run")

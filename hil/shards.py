@@ -99,3 +99,23 @@ class DurationRecorder:
         merged = recorded_durations(self.config)
         merged.update({k: round(v, 4) for k, v in self.seen.items()})
         cache.set(DURATIONS_KEY, merged)
+
+
+def planned_places(config: pytest.Config, boards: tuple[str, ...], ids: list[str],
+                   container: bool) -> dict[str, str | None]:
+    """For ``--hil-plan``: node id -> the board it would run on ("" without a pool), or None
+    when it is outside this shard.  Every board assumed healthy."""
+    from hil.worker import share_of
+
+    levels = shard_levels(config)
+    durations = recorded_durations(config)
+    # The local target's own filter has already taken the shard out of ``ids``.
+    mine = share_of(ids, durations, levels) if container and levels else ids
+    places: dict[str, str | None] = dict.fromkeys(ids)
+    if len(boards) > 1:
+        for index, board in enumerate(boards):
+            for nodeid in share_of(mine, durations, [[index, len(boards)]]):
+                places[nodeid] = board
+    else:
+        places.update(dict.fromkeys(mine, ""))
+    return places

@@ -477,3 +477,12 @@ def test_c2():
                               "*crashed: exit code 3*"])
     assert _cases(project.path / "j.xml") == Counter(
         ["test_a1", "test_a2", "test_b_crashes", "test_b_after", "test_c1", "test_c2"])
+
+
+def test_the_plan_names_the_board_each_test_then_runs_on(project: pytest.Pytester) -> None:
+    plan = run(project, "--hil-plan", "-p", "no:cacheprovider")
+    planned = dict(re.findall(r"RUN  test_suite\.py::(\S+) -> sim-pool on (\S+) ",
+                              plan.stdout.str()))
+    assert set(planned) == set(EXPECTED)
+    run(project, "-p", "no:cacheprovider", "--junitxml=j.xml")
+    assert _boards(project.path / "j.xml") == planned
