@@ -14,10 +14,17 @@ container, exactly as a one-board run.  What the pool adds:
   its container over the tests collected there, so no test runs twice or not
   at all;
 * the boards' event streams are replayed into this one session from the main
-  thread (:class:`PoolFeeder`): one collection count, one terminal, one junit
+  thread (:mod:`hil.merge`): one collection count, one terminal, one junit
   file, one set of Allure results, one exit code by pytest's rule; every
   report carries a junit property ``board`` and every Allure result a
-  ``board`` parameter (``HIL_BOARD`` in the container).
+  ``board`` parameter (``HIL_BOARD`` in the container);
+* ``-x`` stops every board; a test that crashes a board's interpreter is
+  reported and that board resumes after it; ``--hil-confirm-failures``
+  (:mod:`hil.attribution`) and ``--hil-hold-on-failure`` (:mod:`hil.hold`)
+  run after the suite.
+
+:mod:`hil.routing` builds its routed session (targets in place of boards)
+on this one.
 """
 
 from __future__ import annotations
@@ -136,6 +143,7 @@ class PoolSession:
         self.confirm = bool(config.getoption("hil_confirm_failures", False))
         #: -x / --maxfail was reached: the other boards' runs are being stopped.
         self.stopping = False
+        self.commit: str | None = None
         self.hold_ttl: float = config.getoption("hil_hold_on_failure", None) or 0.0
         self.hold: Hold | None = None
         #: node id -> its failure's attribution (``--hil-confirm-failures``).
@@ -201,8 +209,10 @@ class PoolSession:
         if cache is not None and (self.config.getoption("lf", False)
                                   or self.config.getoption("failedfirst", False)):
             lastfailed = json.dumps(cache.get("cache/lastfailed", {}))
+        if self.commit is None:
+            self.commit = git_commit(root)
         env = {**self._env(board, index, count), "HIL_RUN_ID": self.run_id, "HIL_ATTEMPT": "1",
-               "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}"}
+               "HIL_ENVIRONMENT": f"git.commit={self.commit}\nrun.id={self.run_id}"}
         return RunPlan(run_id=f"{self.run_id}-{board.name}",
                        pytest_args=tuple(remote_args(list(params.args), root, cwd)),
                        subdir="" if subdir == "." else subdir, env=env, local_out=board.out,
