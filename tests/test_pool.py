@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -43,9 +43,9 @@ def test_hosts_make_a_pool_and_exclude_host() -> None:
     spec = _ssh_target({"hosts": ["orin-01", "orin-02"]})
     assert spec.ssh.boards == ("orin-01", "orin-02")
     assert _ssh_target({"host": "orin-01"}).ssh.boards == ("orin-01",)
-    with pytest.raises(ConfigError, match="'ssh.host' and 'ssh.hosts' exclude each other"):
+    with pytest.raises(ConfigError, match=r"'ssh\.host' and 'ssh\.hosts' exclude each other"):
         _ssh_target({"host": "a", "hosts": ["b"]})
-    with pytest.raises(ConfigError, match="missing key 'ssh.host'.*or 'ssh.hosts'"):
+    with pytest.raises(ConfigError, match=r"missing key 'ssh\.host'.*or 'ssh\.hosts'"):
         _ssh_target({})
     with pytest.raises(ConfigError, match="distinct, non-empty"):
         _ssh_target({"hosts": ["a", "a"]})

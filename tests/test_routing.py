@@ -58,7 +58,7 @@ def test_routing_in_pyproject_fixes_a_tier(tmp_path: Path) -> None:
     inv = _inventory(tmp_path, box=("docker", 1), board=("ssh", 1))
     assert dict(resolve("auto", inv).route) == {1: "board", 2: "board", 3: "board"}
     (tmp_path / "pyproject.toml").write_text('[tool.hil.routing]\ngpu = "board"\n')
-    with pytest.raises(ConfigError, match="tool.hil.routing.gpu' must be one of tier1"):
+    with pytest.raises(ConfigError, match=r"tool\.hil\.routing\.gpu' must be one of tier1"):
         resolve("auto", inv)
 
 
