@@ -118,6 +118,8 @@ class BoardRun:
     stderr_at: int = 0
     #: A test crashed the interpreter on this board (it resumed after it).
     crashed: bool = False
+    #: Why the board was lost mid-run, when its unfinished tests moved to another board.
+    lost: str = ""
     seconds: float = 0.0
     outcomes: dict[str, str] = field(default_factory=dict)
 
@@ -144,6 +146,8 @@ class PoolSession:
         #: -x / --maxfail was reached: the other boards' runs are being stopped.
         self.stopping = False
         self.commit: str | None = None
+        #: Runs of a lost board's unfinished tests on another board.
+        self.movers: list[BoardRun] = []
         self.hold_ttl: float = config.getoption("hil_hold_on_failure", None) or 0.0
         self.hold: Hold | None = None
         #: node id -> its failure's attribution (``--hil-confirm-failures``).
@@ -285,7 +289,29 @@ class PoolSession:
                              name=f"hil-pool-{board.name}").start()
         terminal_line(self.config, f"hil: running on {len(healthy)} {self.member}(s): "
                       + ", ".join(b.name for b in healthy), cyan=True)
-        running = len(healthy)
+        self._pump(session, healthy, events, run_start)
+        self._move_lost(session, healthy, events, run_start)
+        self.timings["tests"] = round(time.monotonic() - run_start, 3)
+        feeders = [(b, b.feeder) for b in [*healthy, *self.movers] if b.feeder is not None]
+        if self.confirm:
+            try:
+                self._confirm(healthy)
+            finally:
+                for _, feeder in feeders:
+                    feeder.release()
+        if self.hold_ttl:
+            self._hold(healthy)
+        codes = [b.code for b in [*healthy, *self.movers] if b.code is not None]
+        lost = [b.error for b in [*healthy, *self.movers] if b.error is not None]
+        if lost:
+            self._fail(lost[0])
+        else:
+            self.exitstatus = combined_exit(codes)
+
+    def _pump(self, session: pytest.Session, runs: list[BoardRun],
+              events: queue.Queue[tuple[BoardRun, str, Any]], run_start: float) -> None:
+        """Replay the running boards' output here until every one of ``runs`` has ended."""
+        running = len(runs)
         while running:
             board, what, data = events.get()
             feeder = board.feeder
@@ -293,7 +319,7 @@ class PoolSession:
             if what == "out":
                 feeder.feed(data)
                 if (session.shouldfail or session.shouldstop) and not self.stopping:
-                    self._stop_others(board, healthy)
+                    self._stop_others(board, runs)
             elif what == "err":
                 board.out.mkdir(parents=True, exist_ok=True)
                 with (board.out / "stderr.log").open("ab") as log:  # what a crash report reads
@@ -305,22 +331,50 @@ class PoolSession:
                 running -= 1
                 board.seconds = round(time.monotonic() - run_start, 3)
                 self._ended(board, data)
-        self.timings["tests"] = round(time.monotonic() - run_start, 3)
-        if self.confirm:
-            try:
-                self._confirm(healthy)
-            finally:
-                for board in healthy:
-                    if board.feeder is not None:
-                        board.feeder.release()
-        if self.hold_ttl:
-            self._hold(healthy)
-        codes = [b.code for b in healthy if b.code is not None]
-        lost = [b.error for b in healthy if b.error is not None]
-        if lost:
-            self._fail(lost[0])
-        else:
-            self.exitstatus = combined_exit(codes)
+
+    def _move_lost(self, session: pytest.Session, healthy: list[BoardRun],
+                   events: queue.Queue[tuple[BoardRun, str, Any]], run_start: float) -> None:
+        """A board lost mid-run: the tests it did not finish run on a healthy board now."""
+        spare = [b for b in healthy if b.error is None and b.code is not None]
+        lost = [b for b in healthy if b.error is not None and b.feeder is not None
+                and b.feeder.collected and not self.stopping]
+        if not spare or not lost or session.shouldfail or session.shouldstop:
+            return
+        movers: list[BoardRun] = []
+        for place, board in enumerate(lost):
+            assert board.feeder is not None and board.error is not None
+            left = [n for n in board.feeder.collected if n not in board.feeder.done_ids]
+            err, board.error = board.error, None
+            board.lost = f"[{err.kind}] {err.message}"
+            if not left:
+                continue
+            target = spare[place % len(spare)]
+            mover = BoardRun(name=target.name, spec=target.spec, backend=target.backend,
+                             out=target.out / f"moved-from-{board.name}", image=target.image)
+            plan = self._plan(mover, 0, 1)
+            mover.plan = dataclasses.replace(
+                plan, run_id=f"{plan.run_id}-from-{board.name}",
+                env={**plan.env, "HIL_SHARE": encode_share([], {}, left)})
+            mover.feeder = PoolFeeder(self.config, session, target.name, self.shared_or_fail(),
+                                      mover.out / "allure-results", target.spec.docker.workdir,
+                                      hold=self.confirm)
+            mover.feeder.resumed = True  # collected and counted with the lost board's run
+            board.lost += f"; its {len(left)} unfinished test(s) moved to {target.name}"
+            terminal_line(self.config, f"hil: board '{board.name}' lost mid-run ({err.kind}); "
+                          f"its {len(left)} unfinished test(s) run on '{target.name}'",
+                          yellow=True, bold=True)
+            movers.append(mover)
+        self.movers += movers
+        for mover in movers:
+            threading.Thread(target=self._run_board, args=(mover, events), daemon=True,
+                             name=f"hil-pool-moved-{mover.name}").start()
+        if movers:
+            self._pump(session, movers, events, run_start)
+
+    def shared_or_fail(self) -> PoolCollection:
+        """The session's merged collection (there is one once the boards run)."""
+        assert self.shared is not None
+        return self.shared
 
     def _run_board(self, board: BoardRun,
                    events: queue.Queue[tuple[BoardRun, str, Any]]) -> None:
@@ -342,8 +396,9 @@ class PoolSession:
     def _confirm(self, healthy: list[BoardRun]) -> None:
         """Re-run each failed test on its board and on another one; label the failures."""
         ready = [b for b in healthy if b.error is None]
-        failed = {nodeid: board for board in ready if board.feeder is not None
-                  for nodeid in board.feeder.held}
+        by_name = {b.name: b for b in ready}
+        failed = {nodeid: by_name[run.name] for run in [*ready, *self.movers]
+                  if run.feeder is not None and run.name in by_name for nodeid in run.feeder.held}
         if not failed:
             return
         wanted: dict[str, list[str]] = {b.name: [] for b in ready}
@@ -555,7 +610,7 @@ class PoolSession:
         allure_dir.mkdir(parents=True, exist_ok=True)
         if self.error is not None:
             write_infra_result(allure_dir, self.spec.name, self.error)
-        folders = [b.out / "allure-results" for b in self.boards]
+        folders = [b.out / "allure-results" for b in [*self.boards, *self.movers]]
 
         def publish() -> None:
             for folder in folders:
@@ -612,6 +667,8 @@ class PoolSession:
                 counts[outcome] = counts.get(outcome, 0) + 1
             shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no tests"
             line = f"{board.name}: {len(board.outcomes)} test(s) ({shown}) in {board.seconds:.2f}s"
+            if board.lost:
+                line += f"; lost mid-run {board.lost}"
             if board.error is not None:
                 line += f"; [{board.error.kind}] {board.error.message}"
             tr.write_line(line, red=board.error is not None)

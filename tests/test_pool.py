@@ -486,3 +486,68 @@ def test_the_plan_names_the_board_each_test_then_runs_on(project: pytest.Pyteste
     assert set(planned) == set(EXPECTED)
     run(project, "-p", "no:cacheprovider", "--junitxml=j.xml")
     assert _boards(project.path / "j.xml") == planned
+
+
+def test_a_board_lost_mid_run_has_its_unfinished_tests_run_on_another(
+        project: pytest.Pytester, pool_rig: Rig) -> None:
+    import threading
+    import time
+
+    project.makepyfile(test_suite="""
+import os
+import time
+
+
+def test_a1():
+    pass
+
+
+def test_a2():
+    pass
+
+
+def test_b_hangs_on_board_2():
+    if os.environ["HIL_BOARD"] == "hil-sim-jetson-2":
+        time.sleep(300)  # until the operator kills the board's container
+
+
+def test_b_after():
+    pass
+
+
+def test_c1():
+    pass
+
+
+def test_c2():
+    pass
+""")
+    board2 = pool_rig.pool[2]
+    killed: list[str] = []
+
+    def kill_board_2_run() -> None:
+        # The hanging test's container on board 2, killed as `docker kill` (or an OOM) would.
+        # Once the worker has recorded the hanging test's start on the board.
+        record = f"~/hil-tests/{project.path.name}/.hil-out/*/events.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            res = board2.ssh(f"grep -hs test_b_hangs_on_board_2 {record} | grep -q logstart && "
+                             "docker ps -q --filter label=io.pytest-hil.run", timeout=30)
+            if res.stdout.split():
+                board2.ssh(f"docker kill {res.stdout.split()[0]}", timeout=30)
+                killed.append(res.stdout.split()[0])
+                return
+            time.sleep(0.3)  # poll interval until the board's container exists
+
+    killer = threading.Thread(target=kill_board_2_run)
+    killer.start()
+    res = run(project, "-p", "no:cacheprovider", "--junitxml=j.xml")  # file order: 2 a board
+    killer.join()
+    assert killed
+    res.stdout.fnmatch_lines(["*hil: board 'hil-sim-jetson-2' lost mid-run (run-lost); its 2 "
+                              "unfinished test(s) run on 'hil-sim-jetson-*'"])
+    assert res.ret == ExitCode.OK  # as if every test ran: all of them passed
+    res.assert_outcomes(passed=6)
+    assert _cases(project.path / "j.xml") == Counter(
+        ["test_a1", "test_a2", "test_b_hangs_on_board_2", "test_b_after", "test_c1", "test_c2"])
+    assert _boards(project.path / "j.xml")["test_b_after"] != "hil-sim-jetson-2"
