@@ -46,6 +46,8 @@ class SshSpec:
     """How to reach a board over SSH."""
 
     host: str = ""
+    #: A pool of boards (ssh_config aliases), in place of ``host``: tests are spread over them.
+    hosts: tuple[str, ...] = ()
     config: str = ""
     remote_dir: str = ""
     user: str = ""
@@ -56,6 +58,11 @@ class SshSpec:
     #: Git-ignored paths that must travel too (glob patterns under the checkout, e.g.
     #: generated code, model files, ``*.egg-info``); a folder brings everything in it.
     include: tuple[str, ...] = ()
+
+    @property
+    def boards(self) -> tuple[str, ...]:
+        """Every board of the target: ``hosts``, or ``host`` alone."""
+        return self.hosts or ((self.host,) if self.host else ())
 
 
 @dataclass(frozen=True)
@@ -253,8 +260,15 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
             sections[sect] = _section(source, sect, cls, data[sect])
     if kind == "ssh":
         ssh: SshSpec = sections.get("ssh", SshSpec())
-        if not ssh.host:
-            raise ConfigError(f"{source}: missing key 'ssh.host' (an ssh_config alias or host name)")
+        if ssh.host and ssh.hosts:
+            raise ConfigError(f"{source}: keys 'ssh.host' and 'ssh.hosts' exclude each other "
+                              "(one board, or a pool of boards)")
+        if not ssh.host and not ssh.hosts:
+            raise ConfigError(f"{source}: missing key 'ssh.host' (an ssh_config alias or host "
+                              "name) or 'ssh.hosts' (a pool: an array of them)")
+        if any(not h.strip() for h in ssh.hosts) or len(set(ssh.hosts)) != len(ssh.hosts):
+            raise ConfigError(f"{source}: key 'ssh.hosts' must be an array of distinct, "
+                              f"non-empty host names, got {list(ssh.hosts)!r}")
         if not ssh.remote_dir:
             raise ConfigError(
                 f"{source}: missing key 'ssh.remote_dir' (where the checkout goes on the board)"
@@ -389,9 +403,10 @@ def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
         if not isinstance(tool, dict):
             raise ConfigError("pyproject.toml: key 'tool.hil' must be a table")
         for key in tool:
-            if key not in ("targets", "targets_dir"):
+            if key not in ("targets", "targets_dir", "routing"):
                 raise ConfigError(
-                    f"pyproject.toml: unknown key 'tool.hil.{key}' (expected: targets, targets_dir)"
+                    f"pyproject.toml: unknown key 'tool.hil.{key}' "
+                    "(expected: targets, targets_dir, routing)"
                 )
         declared = tool.get("targets", {})
         if not isinstance(declared, dict):

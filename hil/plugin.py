@@ -17,8 +17,8 @@ import pytest
 from hil.config import DEFAULT_TARGET, TargetSpec, load_inventory
 from hil.errors import ConfigError, HilError, TargetUnhealthyError
 from hil.settings import SETTINGS_KEY, HilSettings, git_commit
-from hil.tiers import detect_local_tier, item_tier, register_markers, tier_label
-from hil.worker import TierGate
+from hil.tiers import detect_local_tier, item_tier, register_markers, skip_reason, tier_label
+from hil.worker import ShareFilter, TierGate
 
 HELP_TARGET = "where to run the tests: a target name from targets/*.toml (default: $HIL_TARGET or 'local')"
 HELP_TARGETS = "folder of target TOML files (default: [tool.hil] in pyproject.toml, then targets/)"
@@ -52,14 +52,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=HELP_NO_ALLURE)
     group.addoption("--hil-max-resumes", dest="hil_max_resumes", metavar="N", type=int,
                     default=3, help=HELP_MAX_RESUMES)
+    from hil.session.shards import HELP_SHARD
+
+    group.addoption("--hil-shard", dest="hil_shard", metavar="I/N", default=None,
+                    help=HELP_SHARD)
+    from hil.session.attribution import HELP_CONFIRM
+
+    group.addoption("--hil-confirm-failures", dest="hil_confirm_failures", action="store_true",
+                    help=HELP_CONFIRM)
+    from hil.session.hold import HELP_HOLD, parse_ttl
+
+    group.addoption("--hil-hold-on-failure", dest="hil_hold_on_failure", metavar="TTL",
+                    type=parse_ttl, default=None, help=HELP_HOLD)
 
 
 def _resolve_target(config: pytest.Config) -> tuple[TargetSpec, Path]:
-    """The chosen target and the folder its inventory was declared in."""
+    """The chosen target and the folder its inventory was declared in.
+
+    ``--target a,b`` and ``--target auto`` resolve to a routing (kept in the
+    stash, :data:`hil.routing.ROUTING_KEY`) and a stand-in target for it.
+    """
     folder = config.getoption("hil_targets")
     try:
         inventory = load_inventory(config.rootpath, Path(folder) if folder else None)
         name = config.getoption("hil_target") or os.environ.get("HIL_TARGET") or DEFAULT_TARGET
+        from hil.session.routing import ROUTING_KEY, is_routed, resolve, routed_spec
+
+        if is_routed(name):
+            routing = resolve(name, inventory)
+            config.stash[ROUTING_KEY] = routing
+            return routed_spec(routing), inventory.root
         return inventory.get(name), inventory.root
     except ConfigError as err:
         raise pytest.UsageError(str(err)) from None
@@ -112,7 +134,11 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         spec = load_inventory(early_config.rootpath, Path(folder) if folder else None).get(name)
     except ConfigError:
         return
-    if spec.kind == "ssh":
+    if spec.kind == "ssh" and spec.ssh.hosts:
+        from hil.session.pool import connect_boards_in_background
+
+        connect_boards_in_background(spec)
+    elif spec.kind == "ssh":
         from hil.ssh.connection import connect_in_background
 
         connect_in_background(spec)
@@ -126,6 +152,12 @@ def pytest_configure(config: pytest.Config) -> None:
         _configure_worker(config, workerinput.get(WORKERINPUT_KEY))
         return
     spec, root = _resolve_target(config)
+    for option, given in (("--hil-confirm-failures", config.getoption("hil_confirm_failures")),
+                          ("--hil-hold-on-failure", config.getoption("hil_hold_on_failure"))):
+        if given and not spec.ssh.hosts:
+            raise pytest.UsageError(
+                f"{option} works on board pools: target '{spec.name}' has no [ssh] hosts "
+                "(one board can be a pool of one: hosts = [\"its-alias\"])")
     if spec.is_container:
         _no_local_workers(config)
     plan = bool(config.getoption("hil_plan"))
@@ -166,12 +198,33 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HIL_TIER"] = str(tier)
     environment = {"git.commit": git_commit(config.rootpath), "tier.detection": how}
     gate_allure = str(allure_dir) if spec.kind == "local" and allure_dir else None
+    from hil.session.routing import ROUTING_KEY, make_session
+
+    routing = config.stash.get(ROUTING_KEY, None)
+    # Routed: each target's container gates its own tests (the plan shows them per target).
     config.pluginmanager.register(
-        TierGate(spec.name, tier, gate_allure, environment), "hil-tiergate")
-    if spec.is_container and not plan:
+        TierGate(spec.name, 3 if routing else tier, gate_allure, environment), "hil-tiergate")
+    _register_shards(config, spec)
+    if routing is not None and not plan:
+        config.pluginmanager.register(make_session(config, settings, routing), "hil-session")
+    elif spec.is_container and not plan and spec.ssh.hosts:
+        from hil.session.pool import PoolSession
+
+        config.pluginmanager.register(PoolSession(config, settings), "hil-session")
+    elif spec.is_container and not plan:
         from hil.session.controller import RemoteSession
 
         config.pluginmanager.register(RemoteSession(config, settings), "hil-session")
+
+
+def _register_shards(config: pytest.Config, spec: TargetSpec) -> None:
+    """Durations are recorded in every session; ``--hil-shard`` filters here for ``local``."""
+    from hil.session.shards import DurationRecorder, recorded_durations, shard_levels
+
+    levels = shard_levels(config)
+    config.pluginmanager.register(DurationRecorder(config), "hil-durations")
+    if levels and spec.kind == "local":
+        config.pluginmanager.register(ShareFilter(levels, recorded_durations(config)), "hil-share")
 
 
 #: Where a local xdist worker finds what its controller resolved (``workerinput``).
@@ -199,9 +252,11 @@ def pytest_configure_node(node: Any) -> None:
     if settings is None:
         return
     local_allure = settings.allure_dir if settings.target.kind == "local" else None
+    share = node.config.pluginmanager.get_plugin("hil-share")
     node.workerinput[WORKERINPUT_KEY] = {
         "target": settings.target.name, "tier": settings.tier,
-        "allure_dir": str(local_allure) if local_allure else None}
+        "allure_dir": str(local_allure) if local_allure else None,
+        "share": [share.levels, share.durations] if share is not None else None}
 
 
 def _configure_worker(config: pytest.Config, given: dict[str, Any] | None) -> None:
@@ -215,6 +270,9 @@ def _configure_worker(config: pytest.Config, given: dict[str, Any] | None) -> No
     config.pluginmanager.register(
         TierGate(given["target"], int(given["tier"]), allure_dir, write_environment=False),
         "hil-tiergate")
+    if given.get("share"):
+        levels, durations = given["share"]
+        config.pluginmanager.register(ShareFilter(levels, durations), "hil-share")
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -240,14 +298,37 @@ def _print_plan(session: pytest.Session, settings: HilSettings) -> None:
     run = skipped = 0
     write("")
     write(f"hil plan: target '{spec.name}' ({spec.kind}, serves tier {settings.tier})")
+    from hil.session.routing import ROUTING_KEY
+
+    routing = session.config.stash.get(ROUTING_KEY, None)
+    if routing is not None:
+        write("hil plan: routing " + ", ".join(
+            f"tier{t} -> {name}" for t, name in sorted(routing.route.items())))
+    served = {t.name: t.tier for t in routing.targets} if routing is not None else {}
+    from hil.session.shards import planned_places
+
+    places = planned_places(session.config, spec.ssh.boards, [i.nodeid for i in session.items],
+                            spec.is_container)
+    outside = 0
     for item in session.items:
+        place = places.get(item.nodeid, "")
+        if place is None:
+            outside += 1  # another shard's
+            continue
         skip = item.get_closest_marker("skip")
         tier = item_tier(item)
-        if skip is not None:
+        goes_to = routing.target_of(tier) if routing is not None else spec.name
+        if skip is None and routing is not None and tier > served[goes_to]:
+            write(f"  SKIP {item.nodeid}: {skip_reason(tier, goes_to, served[goes_to])}")
+            skipped += 1
+        elif skip is not None:
             reason = skip.kwargs.get("reason") or (skip.args[0] if skip.args else "unconditional")
             write(f"  SKIP {item.nodeid}: {reason}")
             skipped += 1
         else:
-            write(f"  RUN  {item.nodeid} -> {spec.name} (tier{tier})")
+            on = f" on {place}" if place else ""
+            write(f"  RUN  {item.nodeid} -> {goes_to}{on} (tier{tier})")
             run += 1
+    if outside:
+        write(f"hil plan: {outside} test(s) belong to the other shards")
     write(f"hil plan: {run} to run, {skipped} skipped; nothing was run")

@@ -60,7 +60,8 @@ def write_target(pytester: pytest.Pytester, name: str, body: str, folder: str = 
         ('kind = "docker"\ntier = 1\n[timeouts]\nrun = -5\n',
          "targets/bad.toml: key 'timeouts.run' must be a positive number of seconds, got -5"),
         ('kind = "ssh"\ntier = 2\n[ssh]\nremote_dir = "x"\n',
-         "targets/bad.toml: missing key 'ssh.host' (an ssh_config alias or host name)"),
+         "targets/bad.toml: missing key 'ssh.host' (an ssh_config alias or host name) or "
+         "'ssh.hosts' (a pool: an array of them)"),
         ('kind = "docker"\ntier = 1\n[ssh]\nhost = "x"\n',
          "targets/bad.toml: key 'ssh' is not allowed for kind 'docker' (only for: ssh)"),
         ('kind = "docker"\ntier = 1\nname = "other"\n',

@@ -115,7 +115,9 @@ def write_run_folder(reports: Path, target: str, results: Path) -> Path:
 
 @pytest.mark.parametrize("kind", sorted(ERROR_KINDS))
 def test_infrastructure_category_matches_every_hil_error_kind(kind: str) -> None:
-    infra, product, broken = load_categories(REPO)
+    by_name = {c["name"]: c for c in load_categories(REPO)}
+    infra, product, broken = (by_name["Infrastructure faults"], by_name["Product failures"],
+                              by_name["Broken tests"])
     message = infrastructure_result("sim-jetson", kind, int(ERROR_KINDS[kind].exit_code),
                                     "target 'sim-jetson': board down").statusDetails.message
     # Allure 2 (Java) matches the whole message; Allure 3 (JavaScript) searches in it.

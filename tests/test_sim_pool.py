@@ -308,3 +308,17 @@ def test_the_documented_pool_target_lists_the_rigs_boards(pool_rig: Rig) -> None
     assert target["ssh"]["config"] == str(pool_rig.ssh_config)
     sim_jetson = tomllib.loads((REPO / "targets" / "sim-jetson.toml").read_text())
     assert target["docker"] == sim_jetson["docker"]
+
+
+def test_each_engine_mounts_its_own_boards_home(pool: BoardPool) -> None:
+    """A session hands the engine paths in the board's home (the checkout, the worker):
+    the engine must see the home its board's SSH login sees, not board 0's."""
+    for i in range(1, POOL + 1):
+        board = pool[i]
+        marker = f"home of {board.ssh_alias}"
+        res = board.ssh(f"printf '%s' '{marker}' > ~/.hil-home-probe && "
+                        f"docker run --rm --network none -v \"$HOME/.hil-home-probe:/probe:ro\" "
+                        f"{L4T} cat /probe; rm -f ~/.hil-home-probe", timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == marker
+        assert not board.engine.lacks_binds()

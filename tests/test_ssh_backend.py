@@ -308,7 +308,7 @@ def test_tier2_without_cuda_is_unhealthy_right_after_the_build(sim_jetson: Any,
     dockerfile.write_text(dockerfile.read_text(encoding="utf-8") +
                           f"LABEL io.pytest-hil.test={tmp_path.name}-{time.time_ns()}\n",
                           encoding="utf-8")
-    backend, out = _backend(_with(sim_jetson, tier=2), sim_project)
+    backend, _ = _backend(_with(sim_jetson, tier=2), sim_project)
     tag = ""
     try:
         report = backend.inspect()

@@ -9,6 +9,7 @@ HOST_ONLY_OPTIONS: dict[str, bool] = {
     "--target": True, "--hil-targets": True, "--hil-require-tier": True,
     "--hil-keep-results": False, "--hil-rebuild": False, "--hil-lease-timeout": True,
     "--hil-reports": True, "--hil-no-allure": False, "--hil-plan": False, "--hil-max-resumes": True,
+    "--hil-shard": True, "--hil-confirm-failures": False, "--hil-hold-on-failure": True,
     "--junitxml": True, "--junit-xml": True, "--alluredir": True, "--clean-alluredir": False,
     "--basetemp": True, "--result-log": True, "--resultlog": True, "--pastebin": True,
 }

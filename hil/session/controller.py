@@ -32,6 +32,7 @@ from hil.session.args import remote_args
 from hil.session.crash import CrashReport
 from hil.session.events import EventFeeder
 from hil.session.runfolder import new_run_id, publish_results, set_aside
+from hil.session.shards import shard_levels, share_env
 from hil.settings import HilSettings, git_commit
 from hil.worker import encode_resume
 
@@ -117,7 +118,8 @@ class RemoteSession:
             lastfailed = json.dumps(cache.get("cache/lastfailed", {}))
         env = {**self.spec.env, "HIL_TARGET": self.spec.name, "HIL_TIER": str(self.settings.tier),
                "HIL_RUN_ID": self.run_id,
-               "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}"}
+               "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}",
+               **share_env(self.config, shard_levels(self.config))}
         return RunPlan(
             run_id=self.run_id,
             pytest_args=tuple(remote_args(list(params.args), root, cwd)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,8 +34,12 @@ class DockerEngine:
         group: str,
         runtimes: Sequence[str] = (),
         config: Mapping[str, object] | None = None,
+        binds: Sequence[tuple[Path, Path]] = (),
     ) -> None:
         self.layout = layout
+        #: (source, target) bind mounts that this dockerd alone sees (a pool board's own home
+        #: and /tmp, as its sshd does): the paths sessions hand the engine are the board's.
+        self.binds = tuple(binds)
         self.group = group
         #: Extra runtime names, each mapped to runc (``--add-runtime NAME=runc``).
         self.runtimes = tuple(runtimes)
@@ -85,10 +90,33 @@ class DockerEngine:
         ]
         for runtime in self.runtimes:
             argv += ["--add-runtime", f"{runtime}=runc"]
-        return argv
+        if not self.binds:
+            return argv
+        # A mount namespace of its own (slave: the host's later mounts, e.g. its disk, still
+        # reach it; its container mounts stay in it); exec keeps dockerd's pid.
+        q = shlex.quote
+        script = "; ".join([*(f"mount -n --bind {q(str(a))} {q(str(b))}" for a, b in self.binds),
+                            "exec " + " ".join(q(a) for a in argv)])
+        return ["unshare", "--mount", "--propagation", "slave", "sh", "-ec", script]
+
+    def lacks_binds(self) -> bool:
+        """Whether a running dockerd that should have binds shares the host's mounts.
+
+        Such an engine (started by an older rig) resolves the paths a session
+        hands it in the host's home, not the board's: it is restarted.
+        """
+        pid = self.pid()
+        if not self.binds or pid is None:
+            return False
+        try:
+            return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+        except OSError:
+            return False
 
     def start(self, timeout: float = 60.0) -> bool:
         """Start dockerd unless it runs; wait until it answers. True when started now."""
+        if self.lacks_binds():
+            self.stop()
         if self.pid() is not None:
             wait_until(self.answers, timeout, f"{self.name} engine API", error=EngineDownError)
             return False

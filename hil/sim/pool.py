@@ -14,6 +14,7 @@ debootstrap or commit.  A board whose engine already holds them is left alone.
 
 from __future__ import annotations
 
+import pwd
 import sys
 import threading
 import time
@@ -89,6 +90,19 @@ class PoolImages:
         return [self.cache.base_image, self.cache.l4t_image]
 
 
+def engine_binds(layout: RigLayout) -> tuple[tuple[Path, Path], ...]:
+    """The board's own home and /tmp, bound for its engine as for its sshd.
+
+    A session syncs the checkout into the board's home and hands the engine
+    paths there (the source mount, the worker, the results folder): the
+    engine must see the home the session's SSH login sees.
+    """
+    if layout.home_dir is None or layout.tmp_dir is None:
+        return ()
+    home = Path(pwd.getpwnam(layout.user).pw_dir)
+    return ((layout.home_dir, home), (layout.tmp_dir, Path("/tmp")))
+
+
 class PoolBoard(BoardFaults):
     """One pool board: its engine, disk, namespace and link, sshd; up, down, status, faults.
 
@@ -103,6 +117,7 @@ class PoolBoard(BoardFaults):
             group=layout.docker_group,
             runtimes=("nvidia",),
             config=own_identity_config(layout.board_dir / "key.json"),
+            binds=engine_binds(layout),
         )
 
     @property
