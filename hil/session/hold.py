@@ -34,7 +34,7 @@ HELP_HOLD = ("when a test fails, keep a container like its own and the board's l
              "seconds, and print how to open a shell in it and re-run the test there "
              "(released after TTL or by `hil release`)")
 #: Label of hold containers (value: the run id); the run script never removes these.
-HOLD_LABEL = "hil.session.hold"
+HOLD_LABEL = "io.pytest-hil.hold"
 
 
 def parse_ttl(value: str) -> float:
@@ -50,25 +50,14 @@ def parse_ttl(value: str) -> float:
 
 def hold_script(cli: list[str], name: str, ttl: float, holder: Holder,
                 lease_dir: str | None = None) -> str:
-    """The board-side script: start the hold container, then a detached lease holder."""
+    """The board-side command (``scripts/hold.sh``): start the hold container, then a
+    detached lease holder (``scripts/hold-keeper.sh``)."""
+    from hil.backends.jetson.shell import board_command, script_text
     from hil.ssh.lease import LEASE_DIR
 
-    q = shlex.quote
-    d = q(lease_dir or LEASE_DIR)
-    keeper = (
-        f"exec 9<>{d}/lease.lock || exit 71; flock -w 120 9 || exit 75; "
-        f"printf '%s\\n' {q(holder.to_json())} > {d}/lease.holder; "
-        f"timeout {ttl:.0f} docker wait {q(name)} >/dev/null 2>&1; "
-        f"docker rm -f {q(name)} >/dev/null 2>&1; true")
-    return "\n".join([
-        f"docker rm -f {q(name)} >/dev/null 2>&1",
-        shlex.join(cli) + " >/dev/null || exit $?",
-        f"(umask 0; mkdir -p {d}; : >> {d}/lease.lock) 2>/dev/null",
-        # Detached from the session's channel: it outlives the session, and takes the lock
-        # the session's own lease holds until the session ends.
-        f"setsid nohup sh -c {q(keeper)} </dev/null >/dev/null 2>&1 &",
-        "echo HELD",
-    ]) + "\n"
+    return board_command("hold", *cli, NAME=name, DIR=lease_dir or LEASE_DIR,
+                         HOLDER=holder.to_json(), TTL=f"{ttl:.0f}",
+                         KEEPER=script_text("hold-keeper"))
 
 
 def hold_request_cli(request: object, name: str, ttl: float, run_id: str) -> list[str]:
@@ -135,9 +124,11 @@ def hold_failed(backend: object, plan: RunPlan, image: str, nodeid: str, ttl: fl
 # -- hil release ---------------------------------------------------------------------------
 
 def release_script() -> str:
-    """Removes every hold container on the board; their lease holders then let go."""
-    return (f"ids=$(docker ps -aq --filter label={HOLD_LABEL}); "
-            "[ -n \"$ids\" ] && docker rm -f $ids >/dev/null; echo \"released $(echo $ids | wc -w)\"")
+    """Removes every hold container on the board (``scripts/release.sh``); their lease
+    holders then let go."""
+    from hil.backends.jetson.shell import board_command
+
+    return board_command("release", LABEL=HOLD_LABEL)
 
 
 __all__ = ["HELP_HOLD", "HOLD_LABEL", "Hold", "hold_failed", "parse_ttl", "release_script"]
