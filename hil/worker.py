@@ -662,14 +662,24 @@ def encode_resume(ids: list[str], after: str, how: str, seq: int) -> str:
 
     ``seq`` is the last event number handled, which the new events continue from.
     """
-    data = json.dumps({"ids": ids, "after": after, "how": how, "n": seq}).encode("utf-8")
+    return _pack({"ids": ids, "after": after, "how": how, "n": seq})
+
+
+def _pack(payload: dict[str, Any]) -> str:
+    """A JSON object as one compressed environment value (base64 of zlib)."""
+    data = json.dumps(payload).encode("utf-8")
     return base64.b64encode(zlib.compress(data, 9)).decode("ascii")
+
+
+def _unpack(value: str) -> dict[str, Any]:
+    """The inverse of :func:`_pack`."""
+    data: dict[str, Any] = json.loads(zlib.decompress(base64.b64decode(value)))
+    return data
 
 
 def decode_resume(value: str) -> dict[str, Any]:
     """The inverse of :func:`encode_resume`."""
-    data: dict[str, Any] = json.loads(zlib.decompress(base64.b64decode(value)))
-    return data
+    return _unpack(value)
 
 
 class ResumeFilter:
@@ -742,14 +752,12 @@ def encode_share(levels: list[list[int]], durations: dict[str, float],
     payload: dict[str, Any] = {"levels": levels, "durations": durations}
     if ids is not None:
         payload["ids"] = ids
-    data = json.dumps(payload).encode("utf-8")
-    return base64.b64encode(zlib.compress(data, 9)).decode("ascii")
+    return _pack(payload)
 
 
 def decode_share(value: str) -> dict[str, Any]:
     """The inverse of :func:`encode_share`."""
-    data: dict[str, Any] = json.loads(zlib.decompress(base64.b64decode(value)))
-    return data
+    return _unpack(value)
 
 
 class ShareFilter:

@@ -143,7 +143,7 @@ def test_boards_share_no_home_or_tmp(pool_rig: Rig) -> None:
             res = board.ssh(f"test -e ~/{mark} || test -e /tmp/{mark}")
             assert res.returncode == 1, f"board sees board 1's files: {res.stderr}"
         # The board lease (a flock in /tmp/pytest-hil) is per board: both are taken at once.
-        hold = pool[1].board.ssh_command("mkdir -p /tmp/pytest-hil && exec flock -n /tmp/pytest-hil/lease.lock sleep 30")
+        hold = pool[1].board.ssh_command("mkdir -p /tmp/pytest-hil && exec flock -w 60 /tmp/pytest-hil/lease.lock sleep 30")
         with subprocess.Popen(hold, stdin=subprocess.DEVNULL) as holder:
             try:
                 deadline = time.monotonic() + 20

@@ -27,11 +27,10 @@ from hil.backends import load_backend
 from hil.backends.base import Backend, RunEnd, RunPlan, describe_exit
 from hil.errors import HilError, RunLostError, TargetUnhealthyError
 from hil.progress import Progress, TerminalProgress, terminal_line
-from hil.report.allure import write_infrastructure_result
 from hil.session.args import remote_args
 from hil.session.crash import CrashReport
 from hil.session.events import EventFeeder
-from hil.session.runfolder import new_run_id, publish_results, set_aside
+from hil.session.runfolder import fresh_results, new_run_id, publish_results
 from hil.session.shards import shard_levels, share_env
 from hil.settings import HilSettings, git_commit
 from hil.worker import encode_resume
@@ -335,14 +334,7 @@ class RemoteSession:
         allure_dir = self.settings.allure_dir
         if allure_dir is None:
             return
-        stale: list[Path] = []
-        if not self.settings.keep_results and allure_dir.exists():
-            stale = set_aside(allure_dir)
-        allure_dir.mkdir(parents=True, exist_ok=True)
-        if self.error is not None:
-            write_infrastructure_result(allure_dir, self.spec.name, self.error.kind,
-                                        int(self.error.exit_code), str(self.error),
-                                        trace=self.error.details(40))
+        stale = fresh_results(allure_dir, self.settings.keep_results, self.spec.name, self.error)
         # Thousands of links and removals: off the session's path, done by unconfigure.
         self.publisher = threading.Thread(
             target=publish_results, args=(self.run_dir / "allure-results", allure_dir, stale),

@@ -50,14 +50,13 @@ from hil.backends.base import Backend, RunEnd, RunPlan, describe_exit
 from hil.config import TargetSpec
 from hil.errors import HilError, RunLostError
 from hil.progress import Progress, terminal_line
-from hil.report.allure import write_infrastructure_result
 from hil.session.args import remote_args
 from hil.session.attribution import FLAKY, Attribution, Rerun, label, mark_allure, outcomes_of
 from hil.session.controller import sigterm_as_interrupt
 from hil.session.crash import CrashReport
 from hil.session.hold import Hold
 from hil.session.merge import PoolCollection, PoolFeeder, combined_exit
-from hil.session.runfolder import new_run_id, publish_results, set_aside
+from hil.session.runfolder import fresh_results, new_run_id, publish_results
 from hil.session.shards import shard_levels, share_env
 from hil.settings import HilSettings, git_commit
 from hil.worker import encode_resume, encode_share
@@ -601,14 +600,7 @@ class PoolSession:
         allure_dir = self.settings.allure_dir
         if allure_dir is None:
             return
-        stale: list[Path] = []
-        if not self.settings.keep_results and allure_dir.exists():
-            stale = set_aside(allure_dir)
-        allure_dir.mkdir(parents=True, exist_ok=True)
-        if self.error is not None:
-            write_infrastructure_result(allure_dir, self.spec.name, self.error.kind,
-                                        int(self.error.exit_code), str(self.error),
-                                        trace=self.error.details(40))
+        stale = fresh_results(allure_dir, self.settings.keep_results, self.spec.name, self.error)
         folders = [b.out / "allure-results" for b in [*self.boards, *self.movers]]
 
         def publish() -> None:

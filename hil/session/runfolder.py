@@ -8,6 +8,9 @@ import time
 import uuid
 from pathlib import Path
 
+from hil.errors import HilError
+from hil.report.allure import write_infrastructure_result
+
 
 def write_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` in one go: no buffered file object for thousands of small files."""
@@ -62,3 +65,17 @@ def new_run_id(target: str) -> str:
     now = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
     return f"{stamp}.{int(now * 1000) % 1000:03d}-{target}-{uuid.uuid4().hex[:4]}"
+
+
+def fresh_results(allure_dir: Path, keep: bool, target: str, error: HilError | None) -> list[Path]:
+    """Ready the Allure results folder for a session's results; the earlier ones set aside.
+
+    Unless ``keep``, the last run's results are moved out of the way (removed
+    later, off the session's path); an infrastructure fault gets its broken result.
+    """
+    stale = set_aside(allure_dir) if not keep and allure_dir.exists() else []
+    allure_dir.mkdir(parents=True, exist_ok=True)
+    if error is not None:
+        write_infrastructure_result(allure_dir, target, error.kind, int(error.exit_code),
+                                    str(error), trace=error.details(40))
+    return stale
