@@ -30,7 +30,7 @@ from hil.progress import Progress, TerminalProgress, terminal_line
 from hil.session.args import remote_args
 from hil.session.crash import CrashReport
 from hil.session.events import EventFeeder
-from hil.session.runfolder import fresh_results, new_run_id, publish_results
+from hil.session.runfolder import fresh_results, new_run_id, publish_results, register_run_junit
 from hil.session.shards import shard_levels, share_env
 from hil.settings import HilSettings, git_commit
 from hil.worker import encode_resume
@@ -74,17 +74,7 @@ class RemoteSession:
         self.publisher: threading.Thread | None = None
         #: The container segment whose results were fetched last (-1: none yet).
         self.fetched = -1
-        # The run's own junit.xml, written here from the streamed reports.
-        from _pytest.junitxml import LogXML
-
-        config.pluginmanager.register(LogXML(
-            str(self.run_dir / "junit.xml"), None,
-            suite_name=config.getini("junit_suite_name"),
-            family=config.getini("junit_family"),
-            report_duration=config.getini("junit_duration_report"),
-            logging=config.getini("junit_logging"),
-            log_passing_tests=config.getini("junit_log_passing_tests"),
-        ), "hil-run-junitxml")
+        register_run_junit(config, self.run_dir)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session: pytest.Session) -> bool:

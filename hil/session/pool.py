@@ -56,7 +56,7 @@ from hil.session.controller import sigterm_as_interrupt
 from hil.session.crash import CrashReport
 from hil.session.hold import Hold
 from hil.session.merge import PoolCollection, PoolFeeder, combined_exit
-from hil.session.runfolder import fresh_results, new_run_id, publish_results
+from hil.session.runfolder import fresh_results, new_run_id, publish_results, register_run_junit
 from hil.session.shards import shard_levels, share_env
 from hil.settings import HilSettings, git_commit
 from hil.worker import encode_resume, encode_share
@@ -148,19 +148,12 @@ class PoolSession:
         self.hold: Hold | None = None
         #: node id -> its failure's attribution (``--hil-confirm-failures``).
         self.attribution: dict[str, Attribution] = {}
-        from _pytest.junitxml import LogXML
-
-        config.pluginmanager.register(LogXML(
-            str(self.run_dir / "junit.xml"), None,
-            suite_name=config.getini("junit_suite_name"), family=config.getini("junit_family"),
-            report_duration=config.getini("junit_duration_report"),
-            logging=config.getini("junit_logging"),
-            log_passing_tests=config.getini("junit_log_passing_tests"),
-        ), "hil-run-junitxml")
+        register_run_junit(config, self.run_dir)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session: pytest.Session) -> bool:
-        return True  # tests are collected inside the boards' containers
+        session.items = []  # collected inside the boards' containers (see RemoteSession)
+        return True
 
     # -- the run ----------------------------------------------------------------------------
     #: What a member is called in lines and the junit property ("board"; "target" when routed).

@@ -8,6 +8,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from hil.errors import HilError
 from hil.report.allure import write_infrastructure_result
 
@@ -79,3 +81,17 @@ def fresh_results(allure_dir: Path, keep: bool, target: str, error: HilError | N
         write_infrastructure_result(allure_dir, target, error.kind, int(error.exit_code),
                                     str(error), trace=error.details(40))
     return stale
+
+
+def register_run_junit(config: pytest.Config, run_dir: Path) -> None:
+    """The run's own ``junit.xml`` in ``run_dir``, written here from the streamed reports
+    (with the project's junit ini settings), so it exists also when a container dies."""
+    from _pytest.junitxml import LogXML
+
+    config.pluginmanager.register(LogXML(
+        str(run_dir / "junit.xml"), None,
+        suite_name=config.getini("junit_suite_name"), family=config.getini("junit_family"),
+        report_duration=config.getini("junit_duration_report"),
+        logging=config.getini("junit_logging"),
+        log_passing_tests=config.getini("junit_log_passing_tests"),
+    ), "hil-run-junitxml")
