@@ -32,7 +32,7 @@ class TerminalProgress(Progress):
     """Progress lines on pytest's terminal (stdout), in order with test output."""
 
     def __init__(self, config: pytest.Config, log: list[str]) -> None:
-        super().__init__(quiet=config.get_verbosity() < -1)
+        super().__init__(quiet=int(config.getoption("verbose")) < -1)
         self.config = config
         self.tw = config.get_terminal_writer()
         self.log = log

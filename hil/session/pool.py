@@ -81,7 +81,7 @@ class BoardProgress(Progress):
 
     def __init__(self, config: pytest.Config, board: str, log: list[str],
                  lock: threading.Lock) -> None:
-        super().__init__(quiet=config.get_verbosity() < -1)
+        super().__init__(quiet=int(config.getoption("verbose")) < -1)
         self.config, self.board, self.log, self.lock = config, board, log, lock
 
     def step(self, message: str) -> None:
