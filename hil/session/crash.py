@@ -157,13 +157,16 @@ class CrashReport:
         labels = [("parentSuite", ".".join(parents)), ("suite", module),
                   ("subSuite", " > ".join(classes)), ("framework", "pytest"),
                   ("language", language()), ("package", package)]
+        # titlePath came with allure-commons 2.14; older ones have no such field.
+        fields = {a.name for a in TestResult.__attrs_attrs__}
+        title = {"titlePath": [*path.split("/"), *classes]} if "titlePath" in fields else {}
         result = TestResult(
             uuid=str(uuid.uuid4()), name=function, fullName=full_name,
             historyId=history, testCaseId=md5(full_name), status=Status.FAILED,
             statusDetails=StatusDetails(message=self.message,
                                         trace="\n".join(f"--- {n} ---\n{t}" for n, t in sections)),
             stage="finished", start=int(start * 1000), stop=int(stop * 1000),
-            titlePath=[*path.split("/"), *classes],
+            **title,
             labels=[Label(name=k, value=v) for k, v in labels if v],
             parameters=[Parameter(name="target", value=target)])
         folder = self.run_dir / "allure-results"
