@@ -79,6 +79,9 @@ def test_the_running_tests_under_xdist_are_those_started_and_not_finished(
     config = pytester.parseconfigure("-p", "no:cacheprovider")
     session = pytest.Session.from_config(config)
     session.items = []  # as RemoteSession.pytest_collection leaves it (pytest 7 has none)
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal._session = session  # as its pytest_sessionstart sets it
     feeder = EventFeeder(config, session)
     ids = ["t.py::test_0", "t.py::test_1", "t.py::test_2"]
     feeder.handle({"ev": "hello", "workers": 2})
