@@ -55,3 +55,12 @@ def remote_args(args: list[str], root: Path, cwd: Path, mount: str = "/src") -> 
         out.append(remap(arg) if not arg.startswith("-") else arg)
         i += 1
     return out
+
+
+def checkout_subdir(root: Path, cwd: Path) -> str:
+    """Where pytest was started, relative to the checkout root ("" at the root or outside)."""
+    try:
+        subdir = cwd.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return ""
+    return "" if subdir == "." else subdir

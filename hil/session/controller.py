@@ -27,7 +27,7 @@ from hil.backends import load_backend
 from hil.backends.base import Backend, RunEnd, RunPlan, describe_exit
 from hil.errors import HilError, RunLostError, TargetUnhealthyError
 from hil.progress import Progress, TerminalProgress, terminal_line
-from hil.session.args import remote_args
+from hil.session.args import checkout_subdir, remote_args
 from hil.session.crash import CrashReport
 from hil.session.events import EventFeeder
 from hil.session.runfolder import fresh_results, new_run_id, publish_results, register_run_junit
@@ -95,11 +95,7 @@ class RemoteSession:
         params = self.config.invocation_params
         root = self.settings.root
         cwd = Path(params.dir)
-        try:
-            subdir = cwd.resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            subdir = ""
-        subdir = "" if subdir == "." else subdir
+        subdir = checkout_subdir(root, cwd)
         lastfailed = None
         cache = getattr(self.config, "cache", None)  # absent under -p no:cacheprovider
         if cache is not None and (self.config.getoption("lf", False)

@@ -50,7 +50,7 @@ from hil.backends.base import Backend, RunEnd, RunPlan, describe_exit
 from hil.config import TargetSpec
 from hil.errors import HilError, RunLostError
 from hil.progress import Progress, terminal_line
-from hil.session.args import remote_args
+from hil.session.args import checkout_subdir, remote_args
 from hil.session.attribution import FLAKY, Attribution, Rerun, label, mark_allure, outcomes_of
 from hil.session.controller import sigterm_as_interrupt
 from hil.session.crash import CrashReport
@@ -193,10 +193,7 @@ class PoolSession:
         params = self.config.invocation_params
         root = self.settings.root
         cwd = Path(params.dir)
-        try:
-            subdir = cwd.resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            subdir = ""
+        subdir = checkout_subdir(root, cwd)
         lastfailed = None
         cache = getattr(self.config, "cache", None)
         if cache is not None and (self.config.getoption("lf", False)
