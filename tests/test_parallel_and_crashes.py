@@ -63,7 +63,7 @@ def test_interleaved_tests_of_xdist_workers_each_travel_compact(
     stream.pytest_runtest_logreport(_report(b, "teardown"))
     stream.pytest_runtest_logfinish(b, (b.split("::")[0], 1, "test_b"))
     stream.flush()
-    events = [json.loads(line) for line in channel.getvalue().splitlines()]
+    events = [json.loads(line) for line in [*filter(None, channel.getvalue().splitlines())]]
     kinds = [(e["ev"], e.get("nodeid") or e.get("report", {}).get("nodeid")) for e in events[1:]]
     # test_a's three passed phases in one finish event despite test_b's reports between them;
     # test_b's passed set-up goes out in full before its failed call, in order.

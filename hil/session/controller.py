@@ -118,10 +118,11 @@ class RemoteSession:
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         """The phases in order: preflight, image, tests (resumed after crashes), read-back."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        feeder = EventFeeder(self.config, session, self.spec.docker.workdir,
-                             allure_dir=self.run_dir / "allure-results", root=self.settings.root)
-        progress = TerminalProgress(self.config, self.log)
         self.plan = self._plan()
+        feeder = EventFeeder(self.config, session, self.spec.docker.workdir,
+                             allure_dir=self.run_dir / "allure-results", root=self.settings.root,
+                             nonce=self.plan.nonce, record=self.run_dir / "events.jsonl")
+        progress = TerminalProgress(self.config, self.log)
         started = time.time()
         backend = load_backend(self.spec)(
             self.spec, self.settings.root, progress,
