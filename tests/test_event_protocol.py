@@ -26,9 +26,10 @@ LOCATION = ["test_a.py", 0, "test_x"]
 
 @pytest.fixture
 def config(pytester: pytest.Pytester) -> pytest.Config:
-    # A session of its own, without terminal or Allure in between: the feeder's own rules.
+    # A session of its own, without terminal or Allure in between: the feeder's own rules
+    # (nor labgrid's plugin, which cannot be configured twice in one process).
     return pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:allure_pytest",
-                                   "-p", "no:terminal")
+                                   "-p", "no:terminal", "-p", "no:labgrid")
 
 
 _sessions: dict[int, pytest.Session] = {}
