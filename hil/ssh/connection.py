@@ -329,10 +329,12 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
                                   "auth_timeout": endpoint.connect_timeout}
         if endpoint.identities_only:
             kwargs.update(allow_agent=False, look_for_keys=False)
+        # Agent forwarding is off whatever ssh_config says: a board user (or a container
+        # reaching the session's socket) could sign with the user's keys.
         super().__init__(endpoint.alias, user=endpoint.user, port=endpoint.port,
                          config=fabric_config(endpoint.config_file),
                          connect_timeout=max(1, round(endpoint.connect_timeout)),
-                         connect_kwargs=kwargs)
+                         connect_kwargs=kwargs, forward_agent=False)
         self.endpoint = endpoint
         self.target = target
         self._closing = threading.Event()
