@@ -26,7 +26,7 @@ import dataclasses
 import shlex
 from typing import TYPE_CHECKING
 
-from hil.errors import HilError
+from hil.errors import HilError, HoldFailedError
 
 if TYPE_CHECKING:  # the plugin imports this module for its options: Fabric stays out
     from hil.backends.base import RunPlan
@@ -116,17 +116,17 @@ def hold_failed(backend: object, plan: RunPlan, image: str, nodeid: str, ttl: fl
     spec = backend.spec
     lease = backend.lease
     if lease is None or not lease.held:
-        raise HilError(f"the board's lease is no longer held: {nodeid} is not kept",
-                       target=spec.name)
+        raise HoldFailedError(f"the board's lease is no longer held: {nodeid} is not kept",
+                              target=spec.name)
     name = f"hil-hold-{plan.run_id}"[:120]
     holder = dataclasses.replace(Holder.me(spec.name), hold=nodeid)
     cli = hold_request_cli(backend.request(plan, image), name, ttl, plan.run_id, holder.owner)
     conn = backend.connect()
     res = conn.run(hold_script(cli, name), timeout=120)
     if not res.ok or "STARTED" not in res.stdout:
-        raise HilError(f"could not keep a container for {nodeid}", target=spec.name,
-                       command="docker run -d ...", exited=res.exited,
-                       tail=(res.stdout + res.stderr)[-4000:])
+        raise HoldFailedError(f"could not keep a container for {nodeid}", target=spec.name,
+                              command="docker run -d ...", exited=res.exited,
+                              tail=(res.stdout + res.stderr)[-4000:])
     try:
         lease.keep(name, ttl, holder)
     except HilError:

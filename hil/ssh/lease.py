@@ -35,8 +35,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from hil.backends.jetson.shell import board_command
-from hil.errors import DeviceBusyError, HilError, TargetUnhealthyError
-from hil.ssh.connection import ConnectionLostError, SshConnection, exited
+from hil.errors import (
+    ConnectionLostError,
+    DeviceBusyError,
+    HoldFailedError,
+    LeaseFailedError,
+    TargetUnhealthyError,
+)
+from hil.ssh.connection import SshConnection, exited
 
 LEASE_DIR = "/tmp/pytest-hil"
 _BUSY_EXIT = 75
@@ -170,12 +176,13 @@ class Lease:
                         raise ConnectionLostError(self.conn.lost_reason or "connection lost "
                                                   "while taking the lease", target=self.target)
                     status = chan.recv_exit_status() if exited(chan) else -1
-                    self._error = HilError(f"could not take the board's lease in "
-                                           f"{self.lease_dir} (exit {status})",
-                                           target=self.target, tail=err)
+                    self._error = LeaseFailedError(f"could not take the board's lease in "
+                                                   f"{self.lease_dir} (exit {status})",
+                                                   target=self.target, tail=err)
                     return
                 if time.monotonic() > deadline:
-                    raise HilError("no answer from the board's lease", target=self.target)
+                    raise LeaseFailedError("no answer from the board's lease",
+                                           target=self.target)
                 with contextlib.suppress(OSError, ValueError):
                     select.select([fd], [], [], 0.2)
         except BaseException as err:  # handed to wait(), in the caller's thread
@@ -192,7 +199,8 @@ class Lease:
         if self._error is not None:
             raise self._error
         if not self.acquired:  # pragma: no cover - the thread always sets one of the two
-            raise HilError("the lease was neither granted nor refused", target=self.target)
+            raise LeaseFailedError("the lease was neither granted nor refused",
+                                   target=self.target)
 
     @property
     def held(self) -> bool:
@@ -206,7 +214,7 @@ class Lease:
         ``ttl`` seconds pass or ``hil release`` removes it."""
         chan = self._chan
         if not self.held or chan is None:
-            raise HilError("the board's lease is no longer held: nothing to keep",
+            raise HoldFailedError("the board's lease is no longer held: nothing to keep",
                            target=self.target)
         chan.sendall(f"KEEP {container} {ttl:.0f}\n{holder.to_json()}\n".encode())
         buf = b""
@@ -216,7 +224,7 @@ class Lease:
                 buf += chan.recv(4096)
                 continue
             if chan.eof_received or chan.closed or time.monotonic() > deadline:
-                raise HilError("the board's lease was not handed to the hold's keeper",
+                raise HoldFailedError("the board's lease was not handed to the hold's keeper",
                                target=self.target, tail=buf.decode("utf-8", "replace")[-2000:])
             with contextlib.suppress(OSError, ValueError):
                 select.select([chan.fileno()], [], [], 0.2)
