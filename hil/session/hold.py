@@ -24,7 +24,7 @@ import dataclasses
 import shlex
 from typing import TYPE_CHECKING
 
-from hil.errors import HilError
+from hil.errors import HoldFailedError
 
 if TYPE_CHECKING:  # the plugin imports this module for its options: Fabric stays out
     from hil.backends.base import RunPlan
@@ -113,9 +113,9 @@ def hold_failed(backend: object, plan: RunPlan, image: str, nodeid: str, ttl: fl
     holder = dataclasses.replace(Holder.me(spec.name), target=f"{spec.name} (hold: {nodeid})")
     res = backend.connect().run(hold_script(cli, name, ttl, holder), timeout=120)
     if not res.ok or "HELD" not in res.stdout:
-        raise HilError(f"could not keep a container for {nodeid}", target=spec.name,
-                       command="docker run -d ...", exited=res.exited,
-                       tail=(res.stdout + res.stderr)[-4000:])
+        raise HoldFailedError(f"could not keep a container for {nodeid}", target=spec.name,
+                              command="docker run -d ...", exited=res.exited,
+                              tail=(res.stdout + res.stderr)[-4000:])
     return Hold(board=spec.name, container=name, nodeid=nodeid, ttl=ttl,
                 ssh=ssh_prefix(spec.ssh.host, spec.ssh.config),
                 workdir=f"{spec.docker.workdir}/{plan.subdir}".rstrip("/"))

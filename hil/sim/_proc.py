@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from hil.errors import HilError
+from hil.errors import HilError, RigError
 from hil.result import Result
 
 #: sbin directories are searched too: root's PATH under some launchers lacks them.
@@ -36,7 +36,7 @@ def run(
     timeout: float = 120.0,
     env: Mapping[str, str] | None = None,
     unset: Sequence[str] = (),
-    error: type[HilError] = HilError,
+    error: type[HilError] = RigError,
     what: str = "",
 ) -> Result:
     """Run ``command`` to its end and capture its output.
@@ -69,7 +69,7 @@ def run(
 
 
 def run_streaming(
-    command: Sequence[str], *, prefix: str, error: type[HilError] = HilError, what: str = ""
+    command: Sequence[str], *, prefix: str, error: type[HilError] = RigError, what: str = ""
 ) -> None:
     """Run ``command``, copying its output line by line to stderr as progress."""
     argv = list(command)
@@ -86,7 +86,7 @@ def run_streaming(
         raise error(f"{what or argv[0]} failed", command=argv, exited=exited, tail="".join(lines[-20:]))
 
 
-class NotReadyError(HilError):
+class NotReadyError(RigError):
     """Something the rig waited for never became ready before its deadline."""
 
     kind = "sim-not-ready"

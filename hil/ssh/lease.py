@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from hil.backends.jetson.shell import board_command
-from hil.errors import DeviceBusyError, HilError
-from hil.ssh.connection import ConnectionLostError, SshConnection, exited
+from hil.errors import ConnectionLostError, DeviceBusyError, LeaseFailedError
+from hil.ssh.connection import SshConnection, exited
 
 LEASE_DIR = "/tmp/pytest-hil"
 _BUSY_EXIT = 75
@@ -151,12 +151,13 @@ class Lease:
                         raise ConnectionLostError(self.conn.lost_reason or "connection lost "
                                                   "while taking the lease", target=self.target)
                     status = chan.recv_exit_status() if exited(chan) else -1
-                    self._error = HilError(f"could not take the board's lease in "
-                                           f"{self.lease_dir} (exit {status})",
-                                           target=self.target, tail=err)
+                    self._error = LeaseFailedError(f"could not take the board's lease in "
+                                                   f"{self.lease_dir} (exit {status})",
+                                                   target=self.target, tail=err)
                     return
                 if time.monotonic() > deadline:
-                    raise HilError("no answer from the board's lease", target=self.target)
+                    raise LeaseFailedError("no answer from the board's lease",
+                                           target=self.target)
                 with contextlib.suppress(OSError, ValueError):
                     select.select([fd], [], [], 0.2)
         except BaseException as err:  # handed to wait(), in the caller's thread
@@ -173,7 +174,8 @@ class Lease:
         if self._error is not None:
             raise self._error
         if not self.acquired:  # pragma: no cover - the thread always sets one of the two
-            raise HilError("the lease was neither granted nor refused", target=self.target)
+            raise LeaseFailedError("the lease was neither granted nor refused",
+                                   target=self.target)
 
     @property
     def held(self) -> bool:
