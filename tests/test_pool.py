@@ -75,6 +75,12 @@ def test_with_durations_longest_first_onto_the_least_loaded() -> None:
     assert max(loads) - min(loads) <= max(durations.values())
 
 
+def test_tests_recorded_as_taking_no_time_are_spread_too() -> None:
+    ids = [f"t{i}" for i in range(9)]
+    parts = split_shares(ids, dict.fromkeys(ids, 0.0), 3)
+    assert sorted(len(p) for p in parts) == [3, 3, 3]
+
+
 def test_nested_parts_cover_every_test_once() -> None:
     ids = [f"t{i}" for i in range(23)]
     durations = {f"t{i}": float(i % 7) + 0.1 for i in range(0, 23, 2)}  # half unknown
