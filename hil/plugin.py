@@ -192,6 +192,9 @@ def pytest_configure(config: pytest.Config) -> None:
         else:
             # The container writes the results; session.py copies them here.
             config.option.allure_report_dir = None
+    elif has_allure and config.getoption("hil_no_allure"):
+        # allure-pytest itself would still write what --alluredir names.
+        config.option.allure_report_dir = None
     settings = HilSettings(
         target=spec, root=root, tier=tier, tier_how=how, reports=reports, allure_dir=allure_dir,
         keep_results=bool(config.getoption("hil_keep_results")), plan=plan,
@@ -225,12 +228,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _register_shards(config: pytest.Config, spec: TargetSpec) -> None:
     """Durations are recorded in every session; ``--hil-shard`` filters here for ``local``."""
-    from hil.session.shards import DurationRecorder, recorded_durations, shard_levels
+    from hil.session.shards import DurationRecorder, shard_levels, split_durations
 
     levels = shard_levels(config)
     config.pluginmanager.register(DurationRecorder(config), "hil-durations")
     if levels and spec.kind == "local":
-        config.pluginmanager.register(ShareFilter(levels, recorded_durations(config)), "hil-share")
+        config.pluginmanager.register(ShareFilter(levels, split_durations(config)), "hil-share")
 
 
 #: Where a local xdist worker finds what its controller resolved (``workerinput``).

@@ -40,8 +40,8 @@ from hil.backends.images import build_context, recipe
 from hil.errors import (
     BuildFailedError,
     ConfigError,
+    ContainerRemoveError,
     EngineDownError,
-    HilError,
     RunLostError,
     RunTimedOutError,
     RuntimeMissingError,
@@ -508,7 +508,8 @@ def _remove(engine: Engine, cid: str) -> None:
             return
         except EngineError as err:
             if time.monotonic() > deadline:
-                raise HilError(f"could not remove container {cid[:12]}: {err}") from err
+                raise ContainerRemoveError(f"could not remove container {cid[:12]}: {err}"
+                                           ) from err
             time.sleep(0.2)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hil.errors import ConfigError, ExitCode, HilError
+from hil.errors import ConfigError, ReportToolError, ReportToolMissingError
 from hil.locking import exclusive_lock
 from hil.progress import Progress
 
@@ -39,18 +39,6 @@ INSTALL_HINT = (
     "macOS: `brew install node`), or Allure 2's commandline with Java "
     "(`apt-get install -y default-jre` and https://allurereport.org/docs/install/)"
 )
-
-
-class ReportToolError(HilError):
-    """No usable Allure (Node.js or Java missing), or generating the report failed."""
-
-    kind = "report"
-
-
-class ReportToolMissingError(ReportToolError):
-    """Neither Node.js 20+ nor Allure 2's commandline is available (exit 4, a setup problem)."""
-
-    exit_code = ExitCode.USAGE_ERROR
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from allure_commons.model2 import (
     TestResultContainer,
 )
 
+from hil.errors import NoResultsError, ReportToolError
 from hil.progress import Progress
 from hil.report.allure import (
     attach_data,
@@ -52,7 +53,6 @@ from hil.report.allure import (
 )
 from hil.report.allure3 import (
     Engine,
-    ReportToolError,
     allure3_config,
     generate_allure2,
     generate_allure3,
@@ -70,6 +70,9 @@ from hil.report.chart import (
 
 #: Where the checked-in report configuration lives, relative to the project root.
 CONFIG_DIR = Path("reports") / "allure"
+#: What to do when ``hil report`` finds no results.
+NO_RESULTS_HINT = ("run the tests first (pytest --target=NAME writes reports/allure-results), "
+                   "or name the results folder: hil report PATH")
 DEFAULT_HISTORY_LIMIT = 20
 #: Lines of remote log attached to a failing test.
 LOG_TAIL_LINES = 120
@@ -465,7 +468,7 @@ class Stager:
         from hil.worker import parse_environment  # the worker writes the file
 
         if not results.is_dir():
-            raise ReportToolError(f"no Allure results folder at {results}")
+            raise NoResultsError(f"no Allure results folder at {results}", hint=NO_RESULTS_HINT)
         props_file = results / "environment.properties"
         properties = (parse_environment(props_file.read_text(encoding="utf-8"))
                       if props_file.is_file() else {})
@@ -667,9 +670,15 @@ class ReportOutcome:
 
 
 def build_report(request: ReportRequest, progress: Progress) -> ReportOutcome:
-    """Stage the results, generate the report with history; raises ReportToolError."""
+    """Stage the results, generate the report with history; raises ReportToolError.
+
+    A results folder that is missing, or folders that hold no result at all,
+    raise :class:`NoResultsError` (a usage error) before anything is generated.
+    """
     started = time.monotonic()
-    engine = select_engine(request.root, progress, request.engine)
+    for folder in request.results:
+        if not folder.is_dir():
+            raise NoResultsError(f"no Allure results folder at {folder}", hint=NO_RESULTS_HINT)
     work = request.output.parent / f".{request.output.name}.work"
     progress.step(f"staging {len(request.results)} results folder(s)")
     stager = Stager(work / "results", progress)
@@ -677,6 +686,10 @@ def build_report(request: ReportRequest, progress: Progress) -> ReportOutcome:
         stager.add_folder(folder)
     categories = load_categories(request.root)
     staged = stager.finish(categories, executor_from_env(request.environ))
+    if not staged.results:
+        raise NoResultsError("no Allure results in " + ", ".join(map(str, request.results)),
+                             hint=NO_RESULTS_HINT)
+    engine = select_engine(request.root, progress, request.engine)
     summary = ", ".join(f"{name} ({sum(t.statuses.values())} results)"
                         for name, t in sorted(staged.targets.items()))
     progress.step(f"staged {staged.results} results, {staged.attachments} attachments: "

@@ -30,7 +30,14 @@ from hil.progress import Progress, TerminalProgress, terminal_line
 from hil.session.args import checkout_subdir, remote_args
 from hil.session.crash import CrashReport
 from hil.session.events import EventFeeder
-from hil.session.runfolder import fresh_results, new_run_id, publish_results, register_run_junit
+from hil.session.runfolder import (
+    allure_env,
+    fresh_results,
+    new_run_id,
+    publish_results,
+    register_run_junit,
+    run_allure_dir,
+)
 from hil.session.shards import shard_levels, share_env
 from hil.settings import HilSettings, git_commit
 from hil.worker import encode_resume
@@ -104,7 +111,8 @@ class RemoteSession:
         env = {**self.spec.env, "HIL_TARGET": self.spec.name, "HIL_TIER": str(self.settings.tier),
                "HIL_RUN_ID": self.run_id,
                "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}",
-               **share_env(self.config, shard_levels(self.config))}
+               **share_env(self.config, shard_levels(self.config)),
+               **allure_env(self.settings.allure_dir)}
         return RunPlan(
             run_id=self.run_id,
             pytest_args=tuple(remote_args(list(params.args), root, cwd)),
@@ -119,7 +127,8 @@ class RemoteSession:
         """The phases in order: preflight, image, tests (resumed after crashes), read-back."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         feeder = EventFeeder(self.config, session, self.spec.docker.workdir,
-                             allure_dir=self.run_dir / "allure-results", root=self.settings.root)
+                             allure_dir=run_allure_dir(self.settings.allure_dir, self.run_dir),
+                             root=self.settings.root)
         progress = TerminalProgress(self.config, self.log)
         self.plan = self._plan()
         started = time.time()

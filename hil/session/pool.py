@@ -56,7 +56,14 @@ from hil.session.controller import sigterm_as_interrupt
 from hil.session.crash import CrashReport
 from hil.session.hold import Hold
 from hil.session.merge import PoolCollection, PoolFeeder, combined_exit
-from hil.session.runfolder import fresh_results, new_run_id, publish_results, register_run_junit
+from hil.session.runfolder import (
+    allure_env,
+    fresh_results,
+    new_run_id,
+    publish_results,
+    register_run_junit,
+    run_allure_dir,
+)
 from hil.session.shards import shard_levels, share_env
 from hil.settings import HilSettings, git_commit
 from hil.worker import encode_resume, encode_share
@@ -168,7 +175,8 @@ class PoolSession:
         return {**self.spec.env, "HIL_TARGET": self.spec.name,
                 "HIL_TIER": str(self.settings.tier), "HIL_BOARD": board.name,
                 "HIL_POOL": ",".join(self.spec.ssh.boards),
-                **share_env(self.config, [*shard_levels(self.config), [index, count]])}
+                **share_env(self.config, [*shard_levels(self.config), [index, count]]),
+                **allure_env(self.settings.allure_dir)}
 
     def _board(self, spec: TargetSpec) -> BoardRun:
         host = spec.name
@@ -269,7 +277,8 @@ class PoolSession:
         for index, board in enumerate(healthy):
             board.plan = self._plan(board, index, len(healthy))
             board.feeder = PoolFeeder(self.config, session, board.name, shared,
-                                      board.out / "allure-results", board.spec.docker.workdir,
+                                      run_allure_dir(self.settings.allure_dir, board.out),
+                                      board.spec.docker.workdir,
                                       hold=self.confirm)
             threading.Thread(target=self._run_board, args=(board, events), daemon=True,
                              name=f"hil-pool-{board.name}").start()
@@ -342,7 +351,8 @@ class PoolSession:
                 plan, run_id=f"{plan.run_id}-from-{board.name}",
                 env={**plan.env, "HIL_SHARE": encode_share([], {}, left)})
             mover.feeder = PoolFeeder(self.config, session, target.name, self.shared_or_fail(),
-                                      mover.out / "allure-results", target.spec.docker.workdir,
+                                      run_allure_dir(self.settings.allure_dir, mover.out),
+                                      target.spec.docker.workdir,
                                       hold=self.confirm)
             mover.feeder.resumed = True  # collected and counted with the lost board's run
             board.lost += f"; its {len(left)} unfinished test(s) moved to {target.name}"

@@ -83,6 +83,18 @@ def fresh_results(allure_dir: Path, keep: bool, target: str, error: HilError | N
     return stale
 
 
+def allure_env(allure_dir: Path | None) -> dict[str, str]:
+    """What a container's worker is told about Allure: nothing to record where the session
+    publishes none (``--hil-no-allure``, no allure-pytest here), so the run folder gets none."""
+    return {} if allure_dir is not None else {"HIL_ALLURE_RESULTS": "off"}
+
+
+def run_allure_dir(allure_dir: Path | None, out: Path) -> Path | None:
+    """Where a member's streamed Allure results go in its run folder ``out`` (None: nowhere,
+    whatever the container sends)."""
+    return out / "allure-results" if allure_dir is not None else None
+
+
 def register_run_junit(config: pytest.Config, run_dir: Path) -> None:
     """The run's own ``junit.xml`` in ``run_dir``, written here from the streamed reports
     (with the project's junit ini settings), so it exists also when a container dies."""

@@ -50,7 +50,15 @@ import paramiko
 from fabric.connection import derive_shorthand
 from invoke.exceptions import CommandTimedOut, ThreadException
 
-from hil.errors import AuthRefusedError, HilError, HostKeyError, UnreachableError
+from hil.errors import (
+    AuthRefusedError,
+    CommandTimedOutError,
+    ConfigError,
+    ConnectionLostError,
+    HilError,
+    HostKeyError,
+    UnreachableError,
+)
 
 if TYPE_CHECKING:
     from hil.config import TargetSpec
@@ -62,10 +70,6 @@ DEFAULT_ALIVE_INTERVAL = 5.0
 DEFAULT_ALIVE_COUNT = 3
 
 ByteSink = Callable[[bytes], object]  # a return value (e.g. "done") is ignored here
-
-
-class ConnectionLostError(HilError):
-    """The SSH transport died under a command (maps to a run-lost or unreachable fault)."""
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,12 @@ def fabric_config(config_file: str = "") -> fabric.Config:
     """
     path = os.path.expanduser(config_file) if config_file else None
     if path is not None and not os.path.isfile(path):
-        raise HilError(f"ssh config file {config_file} does not exist")
+        raise ConfigError(f"ssh config file {config_file} does not exist")
     try:
         config = fabric.Config(runtime_ssh_path=path)
     except (OSError, paramiko.ConfigParseError) as err:
-        raise HilError(f"cannot read ssh config {config_file or '~/.ssh/config'}: {err}") from err
+        raise ConfigError(f"cannot read ssh config {config_file or '~/.ssh/config'}: {err}"
+                          ) from err
     config.run.hide = True
     config.run.warn = True
     config.run.in_stream = False
@@ -329,10 +334,12 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
                                   "auth_timeout": endpoint.connect_timeout}
         if endpoint.identities_only:
             kwargs.update(allow_agent=False, look_for_keys=False)
+        # Agent forwarding is off whatever ssh_config says: a board user (or a container
+        # reaching the session's socket) could sign with the user's keys.
         super().__init__(endpoint.alias, user=endpoint.user, port=endpoint.port,
                          config=fabric_config(endpoint.config_file),
                          connect_timeout=max(1, round(endpoint.connect_timeout)),
-                         connect_kwargs=kwargs)
+                         connect_kwargs=kwargs, forward_agent=False)
         self.endpoint = endpoint
         self.target = target
         self._closing = threading.Event()
@@ -490,14 +497,14 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
     def run(self, command: str, **kwargs: Any) -> fabric.Result:
         """Fabric's ``run`` (hidden, ``warn``, stdin closed); a timeout or lost link raise.
 
-        ``timeout`` (seconds) raises :class:`HilError` naming the command;
+        ``timeout`` (seconds) raises :class:`CommandTimedOutError` naming the command;
         a connection that dies under it, :class:`ConnectionLostError`.
         """
         try:
             result = super().run(command, **kwargs)
         except CommandTimedOut as err:
-            raise HilError(f"remote command timed out after {err.timeout:.0f} s",
-                           target=self.target, command=command) from None
+            raise CommandTimedOutError(f"remote command timed out after {err.timeout:.0f} s",
+                                       target=self.target, command=command) from None
         except (paramiko.SSHException, OSError, EOFError, ThreadException) as err:
             raise self._lost(f"connection to {self.endpoint.display} lost: {err}") from err
         if result.exited == -1 and not self.alive:

@@ -43,8 +43,8 @@ from typing import Any
 
 import paramiko
 
-from hil.errors import ConfigError, SyncFailedError
-from hil.ssh.connection import ConnectionLostError, SshConnection, exited
+from hil.errors import ConfigError, ConnectionLostError, SyncFailedError
+from hil.ssh.connection import SshConnection, exited
 
 #: The remote-shell helper rsync starts: it forwards its argv, stdin and stdout
 #: to the controller's socket.  Standard library only, run with ``python3 -S``.

@@ -57,18 +57,16 @@ from hil.config import TargetSpec
 from hil.errors import (
     BuildFailedError,
     ConfigError,
+    ConnectionLostError,
     DiskLowError,
     EngineDownError,
     HilError,
-    RunLostError,
     RunTimedOutError,
     RuntimeMissingError,
-    SyncFailedError,
     TargetUnhealthyError,
     UnreachableError,
 )
 from hil.progress import Progress
-from hil.ssh.connection import ConnectionLostError
 from hil.ssh.connection import SshConnection as Connection
 from hil.ssh.lease import Holder, Lease
 from hil.ssh.sync import (
@@ -318,10 +316,10 @@ class SshBackend(Backend):
                 time.sleep(delay)  # back-off between connection attempts, not a readiness wait
                 delay = min(delay * 2, 2.0)
 
-    def _lost(self, what: str) -> RunLostError:
+    def _lost(self, what: str) -> ConnectionLostError:
         reason = self.conn.lost_reason if self.conn is not None else ""
-        return RunLostError("connection to the board lost" + (f" {what}" if what else ""),
-                            target=self.spec.name, tail=reason)
+        return ConnectionLostError("connection to the board lost" + (f" {what}" if what else ""),
+                                   target=self.spec.name, tail=reason)
 
     # -- preflight --------------------------------------------------------------------------
     def _preflight_command(self, fresh_probe: bool = False) -> str:
@@ -600,10 +598,7 @@ class SshBackend(Backend):
             self.lease = Lease(conn, timeout=self.lease_timeout, target=self.spec.name,
                                on_wait=self._on_lease_wait)
         start = time.monotonic()
-        try:
-            self.lease.wait()
-        except ConnectionLostError as err:
-            raise UnreachableError(err.message, target=self.spec.name) from err
+        self.lease.wait()
         self.timings["lease"] = round(time.monotonic() - start, 3)
         return self.lease
 
@@ -628,8 +623,8 @@ class SshBackend(Backend):
                                     excludes=self.spec.ssh.excludes, files=files)
             self.board.pending_marker = digest
         except ConnectionLostError as err:
-            raise SyncFailedError(f"connection lost during sync: {err.message}",
-                                  target=self.spec.name) from err
+            raise ConnectionLostError(f"connection lost during sync: {err.message}",
+                                      target=self.spec.name) from err
         self.last_sync = stats
         self.timings["sync"] = round(stats.seconds, 3)
         self.progress.step(
@@ -695,9 +690,9 @@ class SshBackend(Backend):
             code = conn.stream(chan, on_out, on_out,
                                deadline=time.monotonic() + spec.timeouts.build + 30)
         except ConnectionLostError as err:
-            raise BuildFailedError(f"connection lost while building {rec.tag}",
-                                   target=spec.name, tail="\n".join(self.build_log[-30:])
-                                   ) from err
+            raise ConnectionLostError(f"connection lost while building {rec.tag}",
+                                      target=spec.name, tail="\n".join(self.build_log[-30:])
+                                      ) from err
         except TimeoutError:
             code = 124
         finally:
@@ -899,8 +894,8 @@ class SshBackend(Backend):
         try:
             self.fetched = fetch_tree(conn, remote, plan.local_out)
         except ConnectionLostError as err:
-            raise SyncFailedError(f"connection lost while fetching results: {err.message}",
-                                  target=self.spec.name) from err
+            raise ConnectionLostError(f"connection lost while fetching results: {err.message}",
+                                      target=self.spec.name) from err
         self.timings["fetch"] = round(time.monotonic() - start, 3)
 
     def close(self) -> None:
