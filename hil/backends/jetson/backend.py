@@ -93,19 +93,20 @@ INBAND_RESULTS_KB = 65536
 
 
 def _sections(text: str) -> dict[str, str]:
-    """Split the preflight script's output at ``@@hil:NAME`` lines."""
+    """Split the preflight script's output at ``@@hil:NAME`` lines; the first section of a
+    name wins (the script writes each once, before anything the image controls)."""
     out: dict[str, str] = {}
     name = ""
     lines: list[str] = []
     for line in text.splitlines():
         if line.startswith("@@hil:"):
             if name:
-                out[name] = "\n".join(lines).strip()
+                out.setdefault(name, "\n".join(lines).strip())
             name, lines = line[6:].strip(), []
         else:
             lines.append(line)
     if name:
-        out[name] = "\n".join(lines).strip()
+        out.setdefault(name, "\n".join(lines).strip())
     return out
 
 
