@@ -67,9 +67,23 @@ def test_a_cuda_context_without_load_is_gpu_use() -> None:
 
 def test_a_run_is_idle_throughout_only_when_no_reading_shows_use() -> None:
     quiet = [r for r in (reading(_tegra(t, 0)) for t in (1.0, 2.0)) if r]
-    assert idle_throughout(quiet, judged=2)
-    assert not idle_throughout(quiet, judged=0)
-    assert not idle_throughout([*quiet, *[r for r in [reading(_tegra(3.0, 1))] if r]], judged=2)
+    idle = evidence("t::a", 0.5, 2.5, quiet, ["b"])
+    assert idle_throughout(quiet, [idle])
+    assert not idle_throughout(quiet, [])
+    busy = [*quiet, *[r for r in [reading(_tegra(3.0, 1))] if r]]
+    assert not idle_throughout(busy, [idle])  # load between tests: the GPU did work
+
+
+def test_device_memory_above_its_idle_level_is_gpu_use() -> None:
+    feed = SampleFeed()
+    for t, mem in ((1.0, 500.0), (2.0, 1300.0), (3.0, 530.0)):
+        feed.publish("local", {"t": t, "gpu_util_pct": 0.0, "mem_used_mb": mem})
+    idle_mem = feed.first_memory(["local"])
+    assert idle_mem == 500.0
+    held = evidence("t::held", 1.5, 2.5, feed.window(["local"], 1.5, 2.5), ["local"], idle_mem)
+    drift = evidence("t::drift", 2.5, 3.5, feed.window(["local"], 2.5, 3.5), ["local"], idle_mem)
+    assert (held.state, held.mem_rise_mb) == ("used", 800.0)
+    assert (drift.state, drift.mem_rise_mb) == ("idle", 30.0)
 
 
 def test_waiting_for_the_sample_after_a_window_is_bounded() -> None:

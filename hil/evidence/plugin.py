@@ -182,7 +182,8 @@ class GpuEvidence:
         sources = self._sources(report)
         if not self.local:  # the sample that covers the window's end is on its way
             FEED.wait_past(after, sources, 2 * self.interval_ms / 1000.0 + SAMPLE_GRACE_S)
-        found = evidence(report.nodeid, start, stop, FEED.window(sources, start, after), sources)
+        found = evidence(report.nodeid, start, stop, FEED.window(sources, start, after), sources,
+                         idle_mem_mb=FEED.first_memory(sources))
         verdict = judge(found, self.mode, report.passed)
         found = Evidence(**{**found.as_dict(), "verdict": verdict})
         self.found[report.nodeid] = found
@@ -231,8 +232,8 @@ class GpuEvidence:
         folder = self.run_dir()
         if folder is not None:
             tr.write_line(f"evidence: {folder / 'gpu-evidence.jsonl'}")
-        judged = sum(1 for f in self.found.values() if f.samples)
-        if idle_throughout(FEED.all(), judged):
+        judged = sum(1 for f in self.found.values() if f.state != "unknown")
+        if idle_throughout(FEED.all(), list(self.found.values())):
             tr.write_line(f"hil: the GPU stayed idle throughout this run: {judged} tier2 "
                           "test(s) ran and no sample showed GPU load or a CUDA context",
                           red=True, bold=True)

@@ -77,6 +77,7 @@ class SampleFeed:
         self._cond = threading.Condition()
         self._readings: dict[str, deque[GpuReading]] = {}
         self._live: set[str] = set()
+        self._first_mem: dict[str, float] = {}  # kept apart: the oldest readings roll off
 
     def open(self, source: str) -> None:
         """A sampler of ``source`` starts: its readings are awaited until :meth:`close`."""
@@ -97,6 +98,8 @@ class SampleFeed:
             return
         with self._cond:
             self._readings.setdefault(source, deque(maxlen=KEEP_PER_SOURCE)).append(found)
+            if found.mem_mb is not None:
+                self._first_mem.setdefault(source, found.mem_mb)
             self._cond.notify_all()
 
     @property
@@ -139,6 +142,12 @@ class SampleFeed:
                      if start <= r.t <= stop]
         return sorted(found, key=lambda r: r.t)
 
+    def first_memory(self, sources: Iterable[str]) -> float | None:
+        """The device memory used in the first reading of ``sources`` that has it (the lowest)."""
+        with self._cond:
+            found = [self._first_mem[s] for s in sources if s in self._first_mem]
+        return min(found) if found else None
+
     def all(self) -> list[GpuReading]:
         """Every reading kept, of every source."""
         with self._cond:
@@ -148,6 +157,7 @@ class SampleFeed:
         """Forget every reading (a new session in this process)."""
         with self._cond:
             self._readings = {s: deque(maxlen=KEEP_PER_SOURCE) for s in self._live}
+            self._first_mem.clear()
 
 
 #: The session's feed: the samplers publish into it, the evidence plugin reads it.

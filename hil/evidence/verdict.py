@@ -2,9 +2,13 @@
 
 Pure functions over plain data: the plugin gathers the window, this module
 says what it shows.  A test is *idle* when its window has at least one
-reading, none with GPU load, and no reading with the session's CUDA context.
-Where the context cannot be known (a board's tegrastats or nvidia-smi sees
-the device, not the container's processes) the load alone decides.  A window
+reading, none with GPU load, no reading with the session's CUDA context and
+no rise of the device's used memory above what it was before the first
+tier2 test (:data:`MEMORY_RISE_MB`: a context alone takes hundreds of MiB,
+so a short test's context shows where load sampling cannot see its
+kernels).  Where the context cannot be known (a board's tegrastats or
+nvidia-smi sees the device, not the container's processes) load and memory
+decide; a Jetson's memory is shared RAM, so there the load alone decides.  A window
 without readings proves nothing either way: the test is not judged.
 """
 
@@ -22,6 +26,9 @@ MODES = ("off", "warn", "fail")
 IDLE_REASON = "tier2 test left the GPU idle (peak load 0 %, no CUDA context)"
 #: The Allure label of an idle tier2 test under ``warn`` and ``fail``.
 IDLE_LABEL = ("gpu", "idle")
+#: A rise of the device's used memory (MiB) above its level before the first tier2 test
+#: that counts as GPU use: less than a CUDA context takes, more than drift.
+MEMORY_RISE_MB = 64.0
 #: The junit property names, in the order they are written.
 PROPERTY_NAMES = ("gpu_peak_load_pct", "gpu_peak_memory_mb", "gpu_cuda_context", "gpu_samples",
                   "gpu_verdict")
@@ -44,6 +51,8 @@ class Evidence:
     context: bool | None
     #: Peak GPU memory held by the session's own processes, MiB (local sampling only).
     process_mem_mb: float | None
+    #: The peak's rise above the device's memory before the first tier2 test, MiB.
+    mem_rise_mb: float | None
     #: ``used``, ``idle`` or ``unknown`` (no reading in the window).
     state: str
     #: What was done about it: ``recorded``, ``warned`` or ``failed``.
@@ -65,6 +74,8 @@ class Evidence:
         mem = "n/a" if self.peak_mem_mb is None else f"{_fmt(self.peak_mem_mb)} MiB"
         own = ("" if self.process_mem_mb is None
                else f" (this run's processes {_fmt(self.process_mem_mb)} MiB)")
+        if self.mem_rise_mb is not None:
+            own += f", {_fmt(self.mem_rise_mb)} MiB above idle"
         flag = {"idle": "  GPU IDLE", "unknown": "  no GPU sample in its window"}.get(
             self.state, "")
         return (f"peak load {load}, peak memory {mem}{own}, CUDA context "
@@ -87,21 +98,26 @@ def _peak(values: Sequence[float | None]) -> float | None:
 
 
 def evidence(nodeid: str, start: float, stop: float, readings: Sequence[GpuReading],
-             sources: Sequence[str]) -> Evidence:
-    """The evidence of a test whose window ``[start, stop]`` holds ``readings``."""
+             sources: Sequence[str], idle_mem_mb: float | None = None) -> Evidence:
+    """The evidence of a test whose window ``[start, stop]`` holds ``readings``.
+
+    ``idle_mem_mb``: the device's used memory before the first tier2 test.
+    """
     load = _peak([r.load_pct for r in readings])
     contexts = [r.context for r in readings if r.context is not None]
     context = any(contexts) if contexts else None
+    mem = _peak([r.mem_mb for r in readings])
+    rise = None if mem is None or idle_mem_mb is None else max(0.0, round(mem - idle_mem_mb, 1))
     if not readings:
         state = "unknown"
-    elif context or (load is not None and load > 0):
+    elif context or (load is not None and load > 0) or (rise or 0) >= MEMORY_RISE_MB:
         state = "used"
     else:
         state = "idle"
     return Evidence(nodeid=nodeid, start=start, stop=stop, sources=tuple(sources),
-                    samples=len(readings), peak_load_pct=load,
-                    peak_mem_mb=_peak([r.mem_mb for r in readings]), context=context,
-                    process_mem_mb=_peak([r.process_mem_mb for r in readings]), state=state)
+                    samples=len(readings), peak_load_pct=load, peak_mem_mb=mem, context=context,
+                    process_mem_mb=_peak([r.process_mem_mb for r in readings]),
+                    mem_rise_mb=rise, state=state)
 
 
 def judge(found: Evidence, mode: str, passed: bool) -> str:
@@ -117,8 +133,13 @@ def judge(found: Evidence, mode: str, passed: bool) -> str:
     return "warned"
 
 
-def idle_throughout(readings: Sequence[GpuReading], judged: int) -> bool:
-    """Whether a run that judged tier2 tests never saw the GPU used, in any reading."""
-    if not judged or not readings:
+def idle_throughout(readings: Sequence[GpuReading], found: Sequence[Evidence]) -> bool:
+    """Whether a run whose tier2 tests were judged never saw the GPU used.
+
+    Every judged test idle, and no reading of the run (between tests too)
+    with GPU load or the session's CUDA context.
+    """
+    judged = [f for f in found if f.state != "unknown"]
+    if not judged or not readings or any(f.state != "idle" for f in judged):
         return False
     return not any(r.context or (r.load_pct or 0) > 0 for r in readings)
