@@ -46,9 +46,9 @@ from typing import Any
 import pytest
 
 from hil.backends import load_backend
-from hil.backends.base import Backend, RunEnd, RunPlan, describe_exit
+from hil.backends.base import PREPARE_PHASES, Backend, RunEnd, RunPlan, describe_exit
 from hil.config import TargetSpec
-from hil.errors import HilError, RunLostError
+from hil.errors import HilError, RunLostError, name_running
 from hil.progress import Progress, terminal_line
 from hil.session.args import checkout_subdir, remote_args
 from hil.session.attribution import FLAKY, Attribution, Rerun, label, mark_allure, outcomes_of
@@ -552,6 +552,7 @@ class PoolSession:
             assert self.shared is not None
             self.shared.settle(board.name, None)
         if isinstance(result, HilError):
+            name_running(result, feeder.running)  # lost or timed out: what was running
             board.error = result
         elif feeder.remote_exit is not None and feeder.hello is not None:
             code = feeder.remote_exit
@@ -592,6 +593,8 @@ class PoolSession:
             "exit_code": self.exitstatus, "timings": self.timings,
             "boards": {b.name: {"image": b.image, "code": b.code, "seconds": b.seconds,
                                 "quarantined": str(b.quarantined) if b.quarantined else None,
+                                "phases": {k: b.backend.timings[k] for k in PREPARE_PHASES
+                                           if k in b.backend.timings},
                                 "error": str(b.error) if b.error else None}
                        for b in self.boards},
         }, indent=1), encoding="utf-8")

@@ -277,7 +277,6 @@ class SshBackend(Backend):
         self.last_sync: SyncStats | None = None
         #: Files fetched by the last fetch().
         self.fetched: list[str] = []
-        self.timings: dict[str, float] = {}
         self._failures: list[HilError] = []
         #: (container name, pgid file) of a run that did not end cleanly: cleaned up in fetch.
         self._dirty: tuple[str, str] | None = None
@@ -569,13 +568,16 @@ class SshBackend(Backend):
                            f"waiting up to {self.lease_timeout:.0f} s")
 
     # -- prepare ----------------------------------------------------------------------------
-    def prepare(self, plan: RunPlan) -> str:
+    def _prepare(self, plan: RunPlan) -> str:
         """Take the lease, sync the checkout, build the image when its tag is absent."""
         if self.report is None:
             self.preflight()
-        self.acquire_lease()
-        self.sync()
-        tag = self.image()
+        with self.phase("lease"):
+            self.acquire_lease()
+        with self.phase("sync"):
+            self.sync()
+        with self.phase("image"):
+            tag = self.image()
         if self.spec.compose.file:
             self.compose = ComposeProject(
                 self.spec, self._shell, engine_root=self.board.remote_dir, local_root=self.root,
@@ -584,7 +586,8 @@ class SshBackend(Backend):
                 local_dir=plan.local_out / "compose", progress=self.progress,
                 judge_owners=False,  # under the board's lease every other project is stale
                 rebuild=self.rebuild)
-            self.compose.up(tag)
+            with self.phase("services"):
+                self.compose.up(tag)
         return tag
 
     def _shell(self, command: str, timeout: float) -> tuple[int, str, str]:
@@ -598,9 +601,7 @@ class SshBackend(Backend):
         if self.lease is None or (self.lease.acquired and not self.lease.held):
             self.lease = Lease(conn, timeout=self.lease_timeout, target=self.spec.name,
                                on_wait=self._on_lease_wait)
-        start = time.monotonic()
         self.lease.wait()
-        self.timings["lease"] = round(time.monotonic() - start, 3)
         return self.lease
 
     def sync(self) -> SyncStats:
@@ -615,7 +616,6 @@ class SshBackend(Backend):
             stats = SyncStats(files=len(files.paths or ()),
                               skipped_links=tuple(files.skipped_links))
             self.last_sync = stats
-            self.timings["sync"] = 0.0
             self.progress.step(f"{self.spec.name}:{self.board.remote_dir} is up to date "
                                f"({stats.files} files unchanged since the last sync)")
             return stats
@@ -627,7 +627,6 @@ class SshBackend(Backend):
             raise ConnectionLostError(f"connection lost during sync: {err.message}",
                                       target=self.spec.name) from err
         self.last_sync = stats
-        self.timings["sync"] = round(stats.seconds, 3)
         self.progress.step(
             f"synced to {self.spec.name}:{self.board.remote_dir}: {stats.transferred} of "
             f"{stats.files} files changed, {stats.deleted} deleted, "
@@ -683,8 +682,7 @@ class SshBackend(Backend):
                 if line.startswith(ID_MARKER):
                     image_id = line[len(ID_MARKER):].strip()
                 elif line.strip():
-                    self.build_log.append(line)
-                    self.progress.detail(line)
+                    self.build_line(line)
 
         chan = conn.exec(command)
         try:
