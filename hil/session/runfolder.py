@@ -12,7 +12,6 @@ import pytest
 
 from hil.errors import HilError
 from hil.own import check_own, is_own, mark_own, remove_own
-from hil.report.allure import write_infrastructure_result
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -80,6 +79,9 @@ def fresh_results(allure_dir: Path, keep: bool, target: str, error: HilError | N
     stale = set_aside(allure_dir) if not keep and allure_dir.exists() else []
     mark_own(allure_dir)
     if error is not None:
+        # Here, not at the top: a local run (the GPU evidence's run folder) needs no allure-commons.
+        from hil.report.allure import write_infrastructure_result
+
         write_infrastructure_result(allure_dir, target, error.kind, int(error.exit_code),
                                     str(error), trace=error.details(40))
     return stale
