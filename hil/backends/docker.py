@@ -40,8 +40,8 @@ from hil.backends.images import build_context, recipe
 from hil.errors import (
     BuildFailedError,
     ConfigError,
+    ContainerRemoveError,
     EngineDownError,
-    HilError,
     RunLostError,
     RunTimedOutError,
     RuntimeMissingError,
@@ -316,8 +316,9 @@ class DockerBackend(Backend):
         return Check("gpu", True, f"{words}; tier {self.spec.tier} declared")
 
     # -- image ----------------------------------------------------------------
-    def prepare(self, plan: RunPlan) -> str:
-        tag = self.image(plan)
+    def _prepare(self, plan: RunPlan) -> str:
+        with self.phase("image"):
+            tag = self.image(plan)
         if self.spec.compose.file:
             out = plan.local_out / "compose"
             self.compose = ComposeProject(
@@ -326,7 +327,8 @@ class DockerBackend(Backend):
                 override_path=str((out / "override.json").resolve()), local_dir=out,
                 progress=self.progress, judge_owners=True,
                 rebuild=self.rebuild)
-            self.compose.up(tag)
+            with self.phase("services"):
+                self.compose.up(tag)
         return tag
 
     def image(self, plan: RunPlan) -> str:
@@ -345,27 +347,23 @@ class DockerBackend(Backend):
                 pass
         self.progress.step(f"building {tag} from {rec.dockerfile} "
                            f"({len(rec.inputs)} input file(s))")
-        (plan.local_out / "build.log").parent.mkdir(parents=True, exist_ok=True)
-        with (plan.local_out / "build.log").open("w", encoding="utf-8") as log:
-            error = ""
-            try:
-                stream = engine.build(
-                    build_context(rec, self.root), dockerfile=rec.dockerfile, tag=tag,
-                    buildargs=dict(rec.build_args), network=self.spec.docker.build_network,
-                    labels={CONTAINER_LABEL: "image"}, timeout=self.spec.timeouts.build,
-                )
-                for chunk in stream:
-                    text = chunk.get("stream") or chunk.get("status") or ""
-                    if "error" in chunk:
-                        error = str(chunk["error"])
-                        text = error
-                    for line in text.rstrip("\n").splitlines():
-                        if line.strip():
-                            self.build_log.append(line)
-                            log.write(line + "\n")
-                            self.progress.detail(line)
-            except EngineError as err:
-                error = str(err)
+        error = ""
+        try:
+            stream = engine.build(
+                build_context(rec, self.root), dockerfile=rec.dockerfile, tag=tag,
+                buildargs=dict(rec.build_args), network=self.spec.docker.build_network,
+                labels={CONTAINER_LABEL: "image"}, timeout=self.spec.timeouts.build,
+            )
+            for chunk in stream:
+                text = chunk.get("stream") or chunk.get("status") or ""
+                if "error" in chunk:
+                    error = str(chunk["error"])
+                    text = error
+                for line in text.rstrip("\n").splitlines():
+                    if line.strip():
+                        self.build_line(line)
+        except EngineError as err:
+            error = str(err)
         if error:
             raise BuildFailedError(
                 f"building {tag} failed: {error.strip().splitlines()[-1][:200]}",
@@ -521,7 +519,8 @@ def _remove(engine: Engine, cid: str) -> None:
             return
         except EngineError as err:
             if time.monotonic() > deadline:
-                raise HilError(f"could not remove container {cid[:12]}: {err}") from err
+                raise ContainerRemoveError(f"could not remove container {cid[:12]}: {err}"
+                                           ) from err
             time.sleep(0.2)
 
 

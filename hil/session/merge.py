@@ -67,7 +67,7 @@ class PoolFeeder(EventFeeder):
     TEST_EVENTS = frozenset({"logstart", "logreport", "finish", "logfinish"})
 
     def __init__(self, config: pytest.Config, session: pytest.Session, board: str,
-                 shared: PoolCollection, allure_dir: Path, mount: str,
+                 shared: PoolCollection, allure_dir: Path | None, mount: str,
                  hold: bool = False) -> None:
         super().__init__(config, session, mount, allure_dir=allure_dir)
         self.board = board

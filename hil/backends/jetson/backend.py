@@ -57,18 +57,16 @@ from hil.config import TargetSpec
 from hil.errors import (
     BuildFailedError,
     ConfigError,
+    ConnectionLostError,
     DiskLowError,
     EngineDownError,
     HilError,
-    RunLostError,
     RunTimedOutError,
     RuntimeMissingError,
-    SyncFailedError,
     TargetUnhealthyError,
     UnreachableError,
 )
 from hil.progress import Progress
-from hil.ssh.connection import ConnectionLostError
 from hil.ssh.connection import SshConnection as Connection
 from hil.ssh.lease import Holder, Lease
 from hil.ssh.sync import (
@@ -95,19 +93,20 @@ INBAND_RESULTS_KB = 65536
 
 
 def _sections(text: str) -> dict[str, str]:
-    """Split the preflight script's output at ``@@hil:NAME`` lines."""
+    """Split the preflight script's output at ``@@hil:NAME`` lines; the first section of a
+    name wins (the script writes each once, before anything the image controls)."""
     out: dict[str, str] = {}
     name = ""
     lines: list[str] = []
     for line in text.splitlines():
         if line.startswith("@@hil:"):
             if name:
-                out[name] = "\n".join(lines).strip()
+                out.setdefault(name, "\n".join(lines).strip())
             name, lines = line[6:].strip(), []
         else:
             lines.append(line)
     if name:
-        out[name] = "\n".join(lines).strip()
+        out.setdefault(name, "\n".join(lines).strip())
     return out
 
 
@@ -278,7 +277,6 @@ class SshBackend(Backend):
         self.last_sync: SyncStats | None = None
         #: Files fetched by the last fetch().
         self.fetched: list[str] = []
-        self.timings: dict[str, float] = {}
         self._failures: list[HilError] = []
         #: (container name, pgid file) of a run that did not end cleanly: cleaned up in fetch.
         self._dirty: tuple[str, str] | None = None
@@ -318,10 +316,10 @@ class SshBackend(Backend):
                 time.sleep(delay)  # back-off between connection attempts, not a readiness wait
                 delay = min(delay * 2, 2.0)
 
-    def _lost(self, what: str) -> RunLostError:
+    def _lost(self, what: str) -> ConnectionLostError:
         reason = self.conn.lost_reason if self.conn is not None else ""
-        return RunLostError("connection to the board lost" + (f" {what}" if what else ""),
-                            target=self.spec.name, tail=reason)
+        return ConnectionLostError("connection to the board lost" + (f" {what}" if what else ""),
+                                   target=self.spec.name, tail=reason)
 
     # -- preflight --------------------------------------------------------------------------
     def _preflight_command(self, fresh_probe: bool = False) -> str:
@@ -570,13 +568,16 @@ class SshBackend(Backend):
                            f"waiting up to {self.lease_timeout:.0f} s")
 
     # -- prepare ----------------------------------------------------------------------------
-    def prepare(self, plan: RunPlan) -> str:
+    def _prepare(self, plan: RunPlan) -> str:
         """Take the lease, sync the checkout, build the image when its tag is absent."""
         if self.report is None:
             self.preflight()
-        self.acquire_lease()
-        self.sync()
-        tag = self.image()
+        with self.phase("lease"):
+            self.acquire_lease()
+        with self.phase("sync"):
+            self.sync()
+        with self.phase("image"):
+            tag = self.image()
         if self.spec.compose.file:
             self.compose = ComposeProject(
                 self.spec, self._shell, engine_root=self.board.remote_dir, local_root=self.root,
@@ -585,7 +586,8 @@ class SshBackend(Backend):
                 local_dir=plan.local_out / "compose", progress=self.progress,
                 judge_owners=False,  # under the board's lease every other project is stale
                 rebuild=self.rebuild)
-            self.compose.up(tag)
+            with self.phase("services"):
+                self.compose.up(tag)
         return tag
 
     def _shell(self, command: str, timeout: float) -> tuple[int, str, str]:
@@ -599,12 +601,7 @@ class SshBackend(Backend):
         if self.lease is None or (self.lease.acquired and not self.lease.held):
             self.lease = Lease(conn, timeout=self.lease_timeout, target=self.spec.name,
                                on_wait=self._on_lease_wait)
-        start = time.monotonic()
-        try:
-            self.lease.wait()
-        except ConnectionLostError as err:
-            raise UnreachableError(err.message, target=self.spec.name) from err
-        self.timings["lease"] = round(time.monotonic() - start, 3)
+        self.lease.wait()
         return self.lease
 
     def sync(self) -> SyncStats:
@@ -619,7 +616,6 @@ class SshBackend(Backend):
             stats = SyncStats(files=len(files.paths or ()),
                               skipped_links=tuple(files.skipped_links))
             self.last_sync = stats
-            self.timings["sync"] = 0.0
             self.progress.step(f"{self.spec.name}:{self.board.remote_dir} is up to date "
                                f"({stats.files} files unchanged since the last sync)")
             return stats
@@ -628,10 +624,9 @@ class SshBackend(Backend):
                                     excludes=self.spec.ssh.excludes, files=files)
             self.board.pending_marker = digest
         except ConnectionLostError as err:
-            raise SyncFailedError(f"connection lost during sync: {err.message}",
-                                  target=self.spec.name) from err
+            raise ConnectionLostError(f"connection lost during sync: {err.message}",
+                                      target=self.spec.name) from err
         self.last_sync = stats
-        self.timings["sync"] = round(stats.seconds, 3)
         self.progress.step(
             f"synced to {self.spec.name}:{self.board.remote_dir}: {stats.transferred} of "
             f"{stats.files} files changed, {stats.deleted} deleted, "
@@ -687,17 +682,16 @@ class SshBackend(Backend):
                 if line.startswith(ID_MARKER):
                     image_id = line[len(ID_MARKER):].strip()
                 elif line.strip():
-                    self.build_log.append(line)
-                    self.progress.detail(line)
+                    self.build_line(line)
 
         chan = conn.exec(command)
         try:
             code = conn.stream(chan, on_out, on_out,
                                deadline=time.monotonic() + spec.timeouts.build + 30)
         except ConnectionLostError as err:
-            raise BuildFailedError(f"connection lost while building {rec.tag}",
-                                   target=spec.name, tail="\n".join(self.build_log[-30:])
-                                   ) from err
+            raise ConnectionLostError(f"connection lost while building {rec.tag}",
+                                      target=spec.name, tail="\n".join(self.build_log[-30:])
+                                      ) from err
         except TimeoutError:
             code = 124
         finally:
@@ -908,8 +902,8 @@ class SshBackend(Backend):
         try:
             self.fetched = fetch_tree(conn, remote, plan.local_out)
         except ConnectionLostError as err:
-            raise SyncFailedError(f"connection lost while fetching results: {err.message}",
-                                  target=self.spec.name) from err
+            raise ConnectionLostError(f"connection lost while fetching results: {err.message}",
+                                      target=self.spec.name) from err
         self.timings["fetch"] = round(time.monotonic() - start, 3)
 
     def close(self) -> None:
