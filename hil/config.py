@@ -149,7 +149,14 @@ _SECTIONS: dict[str, type[Any]] = {
     "preflight": PreflightSpec,
     "compose": ComposeSpec,
 }
-_SECTION_KINDS = {"ssh": ("ssh",), "docker": ("docker", "ssh"), "compose": ("docker", "ssh")}
+_SECTION_KINDS = {"ssh": ("ssh",), "docker": ("docker", "ssh"), "compose": ("docker", "ssh"),
+                  # Free space and swap are read by the board's preflight script; a docker
+                  # target's engine may live in a VM (Colima) whose disk this host cannot see.
+                  "preflight": ("ssh",)}
+#: Keys of a shared section that only some kinds read: a key no backend of the kind reads
+#: would be ignored without a word (a bogus engine socket would still "pass").
+_KEY_KINDS = {"docker.engine": ("docker",), "docker.context": ("docker",),
+              "timeouts.lease": ("ssh",)}
 
 
 def _type_name(value: object) -> str:
@@ -258,6 +265,7 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
                     f"(only for: {', '.join(allowed)})"
                 )
             sections[sect] = _section(source, sect, cls, data[sect])
+            _check_key_kinds(source, sect, data[sect], kind)
     if kind == "ssh":
         ssh: SshSpec = sections.get("ssh", SshSpec())
         if ssh.host and ssh.hosts:
@@ -286,6 +294,15 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
         detect_tier=detect,
         **sections,
     )
+
+
+def _check_key_kinds(source: str, sect: str, table: Mapping[str, Any], kind: str) -> None:
+    """Refuse a key of ``sect`` that no backend of ``kind`` reads (see :data:`_KEY_KINDS`)."""
+    for key in table:
+        allowed = _KEY_KINDS.get(f"{sect}.{key}")
+        if allowed and kind not in allowed:
+            raise ConfigError(f"{source}: key '{sect}.{key}' is not allowed for kind '{kind}' "
+                              f"(only for: {', '.join(allowed)})")
 
 
 def _check_compose(source: str, compose: ComposeSpec) -> None:
@@ -403,10 +420,11 @@ def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
         if not isinstance(tool, dict):
             raise ConfigError("pyproject.toml: key 'tool.hil' must be a table")
         for key in tool:
-            if key not in ("targets", "targets_dir", "routing"):
+            if key not in ("targets", "targets_dir", "routing", "gpu_evidence",
+                           "gpu_interval_ms"):
                 raise ConfigError(
                     f"pyproject.toml: unknown key 'tool.hil.{key}' "
-                    "(expected: targets, targets_dir, routing)"
+                    "(expected: targets, targets_dir, routing, gpu_evidence, gpu_interval_ms)"
                 )
         declared = tool.get("targets", {})
         if not isinstance(declared, dict):

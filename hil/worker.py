@@ -26,6 +26,7 @@ with these variables:
     file writes are slow (its memory cgroup throttles dirty pages; Colima's
     shared folders cross a VM), and a streamed result is as safe as a written
     one once the controller has it.  Attachments are still written here.
+    ``off`` records no Allure results at all (the host's ``--hil-no-allure``);
 ``HIL_EVENT_INTERVAL_MS``
     how long events may wait to be written together (default 20; ``0``
     writes at every test's start);
@@ -707,7 +708,8 @@ def split_shares(ids: list[str], durations: dict[str, float], count: int) -> lis
     """``ids`` split into ``count`` parts of about equal run time, each in collection order.
 
     With durations recorded in earlier runs: longest first onto the least
-    loaded part (ties: the lowest index); a test with no record counts as the
+    loaded part (ties: the one with fewest tests, then the lowest index, so
+    tests recorded as taking no time are spread too); a test with no record counts as the
     mean of those recorded.  With none recorded: ``count`` consecutive runs of
     the collection order (file order), sizes differing by one at most.  The
     same inputs always give the same split, so every board (or shard) that
@@ -727,10 +729,12 @@ def split_shares(ids: list[str], durations: dict[str, float], count: int) -> lis
     mean = sum(known) / len(known)
     cost = [durations.get(i, mean) for i in ids]
     loads = [0.0] * count
+    sizes = [0] * count
     owner = [0] * len(ids)
     for place in sorted(range(len(ids)), key=lambda p: (-cost[p], p)):
-        k = min(range(count), key=lambda b: (loads[b], b))
+        k = min(range(count), key=lambda b: (loads[b], sizes[b], b))
         loads[k] += cost[place]
+        sizes[k] += 1
         owner[place] = k
     return [[i for place, i in enumerate(ids) if owner[place] == k] for k in range(count)]
 
@@ -912,7 +916,8 @@ def main(argv: list[str] | None = None) -> int:
     if "no:cacheprovider" not in args:
         extra += _prepare_cache(out)
     allure_dir: str | None = None
-    if importlib.util.find_spec("allure_pytest") is not None:
+    if (os.environ.get("HIL_ALLURE_RESULTS") != "off"
+            and importlib.util.find_spec("allure_pytest") is not None):
         allure_dir = str(out / "allure-results")
         stream.allure_dir = allure_dir
     environment = parse_environment(os.environ.get("HIL_ENVIRONMENT", ""))

@@ -38,8 +38,9 @@ def run(
     unset: Sequence[str] = (),
     error: type[HilError] = RigError,
     what: str = "",
+    cwd: Path | None = None,
 ) -> Result:
-    """Run ``command`` to its end and capture its output.
+    """Run ``command`` (in ``cwd``) to its end and capture its output.
 
     Raises ``error`` (a :class:`HilError`) carrying the command, exit code and
     output tail when ``check`` is true and the command fails or times out.
@@ -57,6 +58,7 @@ def run(
             timeout=timeout,
             env=full_env,
             check=False,
+            cwd=cwd,
         )
     except subprocess.TimeoutExpired as exc:
         raise error(f"{what or argv[0]} did not finish within {timeout:.0f} s", command=argv) from exc
