@@ -315,16 +315,19 @@ class DockerBackend(Backend):
 
     # -- image ----------------------------------------------------------------
     def prepare(self, plan: RunPlan) -> str:
-        tag = self.image(plan)
-        if self.spec.compose.file:
-            out = plan.local_out / "compose"
-            self.compose = ComposeProject(
-                self.spec, local_shell({"DOCKER_HOST": self.engine_url}),
-                engine_root=str(self.root.resolve()), local_root=self.root,
-                override_path=str((out / "override.json").resolve()), local_dir=out,
-                progress=self.progress, judge_owners=True,
-                rebuild=self.rebuild)
-            self.compose.up(tag)
+        if not self.spec.compose.file:
+            return self.image(plan)
+        out = plan.local_out / "compose"
+        self.compose = ComposeProject(
+            self.spec, local_shell({"DOCKER_HOST": self.engine_url}),
+            engine_root=str(self.root.resolve()), local_root=self.root,
+            override_path=str((out / "override.json").resolve()), local_dir=out,
+            progress=self.progress, judge_owners=True,
+            rebuild=self.rebuild)
+        self.compose.read()
+        # A tests' service with its own build: compose builds it, no dependencies image.
+        tag = self.compose.tests_image or self.image(plan)
+        self.compose.up(tag)
         return tag
 
     def image(self, plan: RunPlan) -> str:

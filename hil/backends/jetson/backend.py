@@ -574,16 +574,19 @@ class SshBackend(Backend):
             self.preflight()
         self.acquire_lease()
         self.sync()
-        tag = self.image()
-        if self.spec.compose.file:
-            self.compose = ComposeProject(
-                self.spec, self._shell, engine_root=self.board.remote_dir, local_root=self.root,
-                override_path=posixpath.join(out_dir(self.board.remote_dir, plan.run_id),
-                                             "compose", "override.json"),
-                local_dir=plan.local_out / "compose", progress=self.progress,
-                judge_owners=False,  # under the board's lease every other project is stale
-                rebuild=self.rebuild)
-            self.compose.up(tag)
+        if not self.spec.compose.file:
+            return self.image()
+        self.compose = ComposeProject(
+            self.spec, self._shell, engine_root=self.board.remote_dir, local_root=self.root,
+            override_path=posixpath.join(out_dir(self.board.remote_dir, plan.run_id),
+                                         "compose", "override.json"),
+            local_dir=plan.local_out / "compose", progress=self.progress,
+            judge_owners=False,  # under the board's lease every other project is stale
+            rebuild=self.rebuild)
+        self.compose.read()
+        # A tests' service with its own build: compose builds it, no dependencies image.
+        tag = self.compose.tests_image or self.image()
+        self.compose.up(tag)
         return tag
 
     def _shell(self, command: str, timeout: float) -> tuple[int, str, str]:
