@@ -434,10 +434,11 @@ def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
         if not isinstance(tool, dict):
             raise ConfigError("pyproject.toml: key 'tool.hil' must be a table")
         for key in tool:
-            if key not in ("targets", "targets_dir", "routing"):
+            if key not in ("targets", "targets_dir", "routing", "gpu_evidence",
+                           "gpu_interval_ms"):
                 raise ConfigError(
                     f"pyproject.toml: unknown key 'tool.hil.{key}' "
-                    "(expected: targets, targets_dir, routing)"
+                    "(expected: targets, targets_dir, routing, gpu_evidence, gpu_interval_ms)"
                 )
         declared = tool.get("targets", {})
         if not isinstance(declared, dict):

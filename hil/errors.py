@@ -219,6 +219,25 @@ class RunTimedOutError(HilError):
     exit_code = ExitCode.RUN_TIMED_OUT
     kind = "timed-out"
 
+    def __init__(self, message: str, *, running_test: str | None = None, **kw: object) -> None:
+        if running_test:
+            message = f"{message} while running {running_test}"
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.running_test = running_test
+
+
+def name_running(err: HilError, test: str | None) -> None:
+    """Name ``test`` in a run that was lost or timed out, as the test that was running.
+
+    Unless the fault names one already, or is no such fault, or names the
+    tests not run instead (a crash past the resume limit).
+    """
+    if (test and isinstance(err, (RunLostError, RunTimedOutError)) and not err.running_test
+            and not getattr(err, "not_run", ())):
+        err.running_test = test
+        err.message = f"{err.message} while running {test}"
+        err.args = (err.message,)
+
 
 class DeviceBusyError(HilError):
     """The board's lease was held by another session until the deadline."""

@@ -64,6 +64,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
     group.addoption("--hil-hold-on-failure", dest="hil_hold_on_failure", metavar="TTL",
                     type=parse_ttl, default=None, help=HELP_HOLD)
+    from hil.evidence.plugin import add_options
+
+    add_options(group)
 
 
 def _resolve_target(config: pytest.Config) -> tuple[TargetSpec, Path]:
@@ -208,6 +211,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(
         TierGate(spec.name, 3 if routing else tier, gate_allure, environment), "hil-tiergate")
     _register_shards(config, spec)
+    from hil.evidence.plugin import register as register_gpu_evidence
+
+    register_gpu_evidence(config, settings)
     if routing is not None and not plan:
         config.pluginmanager.register(make_session(config, settings, routing), "hil-session")
     elif spec.is_container and not plan and spec.ssh.hosts:

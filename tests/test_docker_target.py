@@ -364,6 +364,19 @@ def start_slow_run(project: pytest.Pytester, procs: list[subprocess.Popen[str]]
     return proc, seen
 
 
+def test_a_run_past_its_timeout_names_the_test_it_was_running(project: pytest.Pytester,
+                                                               sim_rig: Rig) -> None:
+    (project.path / "targets" / "box.toml").write_text(
+        target_toml(sim_rig, "[timeouts]\nrun = 15\n"))
+    project.makepyfile(test_a=SLOW)
+    result = run(project)
+    assert result.ret == 20
+    result.stdout.fnmatch_lines(["*hil: error: target 'box': the run exceeded 15 s* while "
+                                 "running test_a.py::test_slow*"])
+    error = json.loads((run_dirs(project)[-1] / "error.json").read_text())
+    assert error["message"].endswith("while running test_a.py::test_slow")
+
+
 def test_interrupt_removes_the_container_and_keeps_partial_results(
     project: pytest.Pytester, sim_rig: Rig, popen_run: list[subprocess.Popen[str]]
 ) -> None:

@@ -24,8 +24,14 @@ from typing import Any
 import pytest
 
 from hil.backends import load_backend
-from hil.backends.base import Backend, RunEnd, RunPlan, describe_exit
-from hil.errors import HilError, RunLostError, TargetUnhealthyError
+from hil.backends.base import PREPARE_PHASES, Backend, RunEnd, RunPlan, describe_exit
+from hil.errors import (
+    HilError,
+    RunLostError,
+    RunTimedOutError,
+    TargetUnhealthyError,
+    name_running,
+)
 from hil.progress import Progress, TerminalProgress, terminal_line
 from hil.session.args import checkout_subdir, remote_args
 from hil.session.crash import CrashReport
@@ -144,8 +150,11 @@ class RemoteSession:
                         report = backend.preflight()
                     (self.run_dir / "preflight.json").write_text(
                         json.dumps(report.as_dict(), indent=1), encoding="utf-8")
-                    with self._phase("image"):
+                    try:
                         image = backend.prepare(self.plan)
+                    finally:  # the backend timed its steps: lease, sync, image, services
+                        self.timings.update((name, backend.timings[name]) for name in
+                                            PREPARE_PHASES if name in backend.timings)
                     progress.step(f"running tests in {image} on '{self.spec.name}'")
                     self.exitstatus = self._run_tests(session, backend, image, feeder, progress)
                 except HilError as err:
@@ -175,11 +184,10 @@ class RemoteSession:
         ended without its final report, so a lost run's error names the running test."""
         try:
             end = backend.run(self.plan, image, feeder.feed, self._on_stderr)
-        except RunLostError as err:
+        except (RunLostError, RunTimedOutError) as err:  # name the test that was running
             self._read_back(backend, feeder)
-            if err.running_test is None and not err.not_run and feeder.running:
-                raise RunLostError(err.message, running_test=feeder.running,
-                                   target=err.target or self.spec.name, tail=err.tail) from None
+            name_running(err, feeder.running)
+            err.target = err.target or self.spec.name
             raise
         feeder.close()
         if not feeder.done:  # crashed, killed or cut short: the record knows more
@@ -315,6 +323,8 @@ class RemoteSession:
         fault: HilError | None = None
         if self.fetched != self.plan.segment:
             self.fetched = self.plan.segment
+            if not feeder.done:  # cut short (a lost link, an interrupt): it may still be going
+                backend.stop()
             with self._phase("fetch"):
                 try:
                     backend.fetch(self.plan)
@@ -363,7 +373,7 @@ class RemoteSession:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
-        phases = ("preflight", "image", "container start", "tests", "fetch")
+        phases = ("preflight", *PREPARE_PHASES, "container start", "tests", "fetch")
         shown = [f"{name} {self.timings[name]:.2f}s" for name in phases if name in self.timings]
         tr.write_sep("-", f"hil: {self.spec.name}")
         if shown:

@@ -111,7 +111,8 @@ def check_remote_dir(remote_dir: str, home: str, *, allow_outside_home: bool = F
     if home.startswith(path.rstrip("/") + "/"):
         raise ConfigError(f"{where} ({path}) contains the home folder {home}", target=target,
                           hint=hint)
-    inside = path.startswith(home.rstrip("/") + "/")
+    # A home of "/" (a service account) is no home: nothing counts as inside it.
+    inside = home != "/" and path.startswith(home.rstrip("/") + "/")
     if not inside:
         if not allow_outside_home:
             raise ConfigError(f"{where} ({path}) lies outside the home folder {home}",

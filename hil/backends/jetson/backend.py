@@ -93,19 +93,20 @@ INBAND_RESULTS_KB = 65536
 
 
 def _sections(text: str) -> dict[str, str]:
-    """Split the preflight script's output at ``@@hil:NAME`` lines."""
+    """Split the preflight script's output at ``@@hil:NAME`` lines; the first section of a
+    name wins (the script writes each once, before anything the image controls)."""
     out: dict[str, str] = {}
     name = ""
     lines: list[str] = []
     for line in text.splitlines():
         if line.startswith("@@hil:"):
             if name:
-                out[name] = "\n".join(lines).strip()
+                out.setdefault(name, "\n".join(lines).strip())
             name, lines = line[6:].strip(), []
         else:
             lines.append(line)
     if name:
-        out[name] = "\n".join(lines).strip()
+        out.setdefault(name, "\n".join(lines).strip())
     return out
 
 
@@ -276,7 +277,6 @@ class SshBackend(Backend):
         self.last_sync: SyncStats | None = None
         #: Files fetched by the last fetch().
         self.fetched: list[str] = []
-        self.timings: dict[str, float] = {}
         self._failures: list[HilError] = []
         #: (container name, pgid file) of a run that did not end cleanly: cleaned up in fetch.
         self._dirty: tuple[str, str] | None = None
@@ -568,14 +568,17 @@ class SshBackend(Backend):
                            f"waiting up to {self.lease_timeout:.0f} s")
 
     # -- prepare ----------------------------------------------------------------------------
-    def prepare(self, plan: RunPlan) -> str:
+    def _prepare(self, plan: RunPlan) -> str:
         """Take the lease, sync the checkout, build the image when its tag is absent."""
         if self.report is None:
             self.preflight()
-        self.acquire_lease()
-        self.sync()
+        with self.phase("lease"):
+            self.acquire_lease()
+        with self.phase("sync"):
+            self.sync()
         if not self.spec.compose.file:
-            return self.image()
+            with self.phase("image"):
+                return self.image()
         self.compose = ComposeProject(
             self.spec, self._shell, engine_root=self.board.remote_dir, local_root=self.root,
             override_path=posixpath.join(out_dir(self.board.remote_dir, plan.run_id),
@@ -583,10 +586,15 @@ class SshBackend(Backend):
             local_dir=plan.local_out / "compose", progress=self.progress,
             judge_owners=False,  # under the board's lease every other project is stale
             rebuild=self.rebuild)
-        self.compose.read()
+        with self.phase("services"):
+            self.compose.read()
         # A tests' service with its own build: compose builds it, no dependencies image.
-        tag = self.compose.tests_image or self.image()
-        self.compose.up(tag)
+        tag = self.compose.tests_image
+        if not tag:
+            with self.phase("image"):
+                tag = self.image()
+        with self.phase("services"):
+            self.compose.up(tag)
         return tag
 
     def _shell(self, command: str, timeout: float) -> tuple[int, str, str]:
@@ -600,9 +608,7 @@ class SshBackend(Backend):
         if self.lease is None or (self.lease.acquired and not self.lease.held):
             self.lease = Lease(conn, timeout=self.lease_timeout, target=self.spec.name,
                                on_wait=self._on_lease_wait)
-        start = time.monotonic()
         self.lease.wait()
-        self.timings["lease"] = round(time.monotonic() - start, 3)
         return self.lease
 
     def sync(self) -> SyncStats:
@@ -617,7 +623,6 @@ class SshBackend(Backend):
             stats = SyncStats(files=len(files.paths or ()),
                               skipped_links=tuple(files.skipped_links))
             self.last_sync = stats
-            self.timings["sync"] = 0.0
             self.progress.step(f"{self.spec.name}:{self.board.remote_dir} is up to date "
                                f"({stats.files} files unchanged since the last sync)")
             return stats
@@ -629,7 +634,6 @@ class SshBackend(Backend):
             raise ConnectionLostError(f"connection lost during sync: {err.message}",
                                       target=self.spec.name) from err
         self.last_sync = stats
-        self.timings["sync"] = round(stats.seconds, 3)
         self.progress.step(
             f"synced to {self.spec.name}:{self.board.remote_dir}: {stats.transferred} of "
             f"{stats.files} files changed, {stats.deleted} deleted, "
@@ -685,8 +689,7 @@ class SshBackend(Backend):
                 if line.startswith(ID_MARKER):
                     image_id = line[len(ID_MARKER):].strip()
                 elif line.strip():
-                    self.build_log.append(line)
-                    self.progress.detail(line)
+                    self.build_line(line)
 
         chan = conn.exec(command)
         try:
@@ -873,9 +876,22 @@ class SshBackend(Backend):
             conn.run(board_command("kill", req.name, _pgid_file(req)), timeout=30)
             self._dirty = None
 
+    def stop(self) -> None:
+        """Kill the run going on the board (its process group, its container), if any; after a
+        lost link, over a new connection.  Best effort and bounded."""
+        dirty = self._dirty
+        if dirty is None:
+            return
+        with contextlib.suppress(HilError, OSError):
+            conn = self.conn
+            if conn is None or not conn.alive:
+                conn = self.reconnect(max(30.0, self.spec.timeouts.connect * 3))
+            conn.run(board_command("kill", *dirty), timeout=60)
+            self._dirty = None
+
     # -- fetch ------------------------------------------------------------------------------
     def fetch(self, plan: RunPlan) -> None:
-        """Copy the run's results folder back; after a lost link, reconnect and clean up first."""
+        """Copy the run's results folder back (after a lost link, over a new connection)."""
         if self.compose is not None and self.conn is not None and self.conn.alive:
             with contextlib.suppress(HilError, OSError):
                 self.compose.save_logs()
@@ -889,10 +905,6 @@ class SshBackend(Backend):
             self.progress.step(f"reconnecting to {self.spec.name} to fetch the results")
             self.reconnect(max(30.0, self.spec.timeouts.connect * 3))
         conn = self.connect()
-        if self._dirty is not None:
-            name, pgid = self._dirty
-            conn.run(board_command("kill", name, pgid), timeout=60)
-            self._dirty = None
         remote = out_dir(self.board.remote_dir, plan.run_id)
         try:
             self.fetched = fetch_tree(conn, remote, plan.local_out)
@@ -902,7 +914,9 @@ class SshBackend(Backend):
         self.timings["fetch"] = round(time.monotonic() - start, 3)
 
     def close(self) -> None:
-        """Stop telemetry, release the lease, close the connection (idempotent)."""
+        """Stop a run still going, telemetry; release the lease, close the connection
+        (idempotent)."""
+        self.stop()
         if self._telemetry is not None:
             self._telemetry.stop()
             self._telemetry = None
