@@ -22,7 +22,6 @@ import pytest
 from conftest import IMAGE_REQUIREMENTS
 from hil.config import parse_target
 from hil.errors import ConfigError, ExitCode
-from hil.session.merge import combined_exit
 from hil.sim import Rig
 from hil.worker import decode_share, encode_share, share_of, split_shares
 
@@ -90,14 +89,6 @@ def test_nested_parts_cover_every_test_once() -> None:
     levels = [[1, 3], [0, 2]]
     data = decode_share(encode_share(levels, durations))
     assert data == {"levels": levels, "durations": durations}
-
-
-def test_the_pool_exit_code_is_pytest_rule_over_the_boards() -> None:
-    assert combined_exit([0, 0, 5]) == 0
-    assert combined_exit([0, 1, 5]) == 1
-    assert combined_exit([5, 5]) == 5
-    assert combined_exit([1, 2, 0]) == 2
-    assert combined_exit([]) == 0
 
 
 def test_a_bad_shard_is_a_usage_error(pytester: pytest.Pytester) -> None:

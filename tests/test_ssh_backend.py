@@ -488,6 +488,7 @@ def test_link_cut_mid_run_is_run_lost_and_fetch_keeps_finished_results(
         assert time.monotonic() - start < 60
         assert info.value.exit_code == ExitCode.RUN_LOST
         assert "connection to the board lost" in str(info.value)
+        backend.stop()
         backend.fetch(plan)
         assert _containers_after(backend.connect(), plan.run_id) == []
     finally:

@@ -1,8 +1,11 @@
 """The Backend protocol every container target implements, and the plain data it trades in.
 
-A session drives one backend through four steps:
+A session drives one backend through these steps:
 
-    preflight() -> prepare() -> run(request, on_stdout, on_stderr) -> fetch()
+    preflight() -> prepare() -> run(request, on_stdout, on_stderr) -> [stop()] -> fetch()
+
+``stop`` (from any thread) ends the run going on now: ``-x`` reached on another
+member, Ctrl-C, SIGTERM, a run cut short.  ``fetch`` only brings results back.
 
 ``prepare`` times its own steps (:data:`PREPARE_PHASES`) into ``timings`` for the
 session's phases, and saves the image build's lines as ``build.log`` in the run
@@ -320,8 +323,17 @@ class Backend(abc.ABC):
         """Run the test container, streaming its output; always removes the container."""
 
     @abc.abstractmethod
+    def stop(self) -> None:
+        """End the test container running now, if any: from any thread, bounded, best effort.
+
+        A ``run`` in progress then returns (or raises) soon after; stopping what
+        already ended does nothing.
+        """
+
+    @abc.abstractmethod
     def fetch(self, plan: RunPlan) -> None:
-        """Bring the run's results into ``plan.local_out`` (also after a failure)."""
+        """Bring the run's results into ``plan.local_out`` (also after a failure); only fetches:
+        a run still going is the caller's to :meth:`stop` first."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections and leases (idempotent)."""

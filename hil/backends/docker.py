@@ -154,6 +154,8 @@ class DockerBackend(Backend):
         #: The CUDA probe passed in this session (tier 2 targets).
         self._gpu_checked = False
         self._removers: list[threading.Thread] = []
+        #: The test container running now (killed by :meth:`stop`).
+        self._running: str | None = None
         #: The services beside the tests (``[compose]``), once started by prepare().
         self.compose: ComposeProject | None = None
 
@@ -415,6 +417,7 @@ class DockerBackend(Backend):
             raise TargetUnhealthyError(f"could not create the test container: {err}",
                                        target=self.spec.name) from err
         timed_out = threading.Event()
+        self._running = cid
 
         def kill_on_timeout() -> None:
             timed_out.set()
@@ -452,10 +455,12 @@ class DockerBackend(Backend):
                                    target=self.spec.name) from err
         except BaseException:
             timer.cancel()
+            self._running = None
             if watch is not None:
                 watch.stop()
             _remove(engine, cid)  # failed or interrupted: the container goes before anything else
             raise
+        self._running = None
         timer.cancel()
         if watch is not None:
             watch.stop()
@@ -479,12 +484,20 @@ class DockerBackend(Backend):
                                                          f" (exit {code})"))
         return RunEnd(exit_code=code, oom_killed=bool(state.get("OOMKilled")), reason=reason)
 
+    def stop(self) -> None:
+        """Kill the test container running now (its ``run`` then returns a killed end)."""
+        cid, engine = self._running, self.engine
+        if cid is not None and engine is not None:
+            with contextlib.suppress(EngineError):
+                engine.kill(cid)
+
     def fetch(self, plan: RunPlan) -> None:
         """Nothing to copy (the run folder was mounted at /hil/out) but the services' logs."""
         if self.compose is not None:
             self.compose.save_logs()
 
     def close(self) -> None:
+        self.stop()
         if self.compose is not None:
             self.compose.down()
         for remover in self._removers:

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     """``hil report``: returns 0, or raises a HilError (the CLI prints it)."""
     root = find_root()
     results = tuple(args.results) or (root / "reports" / "allure-results",)
-    output = args.output or root / "reports" / "allure-report"
+    # Absolute: Allure runs in a work folder of its own.
+    output = args.output.absolute() if args.output else root / "reports" / "allure-report"
     history = None if args.no_history else (args.history or default_history(root))
     if args.history_limit < 1:
         raise ConfigError("--history-limit must be at least 1")

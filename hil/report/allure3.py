@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from hil.errors import ConfigError, ReportToolError, ReportToolMissingError
 from hil.locking import exclusive_lock
+from hil.own import mark_own, remove_own
 from hil.progress import Progress
 
 #: The exact Allure 3 release we generate with (``npm view allure versions``).
@@ -222,7 +223,7 @@ def generate_allure3(engine: Engine, results: Path, output: Path, config: Mappin
     work.mkdir(parents=True, exist_ok=True)
     rc = work / "allurerc.json"
     rc.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    shutil.rmtree(output, ignore_errors=True)
+    remove_own(output, "the report folder")
     command = [*engine.argv, "generate", "--config", str(rc), "--output", str(output),
                str(results)]
     env = {**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "0"}
@@ -233,16 +234,20 @@ def generate_allure3(engine: Engine, results: Path, output: Path, config: Mappin
     if "plugin awesome error" in result.output:
         raise ReportToolError("Allure 3's report plugin failed", command=command,
                               exited=result.returncode, tail=result.output)
+    mark_own(output)
 
 
 def generate_allure2(engine: Engine, results: Path, output: Path, progress: Progress,
                      timeout: float = 600) -> None:
     """``allure generate --clean`` (Allure 2) of one staged results folder into ``output``."""
-    command = [*engine.argv, "generate", "--clean", "-o", str(output), str(results)]
+    # Not `--clean`: Allure would empty whatever folder it was given.
+    remove_own(output, "the report folder")
+    command = [*engine.argv, "generate", "-o", str(output), str(results)]
     result = run_streaming(command, progress, timeout=timeout)
     if result.returncode != 0 or not (output / "index.html").is_file():
         raise ReportToolError("Allure 2 could not generate the report", command=command,
                               exited=result.returncode, tail=result.output)
+    mark_own(output)
 
 
 def history_lines(history_file: Path) -> int:

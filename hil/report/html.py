@@ -42,13 +42,14 @@ from allure_commons.model2 import (
 )
 
 from hil.errors import NoResultsError, ReportToolError
+from hil.own import check_own
 from hil.progress import Progress
 from hil.report.allure import (
     attach_data,
     file_logger,
     infrastructure_message,
     is_infrastructure_result,
-    read_result,
+    result_from_json,
     result_target,
 )
 from hil.report.allure3 import (
@@ -444,6 +445,42 @@ class Staged:
     attachments: int = 0
 
 
+def _json_object(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def keep_own_attachments(node: Any, results: Path) -> int:
+    """Drop, from a result or container's JSON (steps, fixtures included), every attachment
+    whose ``source`` is not the bare name of a regular file in ``results``: Allure copies
+    what ``source`` names into the report, and the code under test wrote it.  Returns how
+    many were dropped."""
+    dropped = 0
+    if isinstance(node, list):
+        return sum(keep_own_attachments(item, results) for item in node)
+    if not isinstance(node, dict):
+        return 0
+    found = node.get("attachments")
+    if isinstance(found, list):
+        kept = [a for a in found if isinstance(a, dict) and _own_file(a.get("source"), results)]
+        dropped += len(found) - len(kept)
+        node["attachments"] = kept
+    for key in ("steps", "befores", "afters"):
+        dropped += keep_own_attachments(node.get(key), results)
+    return dropped
+
+
+def _own_file(source: Any, results: Path) -> bool:
+    if not isinstance(source, str) or source in ("", ".", "..") or "/" in source \
+            or "\\" in source or "\0" in source:
+        return False
+    path = results / source
+    return path.is_file() and not path.is_symlink()
+
+
 class Stager:
     """Copies results folders into one staging folder and adds pytest-hil's extras.
 
@@ -474,13 +511,17 @@ class Stager:
                       if props_file.is_file() else {})
         loaded: list[Any] = []
         for path in sorted(results.iterdir()):
-            if not path.is_file() or path.name in ("environment.properties", "categories.json",
-                                                   "executor.json"):
+            if path.is_symlink() or not path.is_file() or path.name in (
+                    "environment.properties", "categories.json", "executor.json"):
                 continue
-            if path.name.endswith("-result.json"):
-                result = read_result(path)
-                if result is not None:
-                    loaded.append(result)
+            if path.name.endswith(("-result.json", "-container.json")):
+                data = _json_object(path)
+                if data is not None:
+                    keep_own_attachments(data, results)
+                    if path.name.endswith("-result.json"):
+                        loaded.append(result_from_json(data))
+                    else:
+                        (self.folder / path.name).write_text(json.dumps(data), encoding="utf-8")
                     continue
             shutil.copy2(path, self.folder / path.name)
         default_target = properties.get("target") or results.parent.name
@@ -679,6 +720,7 @@ def build_report(request: ReportRequest, progress: Progress) -> ReportOutcome:
     for folder in request.results:
         if not folder.is_dir():
             raise NoResultsError(f"no Allure results folder at {folder}", hint=NO_RESULTS_HINT)
+    check_own(request.output, "the report folder")
     work = request.output.parent / f".{request.output.name}.work"
     progress.step(f"staging {len(request.results)} results folder(s)")
     stager = Stager(work / "results", progress)

@@ -323,6 +323,8 @@ class RemoteSession:
         fault: HilError | None = None
         if self.fetched != self.plan.segment:
             self.fetched = self.plan.segment
+            if not feeder.done:  # cut short (a lost link, an interrupt): it may still be going
+                backend.stop()
             with self._phase("fetch"):
                 try:
                     backend.fetch(self.plan)

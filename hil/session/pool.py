@@ -54,8 +54,9 @@ from hil.session.args import checkout_subdir, remote_args
 from hil.session.attribution import FLAKY, Attribution, Rerun, label, mark_allure, outcomes_of
 from hil.session.controller import sigterm_as_interrupt
 from hil.session.crash import CrashReport
+from hil.session.ending import combine_exit_codes
 from hil.session.hold import Hold
-from hil.session.merge import PoolCollection, PoolFeeder, combined_exit
+from hil.session.merge import PoolCollection, PoolFeeder
 from hil.session.runfolder import (
     allure_env,
     fresh_results,
@@ -301,7 +302,7 @@ class PoolSession:
         if lost:
             self._fail(lost[0])
         else:
-            self.exitstatus = combined_exit(codes)
+            self.exitstatus = combine_exit_codes(codes)
 
     def _pump(self, session: pytest.Session, runs: list[BoardRun],
               events: queue.Queue[tuple[BoardRun, str, Any]], run_start: float) -> None:
@@ -524,8 +525,7 @@ class PoolSession:
 
         def stop(other: BoardRun) -> None:
             assert other.plan is not None
-            with contextlib.suppress(HilError):
-                other.backend.fetch(other.plan)  # a run still going is killed first
+            other.backend.stop()
 
         for other in others:
             threading.Thread(target=stop, args=(other,), daemon=True,
@@ -543,6 +543,7 @@ class PoolSession:
         if board.code is not None or board.error is not None:
             return  # decided by the crash that ended it (see _resumed)
         if not feeder.done:
+            board.backend.stop()
             try:
                 board.backend.fetch(board.plan)
             except HilError as err:
@@ -578,8 +579,9 @@ class PoolSession:
             feeder = board.feeder
             if board.plan is None or feeder is None:
                 continue
+            if not feeder.done:  # after an interrupt a board's run is still going
+                board.backend.stop()
             try:
-                # After an interrupt a board's run is still going: fetch stops it first.
                 board.backend.fetch(board.plan)
             except HilError as err:
                 self.log.append(f"hil: [{board.name}] could not fetch results: {err}")
@@ -686,4 +688,4 @@ class PoolSession:
                           f"(exit {int(self.error.exit_code)}): {self.error}", red=True)
 
 
-__all__ = ["BoardRun", "PoolSession", "board_spec", "combined_exit", "connect_boards_in_background"]
+__all__ = ["BoardRun", "PoolSession", "board_spec", "connect_boards_in_background"]

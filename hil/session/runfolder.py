@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hil.errors import HilError
-from hil.report.allure import write_infrastructure_result
+from hil.own import check_own, is_own, mark_own, remove_own
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -38,12 +38,13 @@ def set_aside(folder: Path) -> list[Path]:
 
     Those of earlier sessions that ended before removing theirs are included.
     """
+    check_own(folder, "the Allure results folder")
     aside = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
     try:
         folder.rename(aside)
     except OSError:  # a mount point, say: remove it in place
-        shutil.rmtree(folder)
-    return sorted(folder.parent.glob(f".{folder.name}.old-*"))
+        remove_own(folder, "the Allure results folder")
+    return sorted(p for p in folder.parent.glob(f".{folder.name}.old-*") if is_own(p))
 
 
 def publish_results(fetched: Path, dest: Path, stale: list[Path]) -> None:
@@ -76,8 +77,11 @@ def fresh_results(allure_dir: Path, keep: bool, target: str, error: HilError | N
     later, off the session's path); an infrastructure fault gets its broken result.
     """
     stale = set_aside(allure_dir) if not keep and allure_dir.exists() else []
-    allure_dir.mkdir(parents=True, exist_ok=True)
+    mark_own(allure_dir)
     if error is not None:
+        # Here, not at the top: a local run (the GPU evidence's run folder) needs no allure-commons.
+        from hil.report.allure import write_infrastructure_result
+
         write_infrastructure_result(allure_dir, target, error.kind, int(error.exit_code),
                                     str(error), trace=error.details(40))
     return stale

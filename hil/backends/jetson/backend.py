@@ -329,9 +329,22 @@ class SshBackend(BoardBackend):
             conn.run(board_command("kill", req.name, _pgid_file(req)), timeout=30)
             self._dirty = None
 
+    def stop(self) -> None:
+        """Kill the run going on the board (its process group, its container), if any; after a
+        lost link, over a new connection.  Best effort and bounded."""
+        dirty = self._dirty
+        if dirty is None:
+            return
+        with contextlib.suppress(HilError, OSError):
+            conn = self.conn
+            if conn is None or not conn.alive:
+                conn = self.reconnect(max(30.0, self.spec.timeouts.connect * 3))
+            conn.run(board_command("kill", *dirty), timeout=60)
+            self._dirty = None
+
     # -- fetch ------------------------------------------------------------------------------
     def fetch(self, plan: RunPlan) -> None:
-        """Copy the run's results folder back; after a lost link, reconnect and clean up first."""
+        """Copy the run's results folder back (after a lost link, over a new connection)."""
         if self.compose is not None and self.conn is not None and self.conn.alive:
             with contextlib.suppress(HilError, OSError):
                 self.compose.save_logs()
@@ -345,10 +358,6 @@ class SshBackend(BoardBackend):
             self.progress.step(f"reconnecting to {self.spec.name} to fetch the results")
             self.reconnect(max(30.0, self.spec.timeouts.connect * 3))
         conn = self.connect()
-        if self._dirty is not None:
-            name, pgid = self._dirty
-            conn.run(board_command("kill", name, pgid), timeout=60)
-            self._dirty = None
         remote = out_dir(self.board.remote_dir, plan.run_id)
         try:
             self.fetched = fetch_tree(conn, remote, plan.local_out)
@@ -358,7 +367,9 @@ class SshBackend(BoardBackend):
         self.timings["fetch"] = round(time.monotonic() - start, 3)
 
     def close(self) -> None:
-        """Stop telemetry, release the lease, close the connection (idempotent)."""
+        """Stop a run still going, telemetry; release the lease, close the connection
+        (idempotent)."""
+        self.stop()
         if self._telemetry is not None:
             self._telemetry.stop()
             self._telemetry = None
