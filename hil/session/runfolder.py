@@ -15,8 +15,12 @@ from hil.own import check_own, is_own, mark_own, remove_own
 
 
 def write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` in one go: no buffered file object for thousands of small files."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    """Create ``path`` with ``data`` in one go; never through a link, never over a file.
+
+    The run folder can be written by the container on docker targets: a name
+    planted there (a link, a file) makes this fail rather than be followed.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
         while view:
