@@ -382,7 +382,7 @@ class SshBackend(Backend):
         if "end" not in sec:
             raise TargetUnhealthyError("the preflight script did not finish on the board",
                                        target=spec.name, exited=res.exited,
-                                       tail=res.tail("stdout", 20).strip())
+                                       tail=res.tail(20))
         board = self.board
         ids = sec.get("id", "").split()
         board.uid, board.gid = [*ids, "", ""][:2]
