@@ -133,6 +133,9 @@ class TargetSpec:
     compose: ComposeSpec = field(default_factory=ComposeSpec)
     #: True for ``local`` when the tier was not declared and is to be detected.
     detect_tier: bool = False
+    #: Names of ``[env]`` or host variables whose values are secrets (``[env] redact``),
+    #: beside every name with TOKEN, SECRET, PASSWORD or KEY (:mod:`hil.redact`).
+    redact: tuple[str, ...] = ()
 
     @property
     def is_container(self) -> bool:
@@ -283,7 +286,16 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
             )
     if "compose" in sections:
         _check_compose(source, sections["compose"])
-    env = _string_table(source, "env", data["env"]) if "env" in data else {}
+    env_table = data.get("env", {})
+    redact: tuple[str, ...] = ()
+    if isinstance(env_table, dict) and isinstance(env_table.get("redact"), list):
+        env_table = dict(env_table)
+        names = env_table.pop("redact")
+        if not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"{source}: key 'env.redact' must be an array of variable names, "
+                              f"got {names!r}")
+        redact = tuple(names)
+    env = _string_table(source, "env", env_table) if "env" in data else {}
     return TargetSpec(
         name=name,
         kind=kind,
@@ -291,6 +303,7 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
         source=source,
         description=description,
         env=env,
+        redact=redact,
         detect_tier=detect,
         **sections,
     )

@@ -60,6 +60,7 @@ from hil.errors import (
     TargetUnhealthyError,
 )
 from hil.progress import Progress
+from hil.redact import redactor_for
 
 #: Label on every container of a project pytest-hil started: the project's name.
 COMPOSE_LABEL = "io.pytest-hil.compose"
@@ -311,7 +312,8 @@ class ComposeProject:
         self.config = data
         self.others = [name for name in active if name != self.compose.service]
         self.local_dir.mkdir(parents=True, exist_ok=True)
-        (self.local_dir / "config.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+        (self.local_dir / "config.json").write_text(
+            json.dumps(redactor_for(self.spec).data(data), indent=1), encoding="utf-8")
         return data
 
     def _local_path(self, engine_path: str) -> Path | None:
@@ -371,7 +373,10 @@ class ComposeProject:
                 **tests, "labels": {**tests["labels"], COMPOSE_LABEL: self.name}}
         text = json.dumps(self.override, indent=1, sort_keys=True)
         self.local_dir.mkdir(parents=True, exist_ok=True)
-        (self.local_dir / "override.json").write_text(text, encoding="utf-8")
+        # The run folder's copy is redacted; the engine's host gets the real values.
+        (self.local_dir / "override.json").write_text(
+            json.dumps(redactor_for(self.spec).data(self.override), indent=1, sort_keys=True),
+            encoding="utf-8")
         data = base64.b64encode(text.encode()).decode()
         path = shlex.quote(self.override_path)
         return (f"mkdir -p \"$(dirname {path})\" && printf '%s' {shlex.quote(data)} | "

@@ -33,6 +33,7 @@ from hil.errors import (
     name_running,
 )
 from hil.progress import Progress, TerminalProgress, terminal_line
+from hil.redact import redactor_for
 from hil.session.args import checkout_subdir, remote_args
 from hil.session.crash import CrashReport
 from hil.session.events import EventFeeder
@@ -351,12 +352,13 @@ class RemoteSession:
             (self.run_dir / "hil.log").write_text("\n".join(self.log) + "\n", encoding="utf-8")
         (self.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=1),
                                                    encoding="utf-8")
-        (self.run_dir / "run.json").write_text(json.dumps({
+        # Secrets (a token passed as a pytest option, say) stay out of the saved file.
+        (self.run_dir / "run.json").write_text(json.dumps(redactor_for(self.spec).data({
             "target": self.spec.name, "kind": self.spec.kind, "tier": self.settings.tier,
             "run_id": self.run_id, "exit_code": self.exitstatus, "image": image,
             "pytest_args": list(plan.pytest_args), "started": started, "finished": time.time(),
             "remote": feeder.hello or {}, "stray_output": feeder.stray[-50:],
-        }, indent=1), encoding="utf-8")
+        }), indent=1), encoding="utf-8")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
