@@ -5,7 +5,9 @@ load written in the board's ``~/.hil-sim/gr3d-load``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from conftest import IMAGE_REQUIREMENTS
 from hil.evidence.allure import annotate_folder, full_name
+from hil.evidence.local import describe, session_pids
 from hil.evidence.samples import SampleFeed, reading
 from hil.evidence.verdict import IDLE_REASON, evidence, idle_throughout, judge
 from hil.sim.face import GR3D_LOAD_FILE
@@ -115,6 +118,29 @@ def test_allure_results_get_the_evidence_of_their_own_case(tmp_path: Path) -> No
     assert {"name": "gpu", "value": "idle"} in first["labels"]
     assert {"name": "gpu peak load %", "value": "0"} in first["parameters"]
     assert json.loads((tmp_path / "b-result.json").read_text())["status"] == "passed"
+
+
+def test_the_session_is_this_process_and_its_children() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert {os.getpid(), child.pid} <= session_pids(os.getpid())
+        assert os.getppid() not in session_pids(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_context_is_a_compute_process_of_the_session_or_one_no_pid_here_can_name() -> None:
+    gpus = [{"index": 0, "util_pct": 0.0, "mem_mb": 900.0}]
+    mine = describe(gpus, {os.getpid(): 700.0}, {os.getpid()})
+    assert (mine["context"], mine["process_mem_mb"]) == (True, 700.0)
+    # The parent is visible in this /proc and is not ours: no context.
+    theirs = describe(gpus, {os.getppid(): 700.0}, {os.getpid()})
+    assert (theirs["context"], theirs["process_mem_mb"]) == (False, 0)
+    # No listed pid exists here (another pid namespace): any compute process counts, said so.
+    unseen = describe(gpus, {4_000_000: 700.0}, {os.getpid()})
+    assert unseen["context"] is True and "pid namespace" in unseen["context_how"]
+    assert describe(gpus, {}, {os.getpid()})["context"] is False
 
 
 # --- the verdicts end to end on the simulated Jetson ----------------------------------

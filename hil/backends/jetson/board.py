@@ -162,18 +162,25 @@ class BoardBackend(Backend):
             self.acquire_lease()
         with self.phase("sync"):
             self.sync()
-        with self.phase("image"):
-            tag = self.image()
-        if self.spec.compose.file:
-            self.compose = ComposeProject(
-                self.spec, self._shell, engine_root=self.board.remote_dir, local_root=self.root,
-                override_path=posixpath.join(out_dir(self.board.remote_dir, plan.run_id),
-                                             "compose", "override.json"),
-                local_dir=plan.local_out / "compose", progress=self.progress,
-                judge_owners=False,  # under the board's lease every other project is stale
-                rebuild=self.rebuild)
-            with self.phase("services"):
-                self.compose.up(tag)
+        if not self.spec.compose.file:
+            with self.phase("image"):
+                return self.image()
+        self.compose = ComposeProject(
+            self.spec, self._shell, engine_root=self.board.remote_dir, local_root=self.root,
+            override_path=posixpath.join(out_dir(self.board.remote_dir, plan.run_id),
+                                         "compose", "override.json"),
+            local_dir=plan.local_out / "compose", progress=self.progress,
+            judge_owners=False,  # under the board's lease every other project is stale
+            rebuild=self.rebuild)
+        with self.phase("services"):
+            self.compose.read()
+        # A tests' service with its own build: compose builds it, no dependencies image.
+        tag = self.compose.tests_image
+        if not tag:
+            with self.phase("image"):
+                tag = self.image()
+        with self.phase("services"):
+            self.compose.up(tag)
         return tag
 
     def _shell(self, command: str, timeout: float) -> tuple[int, str, str]:
