@@ -143,6 +143,20 @@ def test_a_context_is_a_compute_process_of_the_session_or_one_no_pid_here_can_na
     assert describe(gpus, {}, {os.getpid()})["context"] is False
 
 
+def test_the_mode_and_interval_come_from_the_option_or_tool_hil(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    pytester.makepyprojecttoml('[tool.hil]\ngpu_evidence = "warn"\ngpu_interval_ms = 250\n')
+    assert pytester.runpytest_subprocess("-p", "no:cacheprovider").ret == 0
+    pytester.makepyprojecttoml('[tool.hil]\ngpu_evidence = "loud"\n')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*[[]tool.hil[]] gpu_evidence = 'loud': expected one of off, warn, fail*"])
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hil-gpu-evidence=off",
+                                           "--hil-gpu-interval=10")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*GPU sampling interval 10 ms: expected an integer from 50*"])
+
+
 # --- the verdicts end to end on the simulated Jetson ----------------------------------
 
 #: A stand-in torch for the simulated board's image: it claims a CUDA device, so the
