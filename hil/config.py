@@ -133,6 +133,9 @@ class TargetSpec:
     compose: ComposeSpec = field(default_factory=ComposeSpec)
     #: True for ``local`` when the tier was not declared and is to be detected.
     detect_tier: bool = False
+    #: Names of ``[env]`` or host variables whose values are secrets (``[env] redact``),
+    #: beside every name with TOKEN, SECRET, PASSWORD or KEY (:mod:`hil.redact`).
+    redact: tuple[str, ...] = ()
 
     @property
     def is_container(self) -> bool:
@@ -149,7 +152,14 @@ _SECTIONS: dict[str, type[Any]] = {
     "preflight": PreflightSpec,
     "compose": ComposeSpec,
 }
-_SECTION_KINDS = {"ssh": ("ssh",), "docker": ("docker", "ssh"), "compose": ("docker", "ssh")}
+_SECTION_KINDS = {"ssh": ("ssh",), "docker": ("docker", "ssh"), "compose": ("docker", "ssh"),
+                  # Free space and swap are read by the board's preflight script; a docker
+                  # target's engine may live in a VM (Colima) whose disk this host cannot see.
+                  "preflight": ("ssh",)}
+#: Keys of a shared section that only some kinds read: a key no backend of the kind reads
+#: would be ignored without a word (a bogus engine socket would still "pass").
+_KEY_KINDS = {"docker.engine": ("docker",), "docker.context": ("docker",),
+              "timeouts.lease": ("ssh",)}
 
 
 def _type_name(value: object) -> str:
@@ -258,6 +268,7 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
                     f"(only for: {', '.join(allowed)})"
                 )
             sections[sect] = _section(source, sect, cls, data[sect])
+            _check_key_kinds(source, sect, data[sect], kind)
     if kind == "ssh":
         ssh: SshSpec = sections.get("ssh", SshSpec())
         if ssh.host and ssh.hosts:
@@ -275,7 +286,16 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
             )
     if "compose" in sections:
         _check_compose(source, sections["compose"])
-    env = _string_table(source, "env", data["env"]) if "env" in data else {}
+    env_table = data.get("env", {})
+    redact: tuple[str, ...] = ()
+    if isinstance(env_table, dict) and isinstance(env_table.get("redact"), list):
+        env_table = dict(env_table)
+        names = env_table.pop("redact")
+        if not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"{source}: key 'env.redact' must be an array of variable names, "
+                              f"got {names!r}")
+        redact = tuple(names)
+    env = _string_table(source, "env", env_table) if "env" in data else {}
     return TargetSpec(
         name=name,
         kind=kind,
@@ -283,9 +303,19 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
         source=source,
         description=description,
         env=env,
+        redact=redact,
         detect_tier=detect,
         **sections,
     )
+
+
+def _check_key_kinds(source: str, sect: str, table: Mapping[str, Any], kind: str) -> None:
+    """Refuse a key of ``sect`` that no backend of ``kind`` reads (see :data:`_KEY_KINDS`)."""
+    for key in table:
+        allowed = _KEY_KINDS.get(f"{sect}.{key}")
+        if allowed and kind not in allowed:
+            raise ConfigError(f"{source}: key '{sect}.{key}' is not allowed for kind '{kind}' "
+                              f"(only for: {', '.join(allowed)})")
 
 
 def _check_compose(source: str, compose: ComposeSpec) -> None:
@@ -336,6 +366,8 @@ class Inventory:
     root: Path = Path(".")
     #: Where targets were looked for, for the unknown-name error.
     searched: tuple[str, ...] = ()
+    #: Target files that could not be read, by name: only a session naming one fails.
+    broken: Mapping[str, ConfigError] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         """Known target names, sorted."""
@@ -343,6 +375,8 @@ class Inventory:
 
     def get(self, name: str) -> TargetSpec:
         """The target called ``name``; an unknown name lists the known ones."""
+        if name in self.broken:
+            raise self.broken[name]
         try:
             return self.targets[name]
         except KeyError:
@@ -379,6 +413,16 @@ def inventory_root(rootdir: Path) -> tuple[Path, tuple[str, ...]]:
     return start, tuple(searched)
 
 
+def targets_folder(rootdir: Path) -> Path:
+    """The folder a new target file goes in: ``[tool.hil] targets_dir``, else ``targets/``."""
+    root, _ = inventory_root(rootdir)
+    pyproject = root / "pyproject.toml"
+    tool = _load_toml(pyproject, "pyproject.toml").get("tool", {}).get("hil", {}) \
+        if pyproject.is_file() else {}
+    folder = tool.get("targets_dir") if isinstance(tool, dict) else None
+    return root / folder if isinstance(folder, str) else root / "targets"
+
+
 def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
     """Read every declared target for ``rootdir`` (see the module docstring)."""
     found: dict[str, TargetSpec] = {}
@@ -403,10 +447,11 @@ def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
         if not isinstance(tool, dict):
             raise ConfigError("pyproject.toml: key 'tool.hil' must be a table")
         for key in tool:
-            if key not in ("targets", "targets_dir", "routing"):
+            if key not in ("targets", "targets_dir", "routing", "gpu_evidence",
+                           "gpu_interval_ms"):
                 raise ConfigError(
                     f"pyproject.toml: unknown key 'tool.hil.{key}' "
-                    "(expected: targets, targets_dir, routing)"
+                    "(expected: targets, targets_dir, routing, gpu_evidence, gpu_interval_ms)"
                 )
         declared = tool.get("targets", {})
         if not isinstance(declared, dict):
@@ -421,13 +466,19 @@ def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
             folder = rootdir / tool["targets_dir"]
     if folder is None:
         folder = rootdir / "targets"
+    broken: dict[str, ConfigError] = {}
     if folder.is_dir():
         for path in sorted(folder.glob("*.toml")):
             display = _display(path, rootdir)
-            add(parse_target(_load_toml(path, display), display, default_name=path.stem))
+            try:
+                spec = parse_target(_load_toml(path, display), display, default_name=path.stem)
+            except ConfigError as err:  # one bad file fails its own target, not every one
+                broken[path.stem] = err
+                continue
+            add(spec)
     if DEFAULT_TARGET not in found:
         found[DEFAULT_TARGET] = TargetSpec(
             name=DEFAULT_TARGET, kind="local", tier=1, source="built-in", detect_tier=True,
             description="this host, in-process; tier detected",
         )
-    return Inventory(targets=found, root=rootdir, searched=searched)
+    return Inventory(targets=found, root=rootdir, searched=searched, broken=broken)

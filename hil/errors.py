@@ -36,6 +36,9 @@ class ExitCode(enum.IntEnum):
     RUN_TIMED_OUT = 20
     DEVICE_BUSY = 21
     SERVICE_FAILED = 22
+    CONTAINER_FAILED = 23
+    REPORT_FAILED = 24
+    RIG_FAILED = 25
 
 
 #: One line per infrastructure code, used by the README table and ``hil --exit-codes``.
@@ -57,10 +60,15 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.SYNC_FAILED: "syncing the checkout to the target failed",
     ExitCode.RUN_LOST: ("run lost mid-way: connection dropped, container killed or OOM, "
                         "a test crashed past the resume limit"),
-    ExitCode.RUN_TIMED_OUT: "run timed out",
-    ExitCode.DEVICE_BUSY: "device busy: the board's lease was not acquired in time",
+    ExitCode.RUN_TIMED_OUT: "run timed out, or a command on the target did",
+    ExitCode.DEVICE_BUSY: ("device busy: the board's lease was not acquired in time, or its "
+                           "lease did not answer"),
     ExitCode.SERVICE_FAILED: ("a compose service beside the tests was unhealthy, exited or "
                               "died during the run"),
+    ExitCode.CONTAINER_FAILED: ("the engine would not remove a test container, or could not "
+                                "keep one for --hil-hold"),
+    ExitCode.REPORT_FAILED: "hil report: Allure could not generate the HTML report",
+    ExitCode.RIG_FAILED: "hil sim: a part of the simulated rig failed or did not come up",
 }
 
 
@@ -115,53 +123,71 @@ class HilError(Exception):
 
 
 class ConfigError(HilError):
-    """Bad target configuration; surfaces as a pytest usage error (exit 4)."""
+    """Bad option or target configuration; surfaces as a pytest usage error (exit 4)."""
 
     exit_code = ExitCode.USAGE_ERROR
     kind = "config"
 
 
 class UnreachableError(HilError):
+    """No route to the target, connection refused or timed out, a name that does not resolve."""
+
     exit_code = ExitCode.UNREACHABLE
     kind = "unreachable"
 
 
 class AuthRefusedError(HilError):
+    """The target refused every SSH key offered."""
+
     exit_code = ExitCode.AUTH_REFUSED
     kind = "auth-refused"
 
 
 class HostKeyError(HilError):
+    """The target's SSH host key is unknown or changed."""
+
     exit_code = ExitCode.HOST_KEY_REJECTED
     kind = "host-key"
 
 
 class EngineDownError(HilError):
+    """The target's Docker engine does not answer."""
+
     exit_code = ExitCode.ENGINE_DOWN
     kind = "engine-down"
 
 
 class RuntimeMissingError(HilError):
+    """The Docker runtime the target needs is not registered."""
+
     exit_code = ExitCode.NVIDIA_RUNTIME_MISSING
     kind = "runtime-missing"
 
 
 class DiskLowError(HilError):
+    """Free space on the engine's data root is below the threshold."""
+
     exit_code = ExitCode.DISK_LOW
     kind = "disk-low"
 
 
 class TargetUnhealthyError(HilError):
+    """The target does not serve its declared tier, or is broken."""
+
     exit_code = ExitCode.TARGET_UNHEALTHY
     kind = "unhealthy"
 
 
 class BuildFailedError(HilError):
+    """Building the dependencies image failed."""
+
     exit_code = ExitCode.IMAGE_BUILD_FAILED
     kind = "build-failed"
 
 
 class SyncFailedError(HilError):
+    """Syncing the checkout to the target (or fetching back) failed."""
+
     exit_code = ExitCode.SYNC_FAILED
     kind = "sync-failed"
 
@@ -188,11 +214,34 @@ class RunLostError(HilError):
 
 
 class RunTimedOutError(HilError):
+    """The run exceeded ``timeouts.run`` and was killed."""
+
     exit_code = ExitCode.RUN_TIMED_OUT
     kind = "timed-out"
 
+    def __init__(self, message: str, *, running_test: str | None = None, **kw: object) -> None:
+        if running_test:
+            message = f"{message} while running {running_test}"
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.running_test = running_test
+
+
+def name_running(err: HilError, test: str | None) -> None:
+    """Name ``test`` in a run that was lost or timed out, as the test that was running.
+
+    Unless the fault names one already, or is no such fault, or names the
+    tests not run instead (a crash past the resume limit).
+    """
+    if (test and isinstance(err, (RunLostError, RunTimedOutError)) and not err.running_test
+            and not getattr(err, "not_run", ())):
+        err.running_test = test
+        err.message = f"{err.message} while running {test}"
+        err.args = (err.message,)
+
 
 class DeviceBusyError(HilError):
+    """The board's lease was held by another session until the deadline."""
+
     exit_code = ExitCode.DEVICE_BUSY
     kind = "device-busy"
 
@@ -207,6 +256,75 @@ class ServiceFailedError(HilError):
         super().__init__(message, **kw)  # type: ignore[arg-type]
         #: The compose service at fault.
         self.service = service
+
+
+class ConnectionLostError(RunLostError):
+    """The SSH transport to the board died under a command: while leasing, syncing, building,
+    running or fetching alike (one class, one code: the run is lost)."""
+
+    kind = "connection-lost"
+
+
+class CommandTimedOutError(RunTimedOutError):
+    """A command on the target (not the test run itself) exceeded its own timeout."""
+
+    kind = "command-timed-out"
+
+
+class LeaseFailedError(DeviceBusyError):
+    """The board's lease did not answer, or its command failed: the lease was not acquired."""
+
+    kind = "lease-failed"
+
+
+class ContainerRemoveError(HilError):
+    """The engine kept refusing to remove a finished test container."""
+
+    exit_code = ExitCode.CONTAINER_FAILED
+    kind = "container-remove"
+
+
+class HoldFailedError(HilError):
+    """``--hil-hold`` could not keep the failed test's container (and its lease) on the board."""
+
+    exit_code = ExitCode.CONTAINER_FAILED
+    kind = "hold-failed"
+
+
+class ReportToolError(HilError):
+    """Generating the HTML report failed (Allure's generator exited non-zero or wrote nothing)."""
+
+    exit_code = ExitCode.REPORT_FAILED
+    kind = "report"
+
+
+class ReportToolMissingError(ReportToolError):
+    """Neither Node.js 20+ nor Allure 2's commandline is available (exit 4, a setup problem)."""
+
+    exit_code = ExitCode.USAGE_ERROR
+    kind = "report-tool-missing"
+
+
+class NoResultsError(HilError):
+    """``hil report`` was given a folder that is missing or holds no Allure results (exit 4)."""
+
+    exit_code = ExitCode.USAGE_ERROR
+    kind = "no-results"
+
+
+class RigError(HilError):
+    """A part of the simulated rig (``hil sim``) failed: a tool exited non-zero or timed out."""
+
+    exit_code = ExitCode.RIG_FAILED
+    kind = "sim-rig"
+
+
+def all_error_classes() -> list[type[HilError]]:
+    """``HilError`` and every subclass defined so far, depth first (for tables and tests)."""
+    found: list[type[HilError]] = [HilError]
+    for cls in found:
+        found += [sub for sub in cls.__subclasses__() if sub not in found]
+    return found
 
 
 #: Every infrastructure error class, keyed by kind (used by reports and nightly).
@@ -226,5 +344,10 @@ ERROR_KINDS: dict[str, type[HilError]] = {
         RunTimedOutError,
         DeviceBusyError,
         ServiceFailedError,
+        ConnectionLostError,
+        CommandTimedOutError,
+        LeaseFailedError,
+        ContainerRemoveError,
+        HoldFailedError,
     )
 }

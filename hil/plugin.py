@@ -64,6 +64,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
     group.addoption("--hil-hold-on-failure", dest="hil_hold_on_failure", metavar="TTL",
                     type=parse_ttl, default=None, help=HELP_HOLD)
+    from hil.evidence.plugin import add_options
+
+    add_options(group)
 
 
 def _resolve_target(config: pytest.Config) -> tuple[TargetSpec, Path]:
@@ -189,6 +192,9 @@ def pytest_configure(config: pytest.Config) -> None:
         else:
             # The container writes the results; session.py copies them here.
             config.option.allure_report_dir = None
+    elif has_allure and config.getoption("hil_no_allure"):
+        # allure-pytest itself would still write what --alluredir names.
+        config.option.allure_report_dir = None
     settings = HilSettings(
         target=spec, root=root, tier=tier, tier_how=how, reports=reports, allure_dir=allure_dir,
         keep_results=bool(config.getoption("hil_keep_results")), plan=plan,
@@ -205,6 +211,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(
         TierGate(spec.name, 3 if routing else tier, gate_allure, environment), "hil-tiergate")
     _register_shards(config, spec)
+    from hil.evidence.plugin import register as register_gpu_evidence
+
+    register_gpu_evidence(config, settings)
     if routing is not None and not plan:
         config.pluginmanager.register(make_session(config, settings, routing), "hil-session")
     elif spec.is_container and not plan and spec.ssh.hosts:
@@ -219,12 +228,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _register_shards(config: pytest.Config, spec: TargetSpec) -> None:
     """Durations are recorded in every session; ``--hil-shard`` filters here for ``local``."""
-    from hil.session.shards import DurationRecorder, recorded_durations, shard_levels
+    from hil.session.shards import DurationRecorder, shard_levels, split_durations
 
     levels = shard_levels(config)
     config.pluginmanager.register(DurationRecorder(config), "hil-durations")
     if levels and spec.kind == "local":
-        config.pluginmanager.register(ShareFilter(levels, recorded_durations(config)), "hil-share")
+        config.pluginmanager.register(ShareFilter(levels, split_durations(config)), "hil-share")
 
 
 #: Where a local xdist worker finds what its controller resolved (``workerinput``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -77,4 +78,9 @@ def test_a_monorepo_subproject_runs_on_the_target_declared_at_the_top(
     result.assert_outcomes(passed=1, failed=1)
     assert result.ret == 1
     result.stdout.fnmatch_lines(["hil target: sim-jetson (ssh*", "FAILED test_app.py::test_fails*"])
-    assert list((app / "reports" / "runs").iterdir())
+    (run_dir,) = (app / "reports" / "runs").iterdir()
+    # Waiting for the board's lease, the sync and the image are phases of their own.
+    timings = json.loads((run_dir / "timings.json").read_text(encoding="utf-8"))
+    assert set(timings) >= {"preflight", "lease", "sync", "image", "container start", "tests"}
+    result.stdout.fnmatch_lines(["phases: preflight *s | lease *s | sync *s | image *s | "
+                                 "container start *s | tests *s*"])

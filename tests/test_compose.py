@@ -1,8 +1,9 @@
 """Services beside the tests ([compose]) on both simulated targets, with real engines.
 
 Each test runs a small project (the repo's image recipe and its MQTT broker example
-from suites/compose) on the rig's colima engine (kind docker) and on the simulated
-board (kind ssh, the board's own docker-compose), and checks the engine afterwards:
+from suites/compose) on the rig's colima engine (kind docker, the standalone
+docker-compose 1.29.2) and on the simulated board (kind ssh, the Compose v2 CLI
+plugin JetPack ships), and checks the engine afterwards:
 no container, network or volume of the run's compose project may be left.
 """
 
@@ -31,6 +32,8 @@ EXAMPLE = ("suites/__init__.py", "suites/compose/__init__.py", "suites/compose/m
            "suites/compose/test_broker.py", "suites/compose/docker-compose.yml",
            "suites/compose/broker/Dockerfile", "suites/compose/broker/mosquitto.conf")
 TARGETS = ("docker", "ssh")
+#: The compose each target's engine host answers with (its progress line names it).
+FLAVOURS = {"docker": r"compose: docker-compose 1\.29\.\d+ ", "ssh": r"compose: docker compose 2\.\d+"}
 
 
 @dataclasses.dataclass
@@ -155,6 +158,7 @@ def test_example_passes_and_a_failing_test_exits_1(project: Project) -> None:
     assert green.returncode == 0, out[-4000:]
     assert "2 passed" in out and "skipped" not in out
     assert "hil: compose: broker healthy" in out
+    assert re.search(FLAVOURS[project.kind], out), out[-4000:]
     run = project.last_run()
     assert "mosquitto version" in (run / "compose" / "broker.log").read_text(encoding="utf-8")
     assert project.leftovers(project_of(out)) == []

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,6 +209,34 @@ def test_a_run_replaces_the_last_allure_results_unless_kept(project: pytest.Pyte
     assert len(list(results.glob("*-result.json"))) == 4
 
 
+def test_no_allure_option_leaves_no_results_in_the_run_folder(project: pytest.Pytester) -> None:
+    project.makepyfile(test_a="def test_one(): pass\ndef test_two(): assert 0")
+    assert run(project, "--hil-no-allure").ret == 1
+    (folder,) = run_dirs(project)
+    assert (folder / "junit.xml").is_file()  # the run itself is kept
+    assert list(folder.rglob("*-result.json")) == []
+    assert not (project.path / "reports" / "allure-results").exists()
+
+
+def test_the_plan_of_a_shard_shows_the_tests_the_shard_runs(project: pytest.Pytester) -> None:
+    project.makepyfile(test_s="import pytest\n\n@pytest.mark.parametrize('i', range(12))\n"
+                              "def test_p(i):\n    pass\n")
+    # Durations recorded by earlier runs, of a few milliseconds each as quick tests have.
+    cache = project.path / ".pytest_cache" / "v" / "hil" / "durations"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({f"test_s.py::test_p[{i}]": 0.001 + 0.0007 * i
+                                 for i in range(12)}))
+    for shard in ("1/3", "2/3", "3/3"):
+        plan = run(project, f"--hil-shard={shard}", "--hil-plan")
+        assert plan.ret == 0
+        planned = set(re.findall(r"RUN  test_s\.py::(test_p\[\d+\])", plan.stdout.str()))
+        res = run(project, f"--hil-shard={shard}", f"--junitxml=s{shard[0]}.xml")
+        assert res.ret == 0
+        ran = {case.attrib["name"] for case in
+               ET.parse(project.path / f"s{shard[0]}.xml").getroot().iter("testcase")}
+        assert ran and planned == ran, shard
+
+
 def test_exitfirst_stops_in_the_container(project: pytest.Pytester) -> None:
     project.makepyfile(test_a="def test_1(): assert 0\ndef test_2(): assert 0\ndef test_3(): pass")
     result = run(project, "-x")
@@ -333,6 +362,19 @@ def start_slow_run(project: pytest.Pytester, procs: list[subprocess.Popen[str]]
     seen: list[str] = []
     _wait_for_line(proc, "test_quick PASSED", seen)
     return proc, seen
+
+
+def test_a_run_past_its_timeout_names_the_test_it_was_running(project: pytest.Pytester,
+                                                               sim_rig: Rig) -> None:
+    (project.path / "targets" / "box.toml").write_text(
+        target_toml(sim_rig, "[timeouts]\nrun = 15\n"))
+    project.makepyfile(test_a=SLOW)
+    result = run(project)
+    assert result.ret == 20
+    result.stdout.fnmatch_lines(["*hil: error: target 'box': the run exceeded 15 s* while "
+                                 "running test_a.py::test_slow*"])
+    error = json.loads((run_dirs(project)[-1] / "error.json").read_text())
+    assert error["message"].endswith("while running test_a.py::test_slow")
 
 
 def test_interrupt_removes_the_container_and_keeps_partial_results(

@@ -82,3 +82,36 @@ def test_doctor_local_target() -> None:
     res = _doctor("--target", "local", "--json", "--rootdir", str(REPO))
     assert res.returncode == 0
     assert json.loads(res.stdout)["checks"][0]["name"] == "tier"
+
+
+def test_doctor_of_a_pool_checks_every_board(sim_rig: Any, tmp_path: Path) -> None:
+    text = (REPO / "targets" / "sim-pool.toml").read_text(encoding="utf-8")
+    boards = ["hil-sim-jetson-1", "hil-sim-jetson-3"]
+    pool = text.replace('"hil-sim-jetson-2", ', "").replace('"hil-sim-jetson-3"]',
+                                                             '"hil-sim-jetson-3", "hil-sim-nowhere"]')
+    assert f"hosts = {json.dumps([*boards, 'hil-sim-nowhere'])}" in pool
+    (tmp_path / "sim-pool.toml").write_text(pool, encoding="utf-8")
+    res = _doctor("--target", "sim-pool", "--json", "--rootdir", str(REPO), "--hil-targets",
+                  str(tmp_path))
+    assert "Traceback" not in res.stderr, res.stderr
+    data = json.loads(res.stdout)
+    found = {b["target"]: b for b in data["boards"]}
+    assert list(found) == [*boards, "hil-sim-nowhere"]
+    for name in boards:
+        assert any(c["name"] == "ssh" and c["ok"] for c in found[name]["checks"]), found[name]
+        assert any(c["name"] == "engine" and c["ok"] for c in found[name]["checks"])
+    assert found["hil-sim-nowhere"]["exit_code"] == 10  # UNREACHABLE
+    # A pool session runs on the healthy boards: the pool is ready when one board is.
+    assert res.returncode == data["exit_code"] == (0 if any(
+        b["exit_code"] == 0 for b in data["boards"]) else found[boards[0]]["exit_code"])
+
+
+def test_doctor_of_a_pool_with_no_board_ready_exits_with_the_first_code(sim_rig: Any,
+                                                                        tmp_path: Path) -> None:
+    text = (REPO / "targets" / "sim-pool.toml").read_text(encoding="utf-8")
+    (tmp_path / "sim-pool.toml").write_text(text.replace("port = 0", "port = 2"),
+                                            encoding="utf-8")
+    res = _doctor("--target", "sim-pool", "--rootdir", str(REPO), "--hil-targets", str(tmp_path))
+    assert res.returncode == 10, res.stdout + res.stderr
+    assert res.stdout.count("FAIL unreachable") == 3
+    assert "pool 'sim-pool' is not ready: no board is (exit 10: UNREACHABLE)" in res.stdout

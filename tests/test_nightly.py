@@ -11,27 +11,9 @@ import pytest
 from hil.config import load_inventory, parse_target
 from hil.errors import ExitCode
 from hil.progress import Progress
-from hil.report.nightly import combine_exit_codes, lane_of, nightly, plan_lanes, summary_table
+from hil.report.nightly import lane_of, nightly, plan_lanes, summary_table
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.mark.parametrize(("codes", "expected"), [
-    ([0, 0], 0),
-    ([0, 1], 1),
-    ([1, 5], 1),
-    ([5, 5], 5),
-    ([0, 5], 0),
-    ([1, 10], 10),
-    ([0, 19, 10], 19),
-    ([16, 1, 3], 16),
-    ([2, 1], 2),
-    ([3, 2, 1], 3),
-    ([4, 1], 4),
-    ([0, 99], 3),
-])
-def test_combined_exit_code_puts_infrastructure_first(codes: list[int], expected: int) -> None:
-    assert combine_exit_codes(codes) == expected
 
 
 def test_targets_on_one_engine_share_a_lane_and_others_run_in_parallel() -> None:

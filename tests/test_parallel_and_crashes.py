@@ -46,7 +46,7 @@ def _report(nodeid: str, when: str, outcome: str = "passed", **extra: Any) -> py
 
 def test_interleaved_tests_of_xdist_workers_each_travel_compact(
         pytester: pytest.Pytester) -> None:
-    config = pytester.parseconfigure("-p", "no:cacheprovider")
+    config = pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:labgrid")
     channel = io.StringIO()
     stream = EventStream(channel, compact=True)
     stream.pytest_configure(config)
@@ -76,7 +76,7 @@ def test_interleaved_tests_of_xdist_workers_each_travel_compact(
 
 def test_the_running_tests_under_xdist_are_those_started_and_not_finished(
         pytester: pytest.Pytester) -> None:
-    config = pytester.parseconfigure("-p", "no:cacheprovider")
+    config = pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:labgrid")
     session = pytest.Session.from_config(config)
     session.items = []  # as RemoteSession.pytest_collection leaves it (pytest 7 has none)
     terminal = config.pluginmanager.get_plugin("terminalreporter")
@@ -301,7 +301,11 @@ def test_a_crashing_test_fails_as_crashed_and_the_tests_after_it_run(
                                "test_later"]
     crashed = results["test_crashes"]
     assert (crashed["status"], crashed["statusDetails"]["message"]) == ("failed", outcome)
-    assert "written before the crash" in crashed["statusDetails"]["trace"]
+    assert "ended (" in crashed["statusDetails"]["trace"]
+    # Its output so far is attached, as allure-pytest attaches a test's captured output.
+    folder = project.path / "reports" / "allure-results"
+    attached = {a["name"]: (folder / a["source"]).read_text() for a in crashed["attachments"]}
+    assert "written before the crash" in attached["stdout"]
     assert {"name": "target", "value": repr(target)} in crashed["parameters"]
     assert not (last_run(project) / "error.json").exists()
 

@@ -70,10 +70,23 @@ def write_target(pytester: pytest.Pytester, name: str, body: str, folder: str = 
          "targets/bad.toml: key 'env.DEBUG' must be a string, got a boolean True"),
         ('kind = "docker"\ntier = = 1\n',
          "targets/bad.toml: TOML syntax error: Invalid value (at line 2, column 8)"),
+        ('kind = "ssh"\ntier = 1\n[ssh]\nhost = "b"\nremote_dir = "x"\n'
+         '[docker]\nengine = "unix:///nowhere.sock"\n',
+         "targets/bad.toml: key 'docker.engine' is not allowed for kind 'ssh' (only for: docker)"),
+        ('kind = "ssh"\ntier = 1\n[ssh]\nhost = "b"\nremote_dir = "x"\n[docker]\ncontext = "c"\n',
+         "targets/bad.toml: key 'docker.context' is not allowed for kind 'ssh' (only for: docker)"),
+        ('kind = "docker"\ntier = 1\n[preflight]\nmin_free_mb = 99999999\n',
+         "targets/bad.toml: key 'preflight' is not allowed for kind 'docker' (only for: ssh)"),
+        ('kind = "docker"\ntier = 1\n[preflight]\nrequire_swap = true\n',
+         "targets/bad.toml: key 'preflight' is not allowed for kind 'docker' (only for: ssh)"),
+        ('kind = "docker"\ntier = 1\n[timeouts]\nlease = 5\n',
+         "targets/bad.toml: key 'timeouts.lease' is not allowed for kind 'docker' (only for: ssh)"),
     ],
     ids=["unknown-key", "wrong-type", "missing-tier", "missing-kind", "unknown-kind",
          "wrong-type-nested", "unknown-nested-key", "negative-timeout", "ssh-without-host",
-         "section-for-wrong-kind", "name-mismatch", "env-not-string", "toml-syntax"],
+         "section-for-wrong-kind", "name-mismatch", "env-not-string", "toml-syntax",
+         "engine-on-ssh", "context-on-ssh", "free-space-on-docker", "swap-on-docker",
+         "lease-on-docker"],
 )
 def test_bad_configuration_is_a_usage_error_naming_file_and_key(
     pytester: pytest.Pytester, body: str, message: str
@@ -254,6 +267,14 @@ def test_alluredir_option_moves_the_results(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_a="def test_one(): pass")
     pytester.runpytest_subprocess("--alluredir=elsewhere")
     assert {r["name"] for r in _results(pytester.path / "elsewhere")} == {"test_one"}
+    assert not (pytester.path / "reports" / "allure-results").exists()
+
+
+def test_no_allure_option_writes_no_results_even_where_alluredir_points(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_one(): pass")
+    assert pytester.runpytest_subprocess("--alluredir=elsewhere", "--hil-no-allure").ret == 0
+    assert _results(pytester.path / "elsewhere") == []
     assert not (pytester.path / "reports" / "allure-results").exists()
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from hil.errors import ERROR_KINDS
+from hil.errors import ERROR_KINDS, ReportToolMissingError
 from hil.progress import Progress
 from hil.report.allure import infrastructure_result, result_from_json, write_infrastructure_result
-from hil.report.allure3 import ReportToolMissingError, select_engine
+from hil.report.allure3 import select_engine
 from hil.report.chart import (
     CHART_HINT,
     OUTCOME_COLOURS,
@@ -312,3 +312,23 @@ def test_allure3_report_keeps_history_trimmed_to_the_limit(report_project: Path)
     assert len((history / "allure3-history.jsonl").read_text().splitlines()) == 2
     summary = json.loads((report_project / "html" / "summary.json").read_text())
     assert summary["stats"]["total"] == 4 and summary["stats"]["passed"] == 3
+
+
+def test_report_on_a_missing_or_empty_folder_is_a_usage_error_and_writes_nothing(
+        report_project: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from hil.cli import main
+
+    monkeypatch.chdir(report_project)
+    output = report_project / "html"
+    history = report_project / "history"
+    missing = report_project / "no-such-results"
+    assert main(["report", str(missing), "-o", str(output), "--history", str(history)]) == 4
+    assert f"no Allure results folder at {missing}" in capsys.readouterr().err
+    empty = report_project / "empty-results"
+    empty.mkdir()
+    (empty / "environment.properties").write_text("target=local-a\n")
+    assert main(["report", str(empty), "-o", str(output), "--history", str(history)]) == 4
+    err = capsys.readouterr().err
+    assert f"no Allure results in {empty}" in err and "run the tests first" in err
+    assert not output.exists() and not history.exists()

@@ -142,15 +142,15 @@ def test_boards_share_no_home_or_tmp(pool_rig: Rig) -> None:
         for board in (pool[2], pool[3], pool_rig):
             res = board.ssh(f"test -e ~/{mark} || test -e /tmp/{mark}")
             assert res.returncode == 1, f"board sees board 1's files: {res.stderr}"
-        # The board lease (a flock in /tmp/pytest-hil) is per board: both are taken at once.
-        hold = pool[1].board.ssh_command("mkdir -p /tmp/pytest-hil && exec flock -w 60 /tmp/pytest-hil/lease.lock sleep 30")
+        # The board lease (a flock on /tmp/pytest-hil) is per board: both are taken at once.
+        hold = pool[1].board.ssh_command("mkdir -p -m 700 /tmp/pytest-hil && exec flock -w 60 /tmp/pytest-hil sleep 30")
         with subprocess.Popen(hold, stdin=subprocess.DEVNULL) as holder:
             try:
                 deadline = time.monotonic() + 20
-                while pool[1].ssh("flock -n /tmp/pytest-hil/lease.lock true").returncode == 0:
+                while pool[1].ssh("flock -n /tmp/pytest-hil true").returncode == 0:
                     assert time.monotonic() < deadline, "board 1's lease was never taken"
                     time.sleep(0.1)
-                res = pool[2].ssh("mkdir -p /tmp/pytest-hil && flock -n /tmp/pytest-hil/lease.lock true")
+                res = pool[2].ssh("mkdir -p -m 700 /tmp/pytest-hil && flock -n /tmp/pytest-hil true")
                 assert res.returncode == 0, res.stderr
             finally:
                 holder.kill()

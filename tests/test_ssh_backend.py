@@ -404,12 +404,16 @@ def test_present_image_is_not_rebuilt(sim_jetson: Any, sim_project: Path, tmp_pa
     finally:
         first.close()
     second, out = _backend(sim_jetson, sim_project)
+    plan = _plan(tmp_path / "second")
     try:
-        assert second.prepare(_plan(tmp_path)) == tag
+        assert second.prepare(plan) == tag
     finally:
         second.close()
     assert second.build_log == [] and "build" not in second.timings
+    assert not (plan.local_out / "build.log").exists()
     assert "up to date on the board" in out.getvalue()
+    # Waiting for the lease, the sync and the image are steps of their own.
+    assert {"lease", "sync", "image"} <= set(second.timings)
 
 
 def test_broken_dockerfile_fails_the_build_with_its_last_lines(sim_jetson: Any,
@@ -420,9 +424,10 @@ def test_broken_dockerfile_fails_the_build_with_its_last_lines(sim_jetson: Any,
         f"RUN echo 'broken-step: no such package {time.time_ns()}' && exit 3\n",
         encoding="utf-8")
     backend, _ = _backend(sim_jetson, sim_project)
+    plan = _plan(tmp_path)
     try:
         with pytest.raises(BuildFailedError) as info:
-            backend.prepare(_plan(tmp_path))
+            backend.prepare(plan)
     finally:
         backend.close()
     err = info.value
@@ -430,6 +435,9 @@ def test_broken_dockerfile_fails_the_build_with_its_last_lines(sim_jetson: Any,
     assert "broken-step: no such package" in err.tail
     assert err.exited not in (0, None)
     assert any("broken-step" in line for line in backend.build_log)
+    # The whole log is in the run folder, as on a docker target.
+    assert "broken-step: no such package" in (plan.local_out / "build.log").read_text(
+        encoding="utf-8")
 
 
 def test_run_past_its_timeout_is_killed_and_removed(sim_jetson: Any, sim_project: Path,
@@ -480,6 +488,7 @@ def test_link_cut_mid_run_is_run_lost_and_fetch_keeps_finished_results(
         assert time.monotonic() - start < 60
         assert info.value.exit_code == ExitCode.RUN_LOST
         assert "connection to the board lost" in str(info.value)
+        backend.stop()
         backend.fetch(plan)
         assert _containers_after(backend.connect(), plan.run_id) == []
     finally:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from hil.errors import ExitCode
 from hil.ssh.connection import SshConnection, open_boards, resolve_endpoint
@@ -25,3 +31,25 @@ def test_open_boards_runs_on_every_board_that_opened_and_names_the_rest(sim_jets
     finally:
         group.close()
     assert not any(c.alive for c in group)
+
+
+@pytest.mark.parametrize("forward", ["yes", "/tmp/some-agent.sock"])
+def test_agent_forwarding_is_off_whatever_ssh_config_says(sim_jetson: Any, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          forward: str) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host *\n    ForwardAgent {forward}\n\n"
+                      + Path(sim_jetson.ssh.config).read_text(encoding="utf-8"), encoding="utf-8")
+    agent = subprocess.run(["ssh-agent", "-s", "-a", str(tmp_path / "agent.sock")],
+                           capture_output=True, text=True, check=True)
+    pid = int(agent.stdout.split("SSH_AGENT_PID=")[1].split(";")[0])
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "agent.sock"))
+    try:
+        conn = SshConnection(resolve_endpoint(sim_jetson.ssh.host, config_file=str(config)))
+        try:
+            res = conn.open().run('echo "agent=[${SSH_AUTH_SOCK:-}]"')
+        finally:
+            conn.close()
+        assert res.stdout.strip() == "agent=[]"
+    finally:
+        os.kill(pid, signal.SIGTERM)

@@ -64,7 +64,7 @@ def replayed(feeder: EventFeeder, events: list[dict[str, Any]]) -> list[dict[str
 
 @pytest.fixture
 def config(pytester: pytest.Pytester) -> pytest.Config:
-    return pytester.parseconfigure("-p", "no:cacheprovider")
+    return pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:labgrid")
 
 
 @pytest.fixture
@@ -235,8 +235,8 @@ def test_nothing_follows_the_exit_event(config: pytest.Config) -> None:
 def test_a_cut_short_channel_is_completed_from_the_record_once(
         pytester: pytest.Pytester, tmp_path: Path) -> None:
     # Replayed into a session of its own: no Allure listener, no terminal in between.
-    config = pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:allure_pytest",
-                                     "-p", "no:terminal")
+    config = pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:labgrid",
+                                     "-p", "no:allure_pytest", "-p", "no:terminal")
     feeder = EventFeeder(config, pytest.Session.from_config(config))
     channel, copy = io.StringIO(), io.StringIO()
     stream = EventStream(channel, copy, compact=True, interval=60)

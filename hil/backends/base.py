@@ -1,8 +1,15 @@
 """The Backend protocol every container target implements, and the plain data it trades in.
 
-A session drives one backend through four steps:
+A session drives one backend through these steps:
 
-    preflight() -> prepare() -> run(request, on_stdout, on_stderr) -> fetch()
+    preflight() -> prepare() -> run(request, on_stdout, on_stderr) -> [stop()] -> fetch()
+
+``stop`` (from any thread) ends the run going on now: ``-x`` reached on another
+member, Ctrl-C, SIGTERM, a run cut short.  ``fetch`` only brings results back.
+
+``prepare`` times its own steps (:data:`PREPARE_PHASES`) into ``timings`` for the
+session's phases, and saves the image build's lines as ``build.log`` in the run
+folder, the same way for every kind (:meth:`Backend.build_line`).
 
 ``run`` streams the container's standard output (the worker's event lines) and
 standard error to the callbacks as bytes arrive; the session decodes events
@@ -21,10 +28,11 @@ import secrets
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hil.config import TargetSpec
 from hil.progress import Progress
@@ -135,6 +143,11 @@ def describe_exit(code: int) -> str:
         except ValueError:
             pass
     return f"exit code {code}"
+
+#: The steps of :meth:`Backend.prepare` a session reports as phases of their own, in order:
+#: waiting for the board's lease, syncing the checkout, the image (built or found, and its
+#: GPU probe), the compose services beside the tests.
+PREPARE_PHASES = ("lease", "sync", "image", "services")
 
 #: Takes a chunk of a container's output; a sink of standard output may return True to say
 #: the worker has sent its last event, so the backend need not wait for the stream's end.
@@ -280,26 +293,79 @@ class Backend(abc.ABC):
         self.progress = progress
         self.rebuild = rebuild
         self.lease_timeout = spec.timeouts.lease if lease_timeout is None else lease_timeout
-        #: Lines of the image build, saved as build.log by the session.
+        #: Lines of the image build (see :meth:`build_line`), also in the run's ``build.log``.
         self.build_log: list[str] = []
         #: Name and digest of the image used, for the report's environment.
         self.image_id: str = ""
+        #: Seconds of each step as this backend timed them (see :meth:`phase`); a session
+        #: reports those of :data:`PREPARE_PHASES` as phases of their own.
+        self.timings: dict[str, float] = {}
+        self._build_path: Path | None = None
+        self._build_file: IO[str] | None = None
 
     @abc.abstractmethod
     def preflight(self) -> PreflightReport:
         """Check the target is ready; raises the matching HilError on a required failure."""
 
-    @abc.abstractmethod
     def prepare(self, plan: RunPlan) -> str:
-        """Sync what needs syncing and build or reuse the image; returns the image tag."""
+        """Take what the run needs (lease, sync, image, services); returns the image tag.
+
+        Whatever the kind, the image build's lines land in ``build.log`` of the
+        run folder (``plan.local_out``) as they come, when an image is built.
+        """
+        self._build_path = plan.local_out / "build.log"
+        try:
+            return self._prepare(plan)
+        finally:
+            self._build_path = None
+            if self._build_file is not None:
+                self._build_file.close()
+                self._build_file = None
+
+    @abc.abstractmethod
+    def _prepare(self, plan: RunPlan) -> str:
+        """The kind's own :meth:`prepare`, its steps timed with :meth:`phase`."""
+
+    def build_line(self, line: str) -> None:
+        """One line of the image build: kept (a failed build shows the tail), shown as a
+        detail, and written to the run folder's ``build.log``."""
+        self.build_log.append(line)
+        self.progress.detail(line)
+        if self._build_path is None:
+            return
+        if self._build_file is None:
+            self._build_path.parent.mkdir(parents=True, exist_ok=True)
+            # The run folder is the container's results mount on a docker target: no links.
+            fd = os.open(self._build_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                         0o644)
+            self._build_file = os.fdopen(fd, "w", encoding="utf-8")
+        self._build_file.write(line + "\n")
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a step into :attr:`timings` (added up when it runs more than once)."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.monotonic() - start, 3)
 
     @abc.abstractmethod
     def run(self, plan: RunPlan, image: str, on_stdout: ByteSink, on_stderr: ByteSink) -> RunEnd:
         """Run the test container, streaming its output; always removes the container."""
 
     @abc.abstractmethod
+    def stop(self) -> None:
+        """End the test container running now, if any: from any thread, bounded, best effort.
+
+        A ``run`` in progress then returns (or raises) soon after; stopping what
+        already ended does nothing.
+        """
+
+    @abc.abstractmethod
     def fetch(self, plan: RunPlan) -> None:
-        """Bring the run's results into ``plan.local_out`` (also after a failure)."""
+        """Bring the run's results into ``plan.local_out`` (also after a failure); only fetches:
+        a run still going is the caller's to :meth:`stop` first."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections and leases (idempotent)."""

@@ -8,11 +8,14 @@ Engine API calls go through :mod:`hil.backends.engine` (the Docker SDK).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -41,8 +44,8 @@ from hil.backends.images import build_context, recipe
 from hil.errors import (
     BuildFailedError,
     ConfigError,
+    ContainerRemoveError,
     EngineDownError,
-    HilError,
     RunLostError,
     RunTimedOutError,
     RuntimeMissingError,
@@ -155,6 +158,8 @@ class DockerBackend(Backend):
         #: The CUDA probe passed in this session (tier 2 targets).
         self._gpu_checked = False
         self._removers: list[threading.Thread] = []
+        #: The test container running now (killed by :meth:`stop`).
+        self._running: str | None = None
         #: The services beside the tests (``[compose]``), once started by prepare().
         self.compose: ComposeProject | None = None
 
@@ -315,16 +320,29 @@ class DockerBackend(Backend):
         return Check("gpu", True, f"{words}; tier {self.spec.tier} declared")
 
     # -- image ----------------------------------------------------------------
-    def prepare(self, plan: RunPlan) -> str:
-        tag = self.image(plan)
-        if self.spec.compose.file:
-            out = plan.local_out / "compose"
-            self.compose = ComposeProject(
-                self.spec, local_shell({"DOCKER_HOST": self.engine_url}),
-                engine_root=str(self.root.resolve()), local_root=self.root,
-                override_path=str((out / "override.json").resolve()), local_dir=out,
-                progress=self.progress, judge_owners=True,
-                rebuild=self.rebuild)
+    def _prepare(self, plan: RunPlan) -> str:
+        if not self.spec.compose.file:
+            with self.phase("image"):
+                return self.image(plan)
+        out = plan.local_out / "compose"
+        # The override compose reads holds the real environment: a private folder, not
+        # the run folder (which keeps a redacted copy and is published).
+        private = Path(tempfile.mkdtemp(prefix="hil-compose-"))
+        atexit.register(shutil.rmtree, private, True)
+        self.compose = ComposeProject(
+            self.spec, local_shell({"DOCKER_HOST": self.engine_url}),
+            engine_root=str(self.root.resolve()), local_root=self.root,
+            override_path=str(private / "override.json"), local_dir=out,
+            progress=self.progress, judge_owners=True,
+            rebuild=self.rebuild)
+        with self.phase("services"):
+            self.compose.read()
+        # A tests' service with its own build: compose builds it, no dependencies image.
+        tag = self.compose.tests_image
+        if not tag:
+            with self.phase("image"):
+                tag = self.image(plan)
+        with self.phase("services"):
             self.compose.up(tag)
         return tag
 
@@ -344,27 +362,23 @@ class DockerBackend(Backend):
                 pass
         self.progress.step(f"building {tag} from {rec.dockerfile} "
                            f"({len(rec.inputs)} input file(s))")
-        (plan.local_out / "build.log").parent.mkdir(parents=True, exist_ok=True)
-        with (plan.local_out / "build.log").open("w", encoding="utf-8") as log:
-            error = ""
-            try:
-                stream = engine.build(
-                    build_context(rec, self.root), dockerfile=rec.dockerfile, tag=tag,
-                    buildargs=dict(rec.build_args), network=self.spec.docker.build_network,
-                    labels={CONTAINER_LABEL: "image"}, timeout=self.spec.timeouts.build,
-                )
-                for chunk in stream:
-                    text = chunk.get("stream") or chunk.get("status") or ""
-                    if "error" in chunk:
-                        error = str(chunk["error"])
-                        text = error
-                    for line in text.rstrip("\n").splitlines():
-                        if line.strip():
-                            self.build_log.append(line)
-                            log.write(line + "\n")
-                            self.progress.detail(line)
-            except EngineError as err:
-                error = str(err)
+        error = ""
+        try:
+            stream = engine.build(
+                build_context(rec, self.root), dockerfile=rec.dockerfile, tag=tag,
+                buildargs=dict(rec.build_args), network=self.spec.docker.build_network,
+                labels={CONTAINER_LABEL: "image"}, timeout=self.spec.timeouts.build,
+            )
+            for chunk in stream:
+                text = chunk.get("stream") or chunk.get("status") or ""
+                if "error" in chunk:
+                    error = str(chunk["error"])
+                    text = error
+                for line in text.rstrip("\n").splitlines():
+                    if line.strip():
+                        self.build_line(line)
+        except EngineError as err:
+            error = str(err)
         if error:
             raise BuildFailedError(
                 f"building {tag} failed: {error.strip().splitlines()[-1][:200]}",
@@ -419,6 +433,7 @@ class DockerBackend(Backend):
             raise TargetUnhealthyError(f"could not create the test container: {err}",
                                        target=self.spec.name) from err
         timed_out = threading.Event()
+        self._running = cid
 
         def kill_on_timeout() -> None:
             timed_out.set()
@@ -456,10 +471,12 @@ class DockerBackend(Backend):
                                    target=self.spec.name) from err
         except BaseException:
             timer.cancel()
+            self._running = None
             if watch is not None:
                 watch.stop()
             _remove(engine, cid)  # failed or interrupted: the container goes before anything else
             raise
+        self._running = None
         timer.cancel()
         if watch is not None:
             watch.stop()
@@ -483,12 +500,20 @@ class DockerBackend(Backend):
                                                          f" (exit {code})"))
         return RunEnd(exit_code=code, oom_killed=bool(state.get("OOMKilled")), reason=reason)
 
+    def stop(self) -> None:
+        """Kill the test container running now (its ``run`` then returns a killed end)."""
+        cid, engine = self._running, self.engine
+        if cid is not None and engine is not None:
+            with contextlib.suppress(EngineError):
+                engine.kill(cid)
+
     def fetch(self, plan: RunPlan) -> None:
         """Nothing to copy (the run folder was mounted at /hil/out) but the services' logs."""
         if self.compose is not None:
             self.compose.save_logs()
 
     def close(self) -> None:
+        self.stop()
         if self.compose is not None:
             self.compose.down()
         for remover in self._removers:
@@ -510,7 +535,8 @@ def _remove(engine: Engine, cid: str) -> None:
             return
         except EngineError as err:
             if time.monotonic() > deadline:
-                raise HilError(f"could not remove container {cid[:12]}: {err}") from err
+                raise ContainerRemoveError(f"could not remove container {cid[:12]}: {err}"
+                                           ) from err
             time.sleep(0.2)
 
 

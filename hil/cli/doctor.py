@@ -1,4 +1,4 @@
-"""``hil doctor --target NAME``: is a target ready?  A table, or ``--json``.
+"""``hil doctor NAME`` (or ``-t NAME``, or ``$HIL_TARGET``): is a target ready?  A table, or ``--json``.
 
 For an SSH target every check runs, also after a failure, so the table shows
 all that is wrong at once; the exit code is the one a session would have
@@ -6,15 +6,18 @@ ended with (the first required failure's), 0 when the target is ready.  The
 CUDA probe (the worker's ``--probe`` in a container of the dependencies
 image, when that image is on the board) always runs fresh here (sessions
 may reuse a cached probe), and the board's lease is only looked at, never
-taken.  Docker targets delegate
-to their backend's ``preflight()``; the local target reports the tier it
-detects.
+taken.  A pool (``[ssh] hosts``) has every board checked, at once, each with
+its own table; as a pool session runs on the healthy boards, it is ready
+when one board is, and otherwise ends with the first board's code.  Docker
+targets delegate to their backend's ``preflight()``; the local target
+reports the tier it detects.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,14 +25,16 @@ from typing import Any
 from hil.backends import load_backend
 from hil.backends.base import Check, PreflightReport
 from hil.config import DEFAULT_TARGET, TargetSpec, load_inventory
-from hil.errors import ExitCode, HilError
+from hil.errors import ConfigError, ExitCode, HilError
 from hil.progress import Progress
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``hil doctor``."""
-    parser.add_argument("--target", "-t", default=DEFAULT_TARGET, metavar="NAME",
-                        help="the target to check (default: local)")
+    parser.add_argument("name", nargs="?", default=None, metavar="NAME",
+                        help="the target to check (as --target)")
+    parser.add_argument("--target", "-t", default=None, metavar="NAME",
+                        help=f"the target to check (default: $HIL_TARGET, else {DEFAULT_TARGET})")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--rootdir", default=".", metavar="DIR",
                         help="the checkout whose targets/ to read (default: .)")
@@ -92,11 +97,52 @@ def diagnose(spec: TargetSpec, root: Path, progress: Progress) -> tuple[Prefligh
         return _failed(spec, err), int(err.exit_code)
 
 
+def diagnose_pool(spec: TargetSpec, root: Path,
+                  progress: Progress) -> tuple[list[tuple[PreflightReport, int]], int]:
+    """Every board of a pool checked at once: each one's report and code, and the pool's code."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hil.session.pool import board_spec
+
+    boards = [board_spec(spec, host) for host in spec.ssh.boards]
+    with ThreadPoolExecutor(max_workers=len(boards)) as workers:
+        found = list(workers.map(lambda board: diagnose(board, root, progress), boards))
+    code = 0 if any(c == 0 for _, c in found) else found[0][1]
+    return found, code
+
+
+def _run_pool(spec: TargetSpec, root: Path, as_json: bool) -> int:
+    """``hil doctor`` of a pool: one table (or JSON object) per board."""
+    found, code = diagnose_pool(spec, root, Progress(sys.stderr, quiet=as_json))
+    if as_json:
+        boards = [{**report.as_dict(), "exit_code": c} for report, c in found]
+        print(json.dumps({"target": spec.name, "ok": code == 0, "exit_code": code,
+                          "boards": boards}, indent=1))
+        return code
+    for report, _ in found:
+        print(report.table())
+    sick = [report.target for report, c in found if c]
+    if code:
+        print(f"hil doctor: pool '{spec.name}' is not ready: no board is (exit {code}: "
+              f"{ExitCode(code).name})")
+    else:
+        print(f"hil doctor: pool '{spec.name}' is ready: {len(found) - len(sick)} of "
+              f"{len(found)} board(s)" + (f"; a session quarantines {', '.join(sick)}"
+                                           if sick else ""))
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
     """Check one target and print the table (or JSON); returns the exit code."""
+    if args.name and args.target and args.name != args.target:
+        raise ConfigError(f"hil doctor names two targets: {args.name!r} and --target "
+                          f"{args.target!r}", hint="name one")
+    name = args.name or args.target or os.environ.get("HIL_TARGET") or DEFAULT_TARGET
     root = Path(args.rootdir).resolve()
     inventory = load_inventory(root, Path(args.targets_dir) if args.targets_dir else None)
-    spec = inventory.get(args.target)
+    spec = inventory.get(name)
+    if spec.kind == "ssh" and spec.ssh.hosts:
+        return _run_pool(spec, root, bool(args.json))
     progress = Progress(sys.stderr, quiet=bool(args.json))
     report, code = diagnose(spec, root, progress)
     if args.json:

@@ -11,8 +11,8 @@ import sys
 import webbrowser
 from pathlib import Path
 
+from hil.errors import ConfigError
 from hil.progress import Progress
-from hil.report.allure3 import ReportToolError
 from hil.report.html import DEFAULT_HISTORY_LIMIT, ReportRequest, build_report, find_root
 
 HELP_RESULTS = "Allure results folders (default: reports/allure-results); several merge into one"
@@ -65,10 +65,11 @@ def run(args: argparse.Namespace) -> int:
     """``hil report``: returns 0, or raises a HilError (the CLI prints it)."""
     root = find_root()
     results = tuple(args.results) or (root / "reports" / "allure-results",)
-    output = args.output or root / "reports" / "allure-report"
+    # Absolute: Allure runs in a work folder of its own.
+    output = args.output.absolute() if args.output else root / "reports" / "allure-report"
     history = None if args.no_history else (args.history or default_history(root))
     if args.history_limit < 1:
-        raise ReportToolError("--history-limit must be at least 1")
+        raise ConfigError("--history-limit must be at least 1")
     progress = Progress(quiet=args.quiet)
     outcome = build_report(ReportRequest(
         results=results, output=output, root=root, history=history,

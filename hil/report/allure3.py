@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hil.errors import ConfigError, ExitCode, HilError
+from hil.errors import ConfigError, ReportToolError, ReportToolMissingError
 from hil.locking import exclusive_lock
+from hil.own import mark_own, remove_own
 from hil.progress import Progress
 
 #: The exact Allure 3 release we generate with (``npm view allure versions``).
@@ -39,18 +40,6 @@ INSTALL_HINT = (
     "macOS: `brew install node`), or Allure 2's commandline with Java "
     "(`apt-get install -y default-jre` and https://allurereport.org/docs/install/)"
 )
-
-
-class ReportToolError(HilError):
-    """No usable Allure (Node.js or Java missing), or generating the report failed."""
-
-    kind = "report"
-
-
-class ReportToolMissingError(ReportToolError):
-    """Neither Node.js 20+ nor Allure 2's commandline is available (exit 4, a setup problem)."""
-
-    exit_code = ExitCode.USAGE_ERROR
 
 
 @dataclass(frozen=True)
@@ -234,7 +223,7 @@ def generate_allure3(engine: Engine, results: Path, output: Path, config: Mappin
     work.mkdir(parents=True, exist_ok=True)
     rc = work / "allurerc.json"
     rc.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    shutil.rmtree(output, ignore_errors=True)
+    remove_own(output, "the report folder")
     command = [*engine.argv, "generate", "--config", str(rc), "--output", str(output),
                str(results)]
     env = {**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "0"}
@@ -245,16 +234,20 @@ def generate_allure3(engine: Engine, results: Path, output: Path, config: Mappin
     if "plugin awesome error" in result.output:
         raise ReportToolError("Allure 3's report plugin failed", command=command,
                               exited=result.returncode, tail=result.output)
+    mark_own(output)
 
 
 def generate_allure2(engine: Engine, results: Path, output: Path, progress: Progress,
                      timeout: float = 600) -> None:
     """``allure generate --clean`` (Allure 2) of one staged results folder into ``output``."""
-    command = [*engine.argv, "generate", "--clean", "-o", str(output), str(results)]
+    # Not `--clean`: Allure would empty whatever folder it was given.
+    remove_own(output, "the report folder")
+    command = [*engine.argv, "generate", "-o", str(output), str(results)]
     result = run_streaming(command, progress, timeout=timeout)
     if result.returncode != 0 or not (output / "index.html").is_file():
         raise ReportToolError("Allure 2 could not generate the report", command=command,
                               exited=result.returncode, tail=result.output)
+    mark_own(output)
 
 
 def history_lines(history_file: Path) -> int:

@@ -41,18 +41,20 @@ from allure_commons.model2 import (
     TestResultContainer,
 )
 
+from hil.errors import NoResultsError, ReportToolError
+from hil.own import check_own
 from hil.progress import Progress
 from hil.report.allure import (
+    NodeNames,
     attach_data,
     file_logger,
     infrastructure_message,
     is_infrastructure_result,
-    read_result,
+    result_from_json,
     result_target,
 )
 from hil.report.allure3 import (
     Engine,
-    ReportToolError,
     allure3_config,
     generate_allure2,
     generate_allure3,
@@ -70,6 +72,9 @@ from hil.report.chart import (
 
 #: Where the checked-in report configuration lives, relative to the project root.
 CONFIG_DIR = Path("reports") / "allure"
+#: What to do when ``hil report`` finds no results.
+NO_RESULTS_HINT = ("run the tests first (pytest --target=NAME writes reports/allure-results), "
+                   "or name the results folder: hil report PATH")
 DEFAULT_HISTORY_LIMIT = 20
 #: Lines of remote log attached to a failing test.
 LOG_TAIL_LINES = 120
@@ -259,15 +264,8 @@ def executor_from_env(env: Mapping[str, str]) -> dict[str, Any] | None:
 
 def nodeid_key(nodeid: str) -> tuple[str, str]:
     """(Allure ``fullName``, parameter suffix) of a pytest node id, as allure-pytest builds it."""
-    filepath, *rest = nodeid.split("::")
-    parts = filepath.split("/")
-    module = parts[-1].rsplit(".", 1)[0]
-    package = ".".join(filter(None, [".".join(parts[:-1]), module]))
-    func = rest[-1] if rest else ""
-    classes = rest[:-1]
-    name, bracket, params = func.partition("[")
-    class_part = ("." + ".".join(classes)) if classes else ""
-    return f"{package}{class_part}#{name}", (bracket + params)
+    names = NodeNames.of(nodeid)
+    return names.full_name, names.params
 
 
 def result_key(result: Any) -> tuple[str, str]:
@@ -441,6 +439,42 @@ class Staged:
     attachments: int = 0
 
 
+def _json_object(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def keep_own_attachments(node: Any, results: Path) -> int:
+    """Drop, from a result or container's JSON (steps, fixtures included), every attachment
+    whose ``source`` is not the bare name of a regular file in ``results``: Allure copies
+    what ``source`` names into the report, and the code under test wrote it.  Returns how
+    many were dropped."""
+    dropped = 0
+    if isinstance(node, list):
+        return sum(keep_own_attachments(item, results) for item in node)
+    if not isinstance(node, dict):
+        return 0
+    found = node.get("attachments")
+    if isinstance(found, list):
+        kept = [a for a in found if isinstance(a, dict) and _own_file(a.get("source"), results)]
+        dropped += len(found) - len(kept)
+        node["attachments"] = kept
+    for key in ("steps", "befores", "afters"):
+        dropped += keep_own_attachments(node.get(key), results)
+    return dropped
+
+
+def _own_file(source: Any, results: Path) -> bool:
+    if not isinstance(source, str) or source in ("", ".", "..") or "/" in source \
+            or "\\" in source or "\0" in source:
+        return False
+    path = results / source
+    return path.is_file() and not path.is_symlink()
+
+
 class Stager:
     """Copies results folders into one staging folder and adds pytest-hil's extras.
 
@@ -465,19 +499,23 @@ class Stager:
         from hil.worker import parse_environment  # the worker writes the file
 
         if not results.is_dir():
-            raise ReportToolError(f"no Allure results folder at {results}")
+            raise NoResultsError(f"no Allure results folder at {results}", hint=NO_RESULTS_HINT)
         props_file = results / "environment.properties"
         properties = (parse_environment(props_file.read_text(encoding="utf-8"))
                       if props_file.is_file() else {})
         loaded: list[Any] = []
         for path in sorted(results.iterdir()):
-            if not path.is_file() or path.name in ("environment.properties", "categories.json",
-                                                   "executor.json"):
+            if path.is_symlink() or not path.is_file() or path.name in (
+                    "environment.properties", "categories.json", "executor.json"):
                 continue
-            if path.name.endswith("-result.json"):
-                result = read_result(path)
-                if result is not None:
-                    loaded.append(result)
+            if path.name.endswith(("-result.json", "-container.json")):
+                data = _json_object(path)
+                if data is not None:
+                    keep_own_attachments(data, results)
+                    if path.name.endswith("-result.json"):
+                        loaded.append(result_from_json(data))
+                    else:
+                        (self.folder / path.name).write_text(json.dumps(data), encoding="utf-8")
                     continue
             shutil.copy2(path, self.folder / path.name)
         default_target = properties.get("target") or results.parent.name
@@ -667,9 +705,16 @@ class ReportOutcome:
 
 
 def build_report(request: ReportRequest, progress: Progress) -> ReportOutcome:
-    """Stage the results, generate the report with history; raises ReportToolError."""
+    """Stage the results, generate the report with history; raises ReportToolError.
+
+    A results folder that is missing, or folders that hold no result at all,
+    raise :class:`NoResultsError` (a usage error) before anything is generated.
+    """
     started = time.monotonic()
-    engine = select_engine(request.root, progress, request.engine)
+    for folder in request.results:
+        if not folder.is_dir():
+            raise NoResultsError(f"no Allure results folder at {folder}", hint=NO_RESULTS_HINT)
+    check_own(request.output, "the report folder")
     work = request.output.parent / f".{request.output.name}.work"
     progress.step(f"staging {len(request.results)} results folder(s)")
     stager = Stager(work / "results", progress)
@@ -677,6 +722,10 @@ def build_report(request: ReportRequest, progress: Progress) -> ReportOutcome:
         stager.add_folder(folder)
     categories = load_categories(request.root)
     staged = stager.finish(categories, executor_from_env(request.environ))
+    if not staged.results:
+        raise NoResultsError("no Allure results in " + ", ".join(map(str, request.results)),
+                             hint=NO_RESULTS_HINT)
+    engine = select_engine(request.root, progress, request.engine)
     summary = ", ".join(f"{name} ({sum(t.statuses.values())} results)"
                         for name, t in sorted(staged.targets.items()))
     progress.step(f"staged {staged.results} results, {staged.attachments} attachments: "

@@ -8,16 +8,11 @@ host) run one after the other in one *lane*.  Then all results are merged
 into one report with history (see :mod:`hil.report.html`) and a per-target table
 is printed.
 
-Exit code (:func:`combine_exit_codes`), in this order:
-
-1. any target hit an infrastructure fault (10-22): the **highest** such code,
-   so CI can tell "the board is down" from "the product regressed";
-2. else pytest's internal error (3), interrupted (2) or usage error (4), in
-   that order, when any target ended with one;
-3. else 1 when any test failed on any target;
-4. else 5 when no target collected any test;
-5. else 0.  A report that could not be generated turns an otherwise green
-   0 into 3 (internal error); it never hides a worse code.
+Exit code: the targets' codes combined by the one rule of pools, routing and
+shards (:func:`hil.session.ending.combine_exit_codes`: the highest
+infrastructure code first, then pytest's 3, 2, 4, then 1, 5, 0).  A report that
+could not be generated turns an otherwise green 0 into 3 (internal error); it
+never hides a worse code.
 """
 
 from __future__ import annotations
@@ -36,28 +31,10 @@ from pathlib import Path
 from hil.config import TargetSpec, load_inventory
 from hil.errors import ERROR_KINDS, EXIT_CODE_MEANINGS, ExitCode, HilError
 from hil.progress import Progress
+from hil.session.ending import INFRA_CODES, combine_exit_codes
 
-INFRA_CODES = frozenset(int(c) for c in ExitCode if int(c) >= 10)
-#: Non-infrastructure codes, most severe first (see the module docstring).
-PYTEST_SEVERITY = (int(ExitCode.INTERNAL_ERROR), int(ExitCode.INTERRUPTED),
-                   int(ExitCode.USAGE_ERROR), int(ExitCode.TESTS_FAILED))
 #: Seconds added to a target's build + run timeouts before nightly gives up on it.
 TIMEOUT_MARGIN = 300.0
-
-
-def combine_exit_codes(codes: Sequence[int]) -> int:
-    """One exit code for many targets' codes (rule in the module docstring)."""
-    infra = [c for c in codes if c in INFRA_CODES]
-    if infra:
-        return max(infra)
-    for code in PYTEST_SEVERITY:
-        if code in codes:
-            return code
-    if codes and all(c == int(ExitCode.NO_TESTS_COLLECTED) for c in codes):
-        return int(ExitCode.NO_TESTS_COLLECTED)
-    if any(c not in (0, 5) for c in codes):  # unknown codes: a crash of some kind
-        return int(ExitCode.INTERNAL_ERROR)
-    return 0
 
 
 def lane_of(spec: TargetSpec) -> str:

@@ -10,6 +10,7 @@ HOST_ONLY_OPTIONS: dict[str, bool] = {
     "--hil-keep-results": False, "--hil-rebuild": False, "--hil-lease-timeout": True,
     "--hil-reports": True, "--hil-no-allure": False, "--hil-plan": False, "--hil-max-resumes": True,
     "--hil-shard": True, "--hil-confirm-failures": False, "--hil-hold-on-failure": True,
+    "--hil-gpu-evidence": True, "--hil-gpu-interval": True,
     "--junitxml": True, "--junit-xml": True, "--alluredir": True, "--clean-alluredir": False,
     "--basetemp": True, "--result-log": True, "--resultlog": True, "--pastebin": True,
 }

@@ -24,13 +24,27 @@ from typing import Any
 import pytest
 
 from hil.backends import load_backend
-from hil.backends.base import Backend, RunEnd, RunPlan, describe_exit
-from hil.errors import HilError, RunLostError, TargetUnhealthyError
+from hil.backends.base import PREPARE_PHASES, Backend, RunEnd, RunPlan, describe_exit
+from hil.errors import (
+    HilError,
+    RunLostError,
+    RunTimedOutError,
+    TargetUnhealthyError,
+    name_running,
+)
 from hil.progress import Progress, TerminalProgress, terminal_line
+from hil.redact import redactor_for
 from hil.session.args import checkout_subdir, remote_args
 from hil.session.crash import CrashReport
 from hil.session.events import EventFeeder
-from hil.session.runfolder import fresh_results, new_run_id, publish_results, register_run_junit
+from hil.session.runfolder import (
+    allure_env,
+    fresh_results,
+    new_run_id,
+    publish_results,
+    register_run_junit,
+    run_allure_dir,
+)
 from hil.session.shards import shard_levels, share_env
 from hil.settings import HilSettings, git_commit
 from hil.worker import encode_resume
@@ -104,7 +118,8 @@ class RemoteSession:
         env = {**self.spec.env, "HIL_TARGET": self.spec.name, "HIL_TIER": str(self.settings.tier),
                "HIL_RUN_ID": self.run_id,
                "HIL_ENVIRONMENT": f"git.commit={git_commit(root)}\nrun.id={self.run_id}",
-               **share_env(self.config, shard_levels(self.config))}
+               **share_env(self.config, shard_levels(self.config)),
+               **allure_env(self.settings.allure_dir)}
         return RunPlan(
             run_id=self.run_id,
             pytest_args=tuple(remote_args(list(params.args), root, cwd)),
@@ -120,8 +135,9 @@ class RemoteSession:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.plan = self._plan()
         feeder = EventFeeder(self.config, session, self.spec.docker.workdir,
-                             allure_dir=self.run_dir / "allure-results", root=self.settings.root,
-                             nonce=self.plan.nonce, record=self.run_dir / "events.jsonl")
+                             allure_dir=run_allure_dir(self.settings.allure_dir, self.run_dir),
+                             root=self.settings.root, nonce=self.plan.nonce,
+                             record=self.run_dir / "events.jsonl")
         progress = TerminalProgress(self.config, self.log)
         started = time.time()
         backend = load_backend(self.spec)(
@@ -136,8 +152,11 @@ class RemoteSession:
                         report = backend.preflight()
                     (self.run_dir / "preflight.json").write_text(
                         json.dumps(report.as_dict(), indent=1), encoding="utf-8")
-                    with self._phase("image"):
+                    try:
                         image = backend.prepare(self.plan)
+                    finally:  # the backend timed its steps: lease, sync, image, services
+                        self.timings.update((name, backend.timings[name]) for name in
+                                            PREPARE_PHASES if name in backend.timings)
                     progress.step(f"running tests in {image} on '{self.spec.name}'")
                     self.exitstatus = self._run_tests(session, backend, image, feeder, progress)
                 except HilError as err:
@@ -167,11 +186,10 @@ class RemoteSession:
         ended without its final report, so a lost run's error names the running test."""
         try:
             end = backend.run(self.plan, image, feeder.feed, self._on_stderr)
-        except RunLostError as err:
+        except (RunLostError, RunTimedOutError) as err:  # name the test that was running
             self._read_back(backend, feeder)
-            if err.running_test is None and not err.not_run and feeder.running:
-                raise RunLostError(err.message, running_test=feeder.running,
-                                   target=err.target or self.spec.name, tail=err.tail) from None
+            name_running(err, feeder.running)
+            err.target = err.target or self.spec.name
             raise
         feeder.close()
         if not feeder.done:  # crashed, killed or cut short: the record knows more
@@ -307,6 +325,8 @@ class RemoteSession:
         fault: HilError | None = None
         if self.fetched != self.plan.segment:
             self.fetched = self.plan.segment
+            if not feeder.done:  # cut short (a lost link, an interrupt): it may still be going
+                backend.stop()
             with self._phase("fetch"):
                 try:
                     backend.fetch(self.plan)
@@ -333,12 +353,13 @@ class RemoteSession:
             (self.run_dir / "hil.log").write_text("\n".join(self.log) + "\n", encoding="utf-8")
         (self.run_dir / "timings.json").write_text(json.dumps(self.timings, indent=1),
                                                    encoding="utf-8")
-        (self.run_dir / "run.json").write_text(json.dumps({
+        # Secrets (a token passed as a pytest option, say) stay out of the saved file.
+        (self.run_dir / "run.json").write_text(json.dumps(redactor_for(self.spec).data({
             "target": self.spec.name, "kind": self.spec.kind, "tier": self.settings.tier,
             "run_id": self.run_id, "exit_code": self.exitstatus, "image": image,
             "pytest_args": list(plan.pytest_args), "started": started, "finished": time.time(),
             "remote": feeder.hello or {}, "stray_output": feeder.stray[-50:],
-        }, indent=1), encoding="utf-8")
+        }), indent=1), encoding="utf-8")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -355,7 +376,7 @@ class RemoteSession:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
-        phases = ("preflight", "image", "container start", "tests", "fetch")
+        phases = ("preflight", *PREPARE_PHASES, "container start", "tests", "fetch")
         shown = [f"{name} {self.timings[name]:.2f}s" for name in phases if name in self.timings]
         tr.write_sep("-", f"hil: {self.spec.name}")
         if shown:

@@ -3,7 +3,10 @@
 Each event the container streams (or that its ``events.jsonl`` recorded, when
 the stream was cut short) becomes the hook call pytest would have made had the
 test run here, so the terminal, ``--junitxml``, ``--lf`` and ``-x`` behave as
-usual.  Allure results that travel on the stream are written on this side.
+usual.  Allure results are written on this side by the one
+:class:`~hil.report.allure.AllureWriter`: those allure-pytest made in the
+container and sent on the stream, or, when the container has no allure-pytest
+(``hello`` says), one per test built from its reports.
 
 The stream is not taken on trust (any process in the container can write to
 it): lines are capped, events are checked against the protocol module, the
@@ -28,10 +31,12 @@ import pytest
 
 from hil.errors import ConfigError, ExitCode
 from hil.progress import terminal_line
-from hil.session.runfolder import write_file
+from hil.report.allure import RICHER_PARTS, AllureWriter
 from hil.worker.events import only_pytest_implements
 from hil.worker.protocol import MAX_LINE, PROTOCOL, LineSplitter, decode, problem
 
+#: Set once a session said what Allure results lack without allure-pytest in the image.
+_RICHER_PARTS_SAID = pytest.StashKey[bool]()
 #: Stray lines kept (the last ones) for the run's record; the rest are counted.
 STRAY_KEPT = 50
 #: Characters of one stray line kept.
@@ -105,7 +110,8 @@ class EventFeeder:
         self.config = config
         #: Where the worker's streamed Allure results (``allure`` events) are written.
         self.allure_dir = allure_dir
-        self.allure_results = 0
+        #: The one writer of this stream's Allure results (see ``hello``).
+        self.allure = AllureWriter(allure_dir, _target_name(config))
         self.session = session
         self.mount = mount.rstrip("/") + "/"
         #: The local checkout the mount shows (the rootdir, or the parent that declared the target).
@@ -244,8 +250,9 @@ class EventFeeder:
         return self.done and self._hello is not None
 
     def close(self) -> None:
-        """Take a last line that had no newline."""
+        """Take a last line that had no newline; close the Allure folder."""
         self._line(self._lines.rest())
+        self.allure.close()
 
     def next_segment(self) -> None:
         """Get ready for the events of a container resumed after a crashed one."""
@@ -366,6 +373,7 @@ class EventFeeder:
         self.hello_at = time.monotonic()
         self.report_keys = list(event.get("report_keys") or ())
         self._workers = int(event.get("workers") or 0)
+        self._allure_hello(event)
         terminal = self.config.pluginmanager.get_plugin("terminalreporter")
         if self._workers and terminal is not None:
             # Reports of several files interleave: progress without file names, as
@@ -385,6 +393,7 @@ class EventFeeder:
         hook = self.config.hook
         for report in reports:
             hook.pytest_runtest_logreport(report=report)
+            self.allure.add_report(report)
         hook.pytest_runtest_logfinish(nodeid=event["nodeid"], location=tuple(event["location"]))
         self._finished(event["nodeid"])
 
@@ -396,6 +405,7 @@ class EventFeeder:
         if report.failed:
             self._failed += 1
         self.config.hook.pytest_runtest_logreport(report=report)
+        self.allure.add_report(report)
 
     def on_logfinish(self, event: dict[str, Any]) -> None:
         """A test ended."""
@@ -514,18 +524,37 @@ class EventFeeder:
             data = {key: values[key] for key in self.report_keys}
             yield self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
 
+    @property
+    def allure_results(self) -> int:
+        """Allure results (and containers) written for this stream so far."""
+        return self.allure.written
+
     def _allure_result(self, event: dict[str, Any]) -> None:
         """Write one streamed Allure result, byte for byte what the worker would have."""
-        name = str(event.get("name", ""))
-        text = event.get("text")
-        if (self.allure_dir is None or not name or name.startswith(".") or "/" in name
-                or "\\" in name or not isinstance(text, str)):
-            self._stray(f"hil: an Allure result event that cannot be written: {name!r}")
-            return
-        if not self.allure_results:  # once, not a mkdir per result
-            self.allure_dir.mkdir(parents=True, exist_ok=True)
-        write_file(self.allure_dir / name, text.encode("utf-8"))
-        self.allure_results += 1
+        name, text = event["name"], event["text"]
+        if not self.allure.write_streamed(name, text):
+            self._stray(f"hil: an Allure result event that cannot be written: {name[:80]!r}")
+
+    def _allure_hello(self, event: dict[str, Any]) -> None:
+        """What the container's worker says of Allure: whether allure-pytest records there,
+        and the target (and board) its results name."""
+        writer = self.allure
+        writer.target = str(event.get("target") or writer.target)
+        writer.board = str(event.get("board") or "") or writer.board
+        writer.from_reports = event.get("allure") is False
+        if (writer.from_reports and writer.folder is not None
+                and not self.config.stash.get(_RICHER_PARTS_SAID, False)):
+            self.config.stash[_RICHER_PARTS_SAID] = True
+            self._say(f"hil: no allure-pytest in the image of '{writer.target}': {RICHER_PARTS}",
+                      yellow=True)
+
+
+def _target_name(config: pytest.Config) -> str:
+    """The session's target name (until the worker's ``hello`` names its own)."""
+    from hil.settings import SETTINGS_KEY
+
+    settings = config.stash.get(SETTINGS_KEY, None)
+    return settings.target.name if settings is not None else ""
 
 
 __all__ = ["EventFeeder", "read_record", "report_collected"]

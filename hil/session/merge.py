@@ -3,7 +3,7 @@
 Every member (a board of a pool, a routed target) collects the same suite in
 its container and reports its own part; :class:`PoolCollection` reports the
 session's collection once, :class:`PoolFeeder` replays one member's stream as
-that member's, and :func:`combined_exit` is pytest's exit code over theirs.
+that member's (:func:`hil.session.ending.combine_exit_codes` combines their codes).
 All of it runs on the session's main thread: pytest's hooks are not called
 from elsewhere.
 """
@@ -63,7 +63,7 @@ class PoolFeeder(EventFeeder):
     TEST_EVENTS = frozenset({"logstart", "logreport", "finish", "logfinish"})
 
     def __init__(self, config: pytest.Config, session: pytest.Session, board: str,
-                 shared: PoolCollection, allure_dir: Path, mount: str,
+                 shared: PoolCollection, allure_dir: Path | None, mount: str,
                  hold: bool = False, *, nonce: str | None = None, record: Path | None = None,
                  resumed: bool = False) -> None:
         super().__init__(config, session, mount, allure_dir=allure_dir, nonce=nonce,
@@ -138,16 +138,4 @@ class PoolFeeder(EventFeeder):
                 self.replay(event)
 
 
-def combined_exit(codes: list[int]) -> int:
-    """pytest's exit code over the boards' own: as if every test ran in one session."""
-    for code in codes:
-        if code not in (0, 1, 5):
-            return code  # interrupted, internal or usage error: as the board said
-    if 1 in codes:
-        return 1
-    if codes and all(code == 5 for code in codes):
-        return 5
-    return 0
-
-
-__all__ = ["PoolCollection", "PoolFeeder", "combined_exit"]
+__all__ = ["PoolCollection", "PoolFeeder"]

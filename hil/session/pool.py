@@ -46,17 +46,25 @@ from typing import Any
 import pytest
 
 from hil.backends import load_backend
-from hil.backends.base import Backend, RunEnd, RunPlan, describe_exit
+from hil.backends.base import PREPARE_PHASES, Backend, RunEnd, RunPlan, describe_exit
 from hil.config import TargetSpec
-from hil.errors import HilError, RunLostError
+from hil.errors import HilError, RunLostError, name_running
 from hil.progress import Progress, terminal_line
 from hil.session.args import checkout_subdir, remote_args
 from hil.session.attribution import FLAKY, Attribution, Rerun, label, mark_allure, outcomes_of
 from hil.session.controller import sigterm_as_interrupt
 from hil.session.crash import CrashReport
+from hil.session.ending import combine_exit_codes
 from hil.session.hold import Hold
-from hil.session.merge import PoolCollection, PoolFeeder, combined_exit
-from hil.session.runfolder import fresh_results, new_run_id, publish_results, register_run_junit
+from hil.session.merge import PoolCollection, PoolFeeder
+from hil.session.runfolder import (
+    allure_env,
+    fresh_results,
+    new_run_id,
+    publish_results,
+    register_run_junit,
+    run_allure_dir,
+)
 from hil.session.shards import shard_levels, share_env
 from hil.settings import HilSettings, git_commit
 from hil.worker import encode_resume, encode_share
@@ -168,7 +176,8 @@ class PoolSession:
         return {**self.spec.env, "HIL_TARGET": self.spec.name,
                 "HIL_TIER": str(self.settings.tier), "HIL_BOARD": board.name,
                 "HIL_POOL": ",".join(self.spec.ssh.boards),
-                **share_env(self.config, [*shard_levels(self.config), [index, count]])}
+                **share_env(self.config, [*shard_levels(self.config), [index, count]]),
+                **allure_env(self.settings.allure_dir)}
 
     def _board(self, spec: TargetSpec) -> BoardRun:
         host = spec.name
@@ -269,7 +278,8 @@ class PoolSession:
         for index, board in enumerate(healthy):
             board.plan = self._plan(board, index, len(healthy))
             board.feeder = PoolFeeder(self.config, session, board.name, shared,
-                                      board.out / "allure-results", board.spec.docker.workdir,
+                                      run_allure_dir(self.settings.allure_dir, board.out),
+                                      board.spec.docker.workdir,
                                       hold=self.confirm, nonce=board.plan.nonce,
                                       record=board.out / "events.jsonl")
             threading.Thread(target=self._run_board, args=(board, events), daemon=True,
@@ -293,7 +303,7 @@ class PoolSession:
         if lost:
             self._fail(lost[0])
         else:
-            self.exitstatus = combined_exit(codes)
+            self.exitstatus = combine_exit_codes(codes)
 
     def _pump(self, session: pytest.Session, runs: list[BoardRun],
               events: queue.Queue[tuple[BoardRun, str, Any]], run_start: float) -> None:
@@ -343,7 +353,8 @@ class PoolSession:
                 plan, run_id=f"{plan.run_id}-from-{board.name}",
                 env={**plan.env, "HIL_SHARE": encode_share([], {}, left)})
             mover.feeder = PoolFeeder(self.config, session, target.name, self.shared_or_fail(),
-                                      mover.out / "allure-results", target.spec.docker.workdir,
+                                      run_allure_dir(self.settings.allure_dir, mover.out),
+                                      target.spec.docker.workdir,
                                       hold=self.confirm, nonce=mover.plan.nonce,
                                       record=mover.out / "events.jsonl",
                                       resumed=True)  # counted with the lost board's run
@@ -516,8 +527,7 @@ class PoolSession:
 
         def stop(other: BoardRun) -> None:
             assert other.plan is not None
-            with contextlib.suppress(HilError):
-                other.backend.fetch(other.plan)  # a run still going is killed first
+            other.backend.stop()
 
         for other in others:
             threading.Thread(target=stop, args=(other,), daemon=True,
@@ -535,6 +545,7 @@ class PoolSession:
         if board.code is not None or board.error is not None:
             return  # decided by the crash that ended it (see _resumed)
         if not feeder.done:
+            board.backend.stop()
             try:
                 board.backend.fetch(board.plan)
             except HilError as err:
@@ -544,6 +555,7 @@ class PoolSession:
             assert self.shared is not None
             self.shared.settle(board.name, None)
         if isinstance(result, HilError):
+            name_running(result, feeder.running)  # lost or timed out: what was running
             board.error = result
         elif feeder.remote_exit is not None and feeder.hello is not None:
             code = feeder.remote_exit
@@ -569,8 +581,9 @@ class PoolSession:
             feeder = board.feeder
             if board.plan is None or feeder is None:
                 continue
+            if not feeder.done:  # after an interrupt a board's run is still going
+                board.backend.stop()
             try:
-                # After an interrupt a board's run is still going: fetch stops it first.
                 board.backend.fetch(board.plan)
             except HilError as err:
                 self.log.append(f"hil: [{board.name}] could not fetch results: {err}")
@@ -584,6 +597,8 @@ class PoolSession:
             "exit_code": self.exitstatus, "timings": self.timings,
             "boards": {b.name: {"image": b.image, "code": b.code, "seconds": b.seconds,
                                 "quarantined": str(b.quarantined) if b.quarantined else None,
+                                "phases": {k: b.backend.timings[k] for k in PREPARE_PHASES
+                                           if k in b.backend.timings},
                                 "error": str(b.error) if b.error else None}
                        for b in self.boards},
         }, indent=1), encoding="utf-8")
@@ -675,4 +690,4 @@ class PoolSession:
                           f"(exit {int(self.error.exit_code)}): {self.error}", red=True)
 
 
-__all__ = ["BoardRun", "PoolSession", "board_spec", "combined_exit", "connect_boards_in_background"]
+__all__ = ["BoardRun", "PoolSession", "board_spec", "connect_boards_in_background"]

@@ -167,10 +167,12 @@ def make_session(config: Any, settings: Any, routing: Routing) -> Any:
             return list(routing.targets)
 
         def _env(self, board: BoardRun, index: int, count: int) -> dict[str, str]:
+            from hil.session.runfolder import allure_env
             from hil.session.shards import shard_levels, share_env
 
             return {**board.spec.env, "HIL_TARGET": board.name, "HIL_TIER": str(board.spec.tier),
                     "HIL_ROUTE": routing.env(),
-                    **share_env(self.config, shard_levels(self.config))}
+                    **share_env(self.config, shard_levels(self.config)),
+                    **allure_env(self.settings.allure_dir)}
 
     return RoutedSession(config, settings)

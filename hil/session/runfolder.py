@@ -11,12 +11,16 @@ from pathlib import Path
 import pytest
 
 from hil.errors import HilError
-from hil.report.allure import write_infrastructure_result
+from hil.own import check_own, is_own, mark_own, remove_own
 
 
 def write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` in one go: no buffered file object for thousands of small files."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    """Create ``path`` with ``data`` in one go; never through a link, never over a file.
+
+    The run folder can be written by the container on docker targets: a name
+    planted there (a link, a file) makes this fail rather than be followed.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -38,12 +42,13 @@ def set_aside(folder: Path) -> list[Path]:
 
     Those of earlier sessions that ended before removing theirs are included.
     """
+    check_own(folder, "the Allure results folder")
     aside = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
     try:
         folder.rename(aside)
     except OSError:  # a mount point, say: remove it in place
-        shutil.rmtree(folder)
-    return sorted(folder.parent.glob(f".{folder.name}.old-*"))
+        remove_own(folder, "the Allure results folder")
+    return sorted(p for p in folder.parent.glob(f".{folder.name}.old-*") if is_own(p))
 
 
 def publish_results(fetched: Path, dest: Path, stale: list[Path]) -> None:
@@ -76,11 +81,26 @@ def fresh_results(allure_dir: Path, keep: bool, target: str, error: HilError | N
     later, off the session's path); an infrastructure fault gets its broken result.
     """
     stale = set_aside(allure_dir) if not keep and allure_dir.exists() else []
-    allure_dir.mkdir(parents=True, exist_ok=True)
+    mark_own(allure_dir)
     if error is not None:
+        # Here, not at the top: a local run (the GPU evidence's run folder) needs no allure-commons.
+        from hil.report.allure import write_infrastructure_result
+
         write_infrastructure_result(allure_dir, target, error.kind, int(error.exit_code),
                                     str(error), trace=error.details(40))
     return stale
+
+
+def allure_env(allure_dir: Path | None) -> dict[str, str]:
+    """What a container's worker is told about Allure: nothing to record where the session
+    publishes none (``--hil-no-allure``, no allure-pytest here), so the run folder gets none."""
+    return {} if allure_dir is not None else {"HIL_ALLURE_RESULTS": "off"}
+
+
+def run_allure_dir(allure_dir: Path | None, out: Path) -> Path | None:
+    """Where a member's streamed Allure results go in its run folder ``out`` (None: nowhere,
+    whatever the container sends)."""
+    return out / "allure-results" if allure_dir is not None else None
 
 
 def register_run_junit(config: pytest.Config, run_dir: Path) -> None:

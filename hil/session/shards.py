@@ -4,7 +4,9 @@ The split itself is :func:`hil.worker.share_of`: it runs where the tests are
 collected (in the container, or here for the local target), over the tests
 selected there, so every part splits the same list the same way.  The
 durations come from earlier runs, kept in pytest's cache under
-:data:`DURATIONS_KEY` by :class:`DurationRecorder`.
+:data:`DURATIONS_KEY` by :class:`DurationRecorder`; :func:`split_durations` is
+the one form of them every split of a session takes (a container's, the local
+target's and ``--hil-plan``'s), so the plan shows the parts that will run.
 """
 
 from __future__ import annotations
@@ -52,24 +54,27 @@ def recorded_durations(config: pytest.Config) -> dict[str, float]:
     return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))}
 
 
-#: Longest ``HIL_SHARE`` sent with its durations: the run script is one argument of the
-#: board's shell, which Linux caps at 128 KiB (MAX_ARG_STRLEN).
+#: Longest ``HIL_SHARE`` durations sent: the run script is one argument of the board's
+#: shell, which Linux caps at 128 KiB (MAX_ARG_STRLEN); the levels add a few bytes.
 SHARE_LIMIT = 64 * 1024
 
 
-def share_env(config: pytest.Config, levels: list[list[int]]) -> dict[str, str]:
-    """``HIL_SHARE`` for a container that runs the part ``levels`` name ({} for the whole).
+def split_durations(config: pytest.Config) -> dict[str, float]:
+    """The durations every split of this session is balanced by, wherever it runs.
 
-    Past :data:`SHARE_LIMIT` (tens of thousands of recorded tests) the split
-    falls back to file order, the same for every part, rather than fail.
+    The recorded ones to 0.01 s, which keeps ``HIL_SHARE`` short; past
+    :data:`SHARE_LIMIT` (tens of thousands of recorded tests) none, so the
+    split falls back to file order, the same for every part, rather than fail.
     """
+    durations = {k: round(v, 2) for k, v in recorded_durations(config).items()}
+    return durations if len(encode_share([], durations)) <= SHARE_LIMIT else {}
+
+
+def share_env(config: pytest.Config, levels: list[list[int]]) -> dict[str, str]:
+    """``HIL_SHARE`` for a container that runs the part ``levels`` name ({} for the whole)."""
     if not levels or all(count <= 1 for _, count in levels):
         return {}
-    durations = {k: round(v, 2) for k, v in recorded_durations(config).items()}
-    value = encode_share(levels, durations)
-    if len(value) > SHARE_LIMIT:
-        value = encode_share(levels, {})
-    return {"HIL_SHARE": value}
+    return {"HIL_SHARE": encode_share(levels, split_durations(config))}
 
 
 class DurationRecorder:
@@ -108,7 +113,7 @@ def planned_places(config: pytest.Config, boards: tuple[str, ...], ids: list[str
     from hil.worker import share_of
 
     levels = shard_levels(config)
-    durations = recorded_durations(config)
+    durations = split_durations(config)
     # The local target's own filter has already taken the shard out of ``ids``.
     mine = share_of(ids, durations, levels) if container and levels else ids
     places: dict[str, str | None] = dict.fromkeys(ids)

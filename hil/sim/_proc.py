@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from hil.errors import HilError
+from hil.errors import HilError, RigError
 from hil.result import Result
 
 #: sbin directories are searched too: root's PATH under some launchers lacks them.
@@ -36,10 +36,11 @@ def run(
     timeout: float = 120.0,
     env: Mapping[str, str] | None = None,
     unset: Sequence[str] = (),
-    error: type[HilError] = HilError,
+    error: type[HilError] = RigError,
     what: str = "",
+    cwd: Path | None = None,
 ) -> Result:
-    """Run ``command`` to its end and capture its output.
+    """Run ``command`` (in ``cwd``) to its end and capture its output.
 
     Raises ``error`` (a :class:`HilError`) carrying the command, exit code and
     output tail when ``check`` is true and the command fails or times out.
@@ -57,6 +58,7 @@ def run(
             timeout=timeout,
             env=full_env,
             check=False,
+            cwd=cwd,
         )
     except subprocess.TimeoutExpired as exc:
         raise error(f"{what or argv[0]} did not finish within {timeout:.0f} s", command=argv) from exc
@@ -69,7 +71,7 @@ def run(
 
 
 def run_streaming(
-    command: Sequence[str], *, prefix: str, error: type[HilError] = HilError, what: str = ""
+    command: Sequence[str], *, prefix: str, error: type[HilError] = RigError, what: str = ""
 ) -> None:
     """Run ``command``, copying its output line by line to stderr as progress."""
     argv = list(command)
@@ -86,7 +88,7 @@ def run_streaming(
         raise error(f"{what or argv[0]} failed", command=argv, exited=exited, tail="".join(lines[-20:]))
 
 
-class NotReadyError(HilError):
+class NotReadyError(RigError):
     """Something the rig waited for never became ready before its deadline."""
 
     kind = "sim-not-ready"

@@ -32,8 +32,12 @@ from hil.sim._proc import (
     wait_until,
     which,
 )
+from hil.sim.compose_plugin import ComposePlugin
 from hil.sim.face import write_face
 from hil.sim.layout import RigLayout
+
+#: The overlay's source name in sshd's mountinfo (how a running board shows it has it).
+LIBEXEC_OVERLAY = "hil-sim-libexec"
 
 
 class Board:
@@ -55,6 +59,7 @@ class Board:
         self._ensure_keys()
         self._write_sshd_config()
         write_face(lay.face_dir, hostname=lay.ssh_alias if lay.index else None)
+        ComposePlugin(lay.tools_dir).link_into(lay.face_dir)
 
     def _ensure_user(self) -> None:
         lay = self.layout
@@ -200,6 +205,10 @@ class Board:
                 f"mount -n -t overlay hil-sim-etc -o lowerdir={q(str(lay.face_dir / 'etc'))}:/etc /etc",
                 "mount -n -t overlay hil-sim-bin -o "
                 f"lowerdir={q(str(lay.face_dir / 'bin'))}:/usr/local/bin /usr/local/bin",
+                # JetPack's Docker CLI plugins (Compose v2), this host's own CLI keeps none.
+                *([f"mount -n -t overlay {LIBEXEC_OVERLAY} -o "
+                   f"lowerdir={q(str(lay.face_dir / 'libexec'))}:/usr/libexec /usr/libexec"]
+                  if (lay.face_dir / "libexec").is_dir() else []),
                 # The board's own /run: sshd's privsep dir, the engine socket, sshd's pid file.
                 f"mount -n -t tmpfs -o mode=755,size=64m hil-sim-run {q(str(stage))}",
                 f"mkdir -m 755 {q(str(stage / 'sshd'))} {q(str(stage / 'lock'))}",
@@ -217,9 +226,12 @@ class Board:
     def start_sshd(self, timeout: float = 20.0) -> bool:
         """Start the board's sshd unless it runs; wait until it listens. True when started."""
         lay = self.layout
-        if self.sshd_pid() is not None:
+        if self.sshd_pid() is not None and not self._namespace_stale():
             wait_until(self.sshd_listening, timeout, "board sshd", error=TargetUnhealthyError)
             return False
+        if self.sshd_pid() is not None:
+            # Started before the face had the Compose plugin: its sessions would miss it.
+            self.stop_sshd()
         for directory in (
             lay.board_run_staging,
             lay.sshd_pidfile.parent,
@@ -252,6 +264,17 @@ class Board:
             err.tail = log_tail(lay.sshd_log)
             raise
         return True
+
+    def _namespace_stale(self) -> bool:
+        """True when the running sshd's mount namespace lacks a face overlay it should have."""
+        pid = self.sshd_pid()
+        if pid is None or not (self.layout.face_dir / "libexec").is_dir():
+            return False
+        try:
+            mounts = Path(f"/proc/{pid}/mountinfo").read_text()
+        except OSError:
+            return False
+        return f" {LIBEXEC_OVERLAY} " not in mounts
 
     def stop_sshd(self) -> bool:
         """Stop the board's sshd by its pid file. True when one was running.

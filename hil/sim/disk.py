@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hil.errors import DiskLowError, HilError
+from hil.errors import ConfigError, DiskLowError
 from hil.sim._proc import NotReadyError, run, wait_until
 from hil.sim.engine import df_free_mb
 
@@ -102,7 +102,7 @@ class EngineDisk:
     def limit(self, free_mb: int) -> int:
         """Leave only ``free_mb`` MiB free; returns the free space now reported."""
         if free_mb < 0:
-            raise HilError(f"free space must be >= 0 MiB, not {free_mb}")
+            raise ConfigError(f"free space must be >= 0 MiB, not {free_mb}")
         self.restore()
         os.sync()
         eat = (self.free_mb() - free_mb) * 1024 * 1024

@@ -97,6 +97,37 @@ if __name__ == "__main__":
 '''
 
 
+#: Where the board's ``tegrastats`` reads the GR3D load to report (a number, 0-100), if present.
+GR3D_LOAD_FILE = "~/.hil-sim/gr3d-load"
+#: The environment variable that names another file for it.
+GR3D_LOAD_ENV = "HIL_SIM_GR3D_FILE"
+
+_GR3D_DRIFT = "            gr3d = min(99.0, max(0.0, gr3d + rng.uniform(-10, 10)))\n"
+_GR3D_TOLD = (
+    "            gr3d = min(99.0, max(0.0, gr3d + rng.uniform(-10, 10)))\n"
+    "            try:  # the load a test asked for (hil.sim.face.GR3D_LOAD_FILE)\n"
+    f"                where = os.environ.get({GR3D_LOAD_ENV!r}, {GR3D_LOAD_FILE!r})\n"
+    "                with open(os.path.expanduser(where)) as told:\n"
+    "                    gr3d = min(100.0, max(0.0, float(told.read(16).strip())))\n"
+    "            except (OSError, ValueError):\n"
+    "                pass\n"
+)
+
+
+def board_tegrastats() -> str:
+    """The board's ``tegrastats``: :data:`TEGRASTATS` whose GR3D load can be told.
+
+    Each sample reads :data:`GR3D_LOAD_FILE` (or the file ``$HIL_SIM_GR3D_FILE``
+    names) in the board user's home: a number there is the GR3D load printed,
+    so a test sets what the GPU evidence sees; without the file the load
+    drifts as before.  Only the board's copy reads it: the images' copy stays
+    :data:`TEGRASTATS`, byte for byte, so the images built on it are kept.
+    """
+    assert _GR3D_DRIFT in TEGRASTATS
+    return TEGRASTATS.replace("import argparse\n", "import argparse\nimport os\n", 1).replace(
+        _GR3D_DRIFT, _GR3D_TOLD, 1)
+
+
 def face_digest() -> str:
     """A short hash of the face's content, used to tell stale images apart."""
     return hashlib.sha256((NV_TEGRA_RELEASE + TEGRASTATS).encode()).hexdigest()[:16]
@@ -116,5 +147,5 @@ def write_face(root: Path, hostname: str | None = None) -> None:
         (root / "etc" / "hostname").write_text(f"{hostname}\n")
         (root / "etc" / "hostname").chmod(0o644)
     tool = root / "bin" / "tegrastats"
-    tool.write_text(TEGRASTATS)
+    tool.write_text(board_tegrastats())
     tool.chmod(0o755)

@@ -154,6 +154,11 @@ class RigLayout:
         return self.state_dir / "images"
 
     @property
+    def tools_dir(self) -> Path:
+        """Tools the rig fetched once (the board's Compose v2 plugin)."""
+        return self.state_dir / "tools"
+
+    @property
     def ssh_dir(self) -> Path:
         """Keys, ssh_config and known_hosts for reaching the board."""
         return self.state_dir / "ssh"
@@ -195,7 +200,7 @@ class RigLayout:
 
     @property
     def face_dir(self) -> Path:
-        """The Jetson face: files overlaid on /etc and /usr/local/bin on the board."""
+        """The Jetson face: files overlaid on /etc, /usr/local/bin and /usr/libexec on the board."""
         return self.state_dir / "face" if self.index == 0 else self.board_dir / "face"
 
     @property

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hil.errors import HilError
+from hil.errors import ConfigError, HilError, RigError
 from hil.result import Result
 from hil.sim._proc import pid_alive, pidfile_alive, run, spawn_detached, stop_pidfile, wait_until
 from hil.sim.layout import RigLayout
@@ -127,7 +127,7 @@ class BoardNetwork:
         Returns how it is done: "tc-netem" or "nfqueue".
         """
         if delay_ms < 0 or not 0 <= loss_pct <= 100:
-            raise HilError(f"bad netem values: delay {delay_ms} ms, loss {loss_pct} %")
+            raise ConfigError(f"bad netem values: delay {delay_ms} ms, loss {loss_pct} %")
         self.clear_netem()
         if delay_ms == 0 and loss_pct == 0:
             return "none"
@@ -194,7 +194,8 @@ class BoardNetwork:
         if not res.ok:
             if "unknown" in res.stderr.lower():
                 return False
-            raise HilError("tc netem failed", command=res.command, exited=res.exited, tail=res.tail())
+            raise RigError("tc netem failed", command=res.command, exited=res.exited,
+                           tail=res.tail())
         self._board_qdisc(
             "replace", *spec,
             what="tc netem on the board end",

@@ -19,6 +19,7 @@ from hil.errors import ExitCode, HilError
 from hil.locking import exclusive_lock
 from hil.sim._proc import run, which
 from hil.sim.board import write_client_files
+from hil.sim.compose_plugin import ComposePlugin
 from hil.sim.engine import DockerEngine
 from hil.sim.faults import BoardFaults
 from hil.sim.images import ImageCache, RootfsSpec
@@ -46,9 +47,11 @@ REQUIRED_TOOLS: dict[str, str] = {
     "mkfs.ext4": "e2fsprogs",
     "useradd": "passwd",
     "tar": "tar",
-    # [compose] targets: the colima engine's client here, and the board's (the board's face
-    # shares this host's /usr, so one install serves both).
+    # [compose] targets: the colima engine's standalone client (1.29.2); the boards get
+    # Compose v2 as a CLI plugin (hil.sim.compose_plugin, fetched with these tools).
     "docker-compose": "docker-compose",
+    "apt-get": "apt",
+    "dpkg": "dpkg",
 }
 
 
@@ -257,6 +260,8 @@ class Rig(BoardFaults):
                 directory.mkdir(parents=True, exist_ok=True)
             lay.state_dir.chmod(0o755)
             pool_size = self.pool.size() if boards is None else boards
+            # The boards' Compose v2 (JetPack's plugin): fetched once, before their faces.
+            ComposePlugin(lay.tools_dir).ensure()
             self.board.prepare()
             write_client_files([self.board, *self.pool.prepare(pool_size)])
             if self.colima.start():

@@ -4,8 +4,8 @@
 target's ssh_config (``~/.ssh/config``, or the target's ``ssh.config`` as
 ``ssh -F`` reads it: HostName, User, Port, IdentityFile, ConnectTimeout,
 ProxyJump as its ``gateway``, ProxyCommand) and runs plain commands
-(:meth:`~SshConnection.run` returns Fabric's ``Result``; ``warn=False`` raises
-``UnexpectedExit``).  What is ours is only what Fabric lacks:
+(:meth:`~SshConnection.run` returns :class:`hil.result.Result`, the one
+command-result type; ``warn=False`` raises ``UnexpectedExit``).  What is ours is only what Fabric lacks:
 
 * strict host keys: Fabric adds unknown keys (``AutoAddPolicy``); here the
   known_hosts files that ssh_config names (UserKnownHostsFile,
@@ -37,6 +37,7 @@ import os
 import select
 import shlex
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -50,7 +51,16 @@ import paramiko
 from fabric.connection import derive_shorthand
 from invoke.exceptions import CommandTimedOut, ThreadException
 
-from hil.errors import AuthRefusedError, HilError, HostKeyError, UnreachableError
+from hil.errors import (
+    AuthRefusedError,
+    CommandTimedOutError,
+    ConfigError,
+    ConnectionLostError,
+    HilError,
+    HostKeyError,
+    UnreachableError,
+)
+from hil.result import Result
 
 if TYPE_CHECKING:
     from hil.config import TargetSpec
@@ -62,10 +72,6 @@ DEFAULT_ALIVE_INTERVAL = 5.0
 DEFAULT_ALIVE_COUNT = 3
 
 ByteSink = Callable[[bytes], object]  # a return value (e.g. "done") is ignored here
-
-
-class ConnectionLostError(HilError):
-    """The SSH transport died under a command (maps to a run-lost or unreachable fault)."""
 
 
 @dataclass(frozen=True)
@@ -118,11 +124,12 @@ def fabric_config(config_file: str = "") -> fabric.Config:
     """
     path = os.path.expanduser(config_file) if config_file else None
     if path is not None and not os.path.isfile(path):
-        raise HilError(f"ssh config file {config_file} does not exist")
+        raise ConfigError(f"ssh config file {config_file} does not exist")
     try:
         config = fabric.Config(runtime_ssh_path=path)
     except (OSError, paramiko.ConfigParseError) as err:
-        raise HilError(f"cannot read ssh config {config_file or '~/.ssh/config'}: {err}") from err
+        raise ConfigError(f"cannot read ssh config {config_file or '~/.ssh/config'}: {err}"
+                          ) from err
     config.run.hide = True
     config.run.warn = True
     config.run.in_stream = False
@@ -209,14 +216,50 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
         self.files = tuple(files)
         self.target = target
         self.keys = keys if keys is not None else paramiko.HostKeys()
-        for name in self.files:
-            if os.path.isfile(name):
-                # A malformed line makes paramiko raise; the user must see which file.
-                try:
-                    self.keys.load(name)
-                except (OSError, paramiko.SSHException, ValueError) as err:
-                    raise HostKeyError(f"cannot read known_hosts file {name}: {err}",
-                                       target=target) from err
+        #: Keys of ``@revoked`` lines: refused whatever other lines say.
+        self.revoked: list[paramiko.PKey] = []
+        texts = {name: self._read(name) for name in self.files if os.path.isfile(name)}
+        for name, lines in texts.items():
+            for line in lines:
+                marker, _, rest = line.strip().partition(" ")
+                key = self._key(name, rest) if marker == "@revoked" else None
+                if key is not None:
+                    self.revoked.append(key)
+        for name, lines in texts.items():
+            self._load(name, lines)
+
+    def _read(self, name: str) -> list[str]:
+        try:
+            with open(name, encoding="utf-8", errors="replace") as file:
+                return file.read().splitlines()
+        except OSError as err:
+            raise HostKeyError(f"cannot read known_hosts file {name}: {err}",
+                               target=self.target) from err
+
+    def _key(self, name: str, line: str) -> paramiko.PKey | None:
+        """The key of a known_hosts line; None for a key type paramiko does not know."""
+        # A malformed line makes paramiko raise; the user must see which file.
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line.strip())
+        except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError) as err:
+            raise HostKeyError(f"cannot read known_hosts file {name}: {err}",
+                               target=self.target) from err
+        return None if entry is None else entry.key
+
+    def _load(self, name: str, lines: list[str]) -> None:
+        """Load the plain lines of ``name``: ``@cert-authority`` lines are left out (paramiko
+        cannot check host certificates: they grant nothing here), and so are revoked keys."""
+        plain = [line for line in lines
+                 if line.strip() and not line.lstrip().startswith(("#", "@"))
+                 and not any(self._key(name, line) == bad for bad in self.revoked)]
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".known_hosts") as tmp:
+            tmp.write("".join(f"{line}\n" for line in plain))
+            tmp.flush()
+            try:
+                self.keys.load(tmp.name)
+            except (OSError, paramiko.SSHException, ValueError) as err:
+                raise HostKeyError(f"cannot read known_hosts file {name}: {err}",
+                                   target=self.target) from err
 
     @classmethod
     def install(cls, conn: fabric.Connection, target: str | None = None) -> KnownHostsPolicy:
@@ -244,9 +287,21 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
     def unknown(self, name: str, key: paramiko.PKey) -> HostKeyError:
         """The error for a host with no key on file."""
         files = self.files or DEFAULT_KNOWN_HOSTS
+        if any(key == bad for bad in self.revoked):
+            return HostKeyError(
+                f"host key of {name} ({key.get_name()} {fingerprint(key)}) is REVOKED in "
+                f"known_hosts; refusing to connect", target=self.target,
+                hint="someone may be intercepting the connection; ask the board's admin")
+        on_file = sorted(self.keys.lookup(name) or {})
+        if on_file:
+            return HostKeyError(
+                f"host key of {name} is not on file as {key.get_name()} {fingerprint(key)}: "
+                f"known_hosts holds only {', '.join(on_file)} for it, which the board did not "
+                f"offer; refusing to connect", target=self.target,
+                hint="if the board was reinstalled, check the new key's fingerprint with its "
+                     "admin before trusting it; else someone may be intercepting the connection")
         host, _, port = name.removeprefix("[").partition("]:")
-        keytype = key.get_name().removeprefix("ssh-").removeprefix("ecdsa-sha2-")
-        scan = f"ssh-keyscan -t {keytype}" + (f" -p {port}" if port else "")
+        scan = f"ssh-keyscan -t {_keyscan_type(key)}" + (f" -p {port}" if port else "")
         return HostKeyError(
             f"host key of {name} is unknown ({key.get_name()} {fingerprint(key)}); "
             f"refusing to connect",
@@ -267,6 +322,16 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
                  f"ssh-keygen -R '{name}' -f {self.files[0] if self.files else '~/.ssh/known_hosts'}"
                  f" and trust the new one after checking its fingerprint",
         )
+
+
+def _keyscan_type(key: paramiko.PKey) -> str:
+    """``ssh-keyscan -t`` of ``key``: ``ed25519``, ``rsa``, ``ecdsa``, ``ed25519-sk``, ..."""
+    name = key.get_name()
+    sk = "-sk" if name.startswith("sk-") else ""
+    for family in ("ed25519", "ecdsa", "rsa", "dss"):
+        if family in name:
+            return ("dsa" if family == "dss" else family) + sk
+    return name
 
 
 def start_command(chan: paramiko.Channel, command: str) -> None:
@@ -329,10 +394,12 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
                                   "auth_timeout": endpoint.connect_timeout}
         if endpoint.identities_only:
             kwargs.update(allow_agent=False, look_for_keys=False)
+        # Agent forwarding is off whatever ssh_config says: a board user (or a container
+        # reaching the session's socket) could sign with the user's keys.
         super().__init__(endpoint.alias, user=endpoint.user, port=endpoint.port,
                          config=fabric_config(endpoint.config_file),
                          connect_timeout=max(1, round(endpoint.connect_timeout)),
-                         connect_kwargs=kwargs)
+                         connect_kwargs=kwargs, forward_agent=False)
         self.endpoint = endpoint
         self.target = target
         self._closing = threading.Event()
@@ -487,22 +554,25 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
         return ConnectionLostError(self.lost_reason or what, target=self.target)
 
     # -- commands --------------------------------------------------------------------
-    def run(self, command: str, **kwargs: Any) -> fabric.Result:
+    def run(self, command: str, **kwargs: Any) -> Result:
         """Fabric's ``run`` (hidden, ``warn``, stdin closed); a timeout or lost link raise.
 
-        ``timeout`` (seconds) raises :class:`HilError` naming the command;
+        Returns the one command-result type of pytest-hil (:class:`hil.result.Result`),
+        as a command run on this host does.
+
+        ``timeout`` (seconds) raises :class:`CommandTimedOutError` naming the command;
         a connection that dies under it, :class:`ConnectionLostError`.
         """
         try:
             result = super().run(command, **kwargs)
         except CommandTimedOut as err:
-            raise HilError(f"remote command timed out after {err.timeout:.0f} s",
-                           target=self.target, command=command) from None
+            raise CommandTimedOutError(f"remote command timed out after {err.timeout:.0f} s",
+                                       target=self.target, command=command) from None
         except (paramiko.SSHException, OSError, EOFError, ThreadException) as err:
             raise self._lost(f"connection to {self.endpoint.display} lost: {err}") from err
         if result.exited == -1 and not self.alive:
             raise self._lost(f"connection to {self.endpoint.display} lost")
-        return result
+        return Result(command, int(result.exited), result.stdout, result.stderr)
 
     def exec(self, command: str, *, timeout: float | None = None) -> paramiko.Channel:
         """Start ``command`` on a new channel of the transport; read its output from the channel.

@@ -43,8 +43,8 @@ from typing import Any
 
 import paramiko
 
-from hil.errors import ConfigError, SyncFailedError
-from hil.ssh.connection import ConnectionLostError, SshConnection, exited
+from hil.errors import ConfigError, ConnectionLostError, SyncFailedError
+from hil.ssh.connection import SshConnection, exited
 
 #: The remote-shell helper rsync starts: it forwards its argv, stdin and stdout
 #: to the controller's socket.  Standard library only, run with ``python3 -S``.
@@ -111,7 +111,8 @@ def check_remote_dir(remote_dir: str, home: str, *, allow_outside_home: bool = F
     if home.startswith(path.rstrip("/") + "/"):
         raise ConfigError(f"{where} ({path}) contains the home folder {home}", target=target,
                           hint=hint)
-    inside = path.startswith(home.rstrip("/") + "/")
+    # A home of "/" (a service account) is no home: nothing counts as inside it.
+    inside = home != "/" and path.startswith(home.rstrip("/") + "/")
     if not inside:
         if not allow_outside_home:
             raise ConfigError(f"{where} ({path}) lies outside the home folder {home}",

@@ -22,8 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hil.evidence.samples import FEED
 from hil.ssh.connection import SshConnection
 
+#: The default sampling interval; a session's ``--hil-gpu-interval`` sets ``FEED.interval_ms``.
 INTERVAL_MS = 500
 NVIDIA_SMI_FIELDS = ("timestamp", "utilization.gpu", "memory.used", "temperature.gpu",
                      "power.draw")
@@ -111,14 +113,19 @@ def parse_sample(tool: str, line: str) -> dict[str, Any]:
 
 
 class Telemetry:
-    """Samples the board on its own channel and writes ``telemetry.jsonl``."""
+    """Samples the board on its own channel and writes ``telemetry.jsonl``.
+
+    Each sample is also published to :data:`hil.evidence.samples.FEED` under the
+    connection's target name, for the GPU evidence of the tests as they end.
+    """
 
     def __init__(self, conn: SshConnection, tool: str, path: Path,
-                 interval_ms: int = INTERVAL_MS) -> None:
+                 interval_ms: int | None = None) -> None:
         self.conn = conn
         self.tool = tool
         self.path = path
-        self.interval_ms = interval_ms
+        self.interval_ms = interval_ms or FEED.interval_ms
+        self.source = str(getattr(conn, "target", None) or path.parent.name)
         self.samples = 0
         self.error = ""
         self._chan: Any = None
@@ -128,6 +135,7 @@ class Telemetry:
     def start(self) -> Telemetry:
         """Open the sampler's channel and start collecting (errors are kept, not raised)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        FEED.open(self.source)
         self._thread = threading.Thread(target=self._collect, name="hil-telemetry", daemon=True)
         self._thread.start()
         return self
@@ -137,6 +145,7 @@ class Telemetry:
             chan = self.conn.exec(sampler_command(self.tool, self.interval_ms))
         except Exception as err:
             self.error = str(err)
+            FEED.close(self.source)
             return
         self._chan = chan
         buf = b""
@@ -158,9 +167,11 @@ class Telemetry:
                     out.write(json.dumps(sample, separators=(",", ":"), default=str) + "\n")
                     out.flush()
                     self.samples += 1
+                    FEED.publish(self.source, sample)
                 if ended:
                     if chan.recv_stderr_ready():
                         self.error = chan.recv_stderr(4096).decode("utf-8", "replace").strip()
+                    FEED.close(self.source)  # no sample will come: nobody waits for one
                     return
 
     def stop(self) -> None:
@@ -171,3 +182,4 @@ class Telemetry:
                 self._chan.close()
         if self._thread is not None:
             self._thread.join(5)
+        FEED.close(self.source)

@@ -30,6 +30,7 @@ variables:
     file writes are slow (its memory cgroup throttles dirty pages; Colima's
     shared folders cross a VM), and a streamed result is as safe as a written
     one once the controller has it.  Attachments are still written here.
+    ``off`` records no Allure results at all (the host's ``--hil-no-allure``);
 ``HIL_EVENT_INTERVAL_MS``
     how long events may wait to be written together (default 20; ``0``
     writes at every test's start);

@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if "no:cacheprovider" not in args:
         extra += _prepare_cache(out)
     allure_dir: str | None = None
-    if importlib.util.find_spec("allure_pytest") is not None:
+    if (os.environ.get("HIL_ALLURE_RESULTS") != "off"
+            and importlib.util.find_spec("allure_pytest") is not None):
         allure_dir = str(out / "allure-results")
         stream.allure_dir = allure_dir
     environment = parse_environment(os.environ.get("HIL_ENVIRONMENT", ""))

@@ -55,6 +55,10 @@ def _num(value: Any) -> bool:
     return type(value) in (int, float)
 
 
+def _bool(value: Any) -> bool:
+    return type(value) is bool
+
+
 def _str(value: Any) -> bool:
     return type(value) is str
 
@@ -97,7 +101,8 @@ def _report(value: Any) -> bool:
 EVENTS: dict[str, dict[str, tuple[Check, bool]]] = {
     "hello": {"protocol": (_int, True), "workers": (_int, False), "pytest": (_str, False),
               "python": (_str, False), "host": (_str, False), "pid": (_int, False),
-              "report_keys": (_strings, False)},
+              "report_keys": (_strings, False), "allure": (_bool, False),
+              "target": (_str, False), "board": (_str, False)},
     "collectreport": {"report": (_report, True)},
     "deselected": {"nodeids": (_strings, True)},
     "collection_finish": {"nodeids": (_strings, True)},

@@ -60,7 +60,8 @@ def split_shares(ids: list[str], durations: dict[str, float], count: int) -> lis
     """``ids`` split into ``count`` parts of about equal run time, each in collection order.
 
     With durations recorded in earlier runs: longest first onto the least
-    loaded part (ties: the lowest index); a test with no record counts as the
+    loaded part (ties: the one with fewest tests, then the lowest index, so
+    tests recorded as taking no time are spread too); a test with no record counts as the
     mean of those recorded.  With none recorded: ``count`` consecutive runs of
     the collection order (file order), sizes differing by one at most.  The
     same inputs always give the same split, so every board (or shard) that
@@ -80,10 +81,12 @@ def split_shares(ids: list[str], durations: dict[str, float], count: int) -> lis
     mean = sum(known) / len(known)
     cost = [durations.get(i, mean) for i in ids]
     loads = [0.0] * count
+    sizes = [0] * count
     owner = [0] * len(ids)
     for place in sorted(range(len(ids)), key=lambda p: (-cost[p], p)):
-        k = min(range(count), key=lambda b: (loads[b], b))
+        k = min(range(count), key=lambda b: (loads[b], sizes[b], b))
         loads[k] += cost[place]
+        sizes[k] += 1
         owner[place] = k
     return [[i for place, i in enumerate(ids) if owner[place] == k] for k in range(count)]
 

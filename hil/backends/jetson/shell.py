@@ -18,10 +18,15 @@ from importlib import resources
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+_INCLUDE = re.compile(r"(?m)^#include ([a-z0-9-]+)\.sh$")
+
+
 @functools.cache
 def script_text(name: str) -> str:
-    """The text of ``scripts/<name>.sh``."""
-    return (resources.files(__package__) / "scripts" / f"{name}.sh").read_text(encoding="utf-8")
+    """The text of ``scripts/<name>.sh``, each ``#include other.sh`` line replaced by the
+    text of that script (shared shell functions travel inside the one ``sh -c``)."""
+    text = (resources.files(__package__) / "scripts" / f"{name}.sh").read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda found: script_text(found[1]), text)
 
 
 def board_command(name: str, *args: str, **env: str | None) -> str:

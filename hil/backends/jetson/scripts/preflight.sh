@@ -49,6 +49,7 @@ fi
 s image; echo "$iid"
 s worker; [ -d "$l" ] && echo present
 wait
-s gpu; [ -n "$probing" ] && cat "$tmp"
+# The probe's output comes from the image: it may not open sections of its own.
+s gpu; [ -n "$probing" ] && sed 's/^@@hil:/ @@hil:/' "$tmp"
 rm -f "$tmp"
 s end
