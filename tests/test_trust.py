@@ -11,7 +11,8 @@ from typing import Any
 import paramiko
 import pytest
 
-from hil.backends.jetson.backend import SshBackend, _sections
+from hil.backends.jetson.backend import SshBackend
+from hil.backends.jetson.preflight import sections as _sections
 from hil.backends.jetson.shell import board_command
 from hil.errors import ConfigError, ExitCode, HostKeyError
 from hil.progress import Progress
@@ -127,7 +128,7 @@ def test_the_keyscan_hint_names_a_type_ssh_keyscan_knows(tmp_path: Path, kind: s
 
 def test_the_run_script_never_writes_through_links_the_container_left(
         sim_jetson: Any, sim_project: Path, tmp_path: Path) -> None:
-    from hil.backends.jetson.backend import host_dir
+    from hil.ssh.sync import host_dir
 
     backend = SshBackend(sim_jetson, sim_project, Progress(quiet=True))
     base = f"hil-tests/{tmp_path.name}/out"

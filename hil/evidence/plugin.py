@@ -172,6 +172,8 @@ class GpuEvidence:
             return
         if report.when == "setup":
             self.starts[report.nodeid] = float(getattr(report, "start", 0) or time.time())
+        elif report.when == "call" and report.skipped:
+            self.starts.pop(report.nodeid, None)  # skipped in its body: nothing to judge
         elif report.when == "call":
             self._call(report)
         elif report.when == "teardown" and report.nodeid in self.found:
