@@ -129,7 +129,7 @@ class BoardBackend(Backend):
         if "end" not in sec:
             raise TargetUnhealthyError("the preflight script did not finish on the board",
                                        target=spec.name, exited=res.exited,
-                                       tail=res.tail("stdout", 20).strip())
+                                       tail=res.tail(20))
         ep = conn.endpoint
         rows = judge_preflight(spec, Findings(
             sec, user=ep.user, where=f"{ep.user}@{ep.hostname}:{ep.port}", alias=ep.alias,
