@@ -130,6 +130,13 @@ def out_dir(remote_dir: str, run_id: str) -> str:
     return posixpath.join(posixpath.dirname(remote_dir.rstrip("/")), ".hil-out", run_id)
 
 
+def host_dir(out: str) -> str:
+    """The board folder of a run's own files (compose's override and output), beside its
+    results folder ``out``: the container writes in ``out``, never here, so nothing the board
+    writes for the run can follow a link the container made."""
+    return out.rstrip("/") + ".host"
+
+
 @dataclass(frozen=True)
 class SyncStats:
     """What one rsync did, from its ``--stats``."""
