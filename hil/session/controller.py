@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 
 from hil.backends import load_backend
-from hil.backends.base import PREPARE_PHASES, RunPlan
+from hil.backends.base import RunPlan
 from hil.config import TargetSpec
 from hil.errors import HilError
 from hil.progress import MemberProgress, TerminalProgress, terminal_line
@@ -122,6 +122,7 @@ class Controller:
                 connect_in_background(spec)
         self.run_id = new_run_id(self.name)
         self.run_dir = settings.reports / "runs" / self.run_id
+        self.started = time.time()
         self.log: list[str] = []
         self.lock = threading.Lock()
         self.members: list[Member] = []
@@ -406,28 +407,9 @@ class Controller:
         self.publisher.start()
 
     def _save(self) -> None:
-        """``hil.log``, ``timings.json`` and ``run.json`` of the session."""
-        if self.log:
-            (self.run_dir / "hil.log").write_text("\n".join(self.log) + "\n", encoding="utf-8")
-        first = self.members[0] if self.members else None
-        timings = dict(first.timings) if first is not None and self.single else self.timings
-        (self.run_dir / "timings.json").write_text(json.dumps(timings, indent=1),
-                                                   encoding="utf-8")
-        record: dict[str, Any] = {
-            "target": self.name, "kind": self.layout.specs[0].kind if self.single else "pool",
-            "tier": self.settings.tier, "run_id": self.run_id, "exit_code": self.exitstatus,
-            "finished": time.time(), "timings": self.timings,
-            "members": {m.name: {"image": m.image, "code": m.code, "seconds": m.seconds,
-                                 "phases": m.timings,
-                                 "quarantined": str(m.quarantined) if m.quarantined else None,
-                                 "error": str(m.error) if m.error else None}
-                        for m in self.members}}
-        if first is not None and first.plan is not None:
-            feeder = first.feeder
-            record.update(image=first.image, pytest_args=list(first.plan.pytest_args),
-                          remote=(feeder.hello if feeder is not None else None) or {},
-                          stray_output=feeder.stray[-50:] if feeder is not None else [])
-        (self.run_dir / "run.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+        from hil.session.record import write_record
+
+        write_record(self)
 
     # -- hooks ------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -466,47 +448,9 @@ class Controller:
             self.publisher = None
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        tr = terminalreporter
-        title = f"pool {self.name}" if self.layout.pool else self.name
-        tr.write_sep("-", f"hil: {title}")
-        if self.single and self.members:
-            timings = self.members[0].timings
-            phases = ("preflight", *PREPARE_PHASES, "container start", "tests", "fetch")
-            shown = [f"{name} {timings[name]:.2f}s" for name in phases if name in timings]
-            if shown:
-                tr.write_line("phases: " + " | ".join(shown))
-        else:
-            self._member_lines(tr)
-        for policy_lines in self.summary_lines:
-            for text, markup in policy_lines(self):
-                tr.write_line(text, **markup)
-        tr.write_line(f"results: {os.path.relpath(self.run_dir)}")
-        if self.settings.allure_dir is not None:
-            tr.write_line(f"allure results: {os.path.relpath(self.settings.allure_dir)}")
-        if self.error is not None:
-            tr.write_line(f"infrastructure fault [{self.error.kind}] "
-                          f"(exit {int(self.error.exit_code)}): {self.error}", red=True)
+        from hil.session.record import terminal_summary
 
-    def _member_lines(self, tr: Any) -> None:
-        for member in self.members:
-            if member.quarantined is not None:
-                tr.write_line(f"{member.name}: quarantined [{member.quarantined.kind}]: "
-                              f"{member.quarantined.message}", yellow=True)
-                continue
-            counts: dict[str, int] = {}
-            for outcome in member.outcomes.values():
-                counts[outcome] = counts.get(outcome, 0) + 1
-            shown = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no tests"
-            text = f"{member.name}: {len(member.outcomes)} test(s) ({shown}) in {member.seconds:.2f}s"
-            if member.lost:
-                text += f"; lost mid-run {member.lost}"
-            if member.error is not None:
-                text += f"; [{member.error.kind}] {member.error.message}"
-            tr.write_line(text, red=member.error is not None)
-        for member in self.members:
-            for nodeid, outcome in member.outcomes.items():
-                if outcome == "failed":
-                    tr.write_line(f"FAILED {nodeid} on {self.layout.word} {member.name}", red=True)
+        terminal_summary(self, terminalreporter)
 
 
 def make_controller(config: pytest.Config, settings: HilSettings) -> Controller:
