@@ -133,6 +133,9 @@ class TargetSpec:
     compose: ComposeSpec = field(default_factory=ComposeSpec)
     #: True for ``local`` when the tier was not declared and is to be detected.
     detect_tier: bool = False
+    #: Names of ``[env]`` or host variables whose values are secrets (``[env] redact``),
+    #: beside every name with TOKEN, SECRET, PASSWORD or KEY (:mod:`hil.redact`).
+    redact: tuple[str, ...] = ()
 
     @property
     def is_container(self) -> bool:
@@ -283,7 +286,16 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
             )
     if "compose" in sections:
         _check_compose(source, sections["compose"])
-    env = _string_table(source, "env", data["env"]) if "env" in data else {}
+    env_table = data.get("env", {})
+    redact: tuple[str, ...] = ()
+    if isinstance(env_table, dict) and isinstance(env_table.get("redact"), list):
+        env_table = dict(env_table)
+        names = env_table.pop("redact")
+        if not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"{source}: key 'env.redact' must be an array of variable names, "
+                              f"got {names!r}")
+        redact = tuple(names)
+    env = _string_table(source, "env", env_table) if "env" in data else {}
     return TargetSpec(
         name=name,
         kind=kind,
@@ -291,6 +303,7 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
         source=source,
         description=description,
         env=env,
+        redact=redact,
         detect_tier=detect,
         **sections,
     )
@@ -353,6 +366,8 @@ class Inventory:
     root: Path = Path(".")
     #: Where targets were looked for, for the unknown-name error.
     searched: tuple[str, ...] = ()
+    #: Target files that could not be read, by name: only a session naming one fails.
+    broken: Mapping[str, ConfigError] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         """Known target names, sorted."""
@@ -360,6 +375,8 @@ class Inventory:
 
     def get(self, name: str) -> TargetSpec:
         """The target called ``name``; an unknown name lists the known ones."""
+        if name in self.broken:
+            raise self.broken[name]
         try:
             return self.targets[name]
         except KeyError:
@@ -394,6 +411,16 @@ def inventory_root(rootdir: Path) -> tuple[Path, tuple[str, ...]]:
         if _declares_targets(folder):
             return folder, tuple(searched)
     return start, tuple(searched)
+
+
+def targets_folder(rootdir: Path) -> Path:
+    """The folder a new target file goes in: ``[tool.hil] targets_dir``, else ``targets/``."""
+    root, _ = inventory_root(rootdir)
+    pyproject = root / "pyproject.toml"
+    tool = _load_toml(pyproject, "pyproject.toml").get("tool", {}).get("hil", {}) \
+        if pyproject.is_file() else {}
+    folder = tool.get("targets_dir") if isinstance(tool, dict) else None
+    return root / folder if isinstance(folder, str) else root / "targets"
 
 
 def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
@@ -439,13 +466,19 @@ def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
             folder = rootdir / tool["targets_dir"]
     if folder is None:
         folder = rootdir / "targets"
+    broken: dict[str, ConfigError] = {}
     if folder.is_dir():
         for path in sorted(folder.glob("*.toml")):
             display = _display(path, rootdir)
-            add(parse_target(_load_toml(path, display), display, default_name=path.stem))
+            try:
+                spec = parse_target(_load_toml(path, display), display, default_name=path.stem)
+            except ConfigError as err:  # one bad file fails its own target, not every one
+                broken[path.stem] = err
+                continue
+            add(spec)
     if DEFAULT_TARGET not in found:
         found[DEFAULT_TARGET] = TargetSpec(
             name=DEFAULT_TARGET, kind="local", tier=1, source="built-in", detect_tier=True,
             description="this host, in-process; tier detected",
         )
-    return Inventory(targets=found, root=rootdir, searched=searched)
+    return Inventory(targets=found, root=rootdir, searched=searched, broken=broken)

@@ -514,9 +514,12 @@ class EventStream:
     def pytest_configure(self, config: pytest.Config) -> None:
         self.config = config
         register_markers(config)
-        if self.allure_dir:
-            record_allure(config, self.allure_dir, self.send_allure if self.allure_events else None)
-        extra: dict[str, Any] = {}
+        # Whether allure-pytest records here: without it the controller writes each test's
+        # result from its reports, naming the target (and board) as our results do.
+        allure = bool(self.allure_dir) and record_allure(
+            config, str(self.allure_dir), self.send_allure if self.allure_events else None)
+        extra: dict[str, Any] = {"allure": allure, "target": os.environ.get("HIL_TARGET", ""),
+                                 "board": os.environ.get("HIL_BOARD", "")}
         # Only pytest's own serializers may be skipped: a plugin's could add to the reports.
         if self.compact and only_pytest_implements(config.hook.pytest_report_to_serializable):
             self.plain_attrs, extra["report_keys"] = _plain_report_shape()

@@ -301,7 +301,11 @@ def test_a_crashing_test_fails_as_crashed_and_the_tests_after_it_run(
                                "test_later"]
     crashed = results["test_crashes"]
     assert (crashed["status"], crashed["statusDetails"]["message"]) == ("failed", outcome)
-    assert "written before the crash" in crashed["statusDetails"]["trace"]
+    assert "ended (" in crashed["statusDetails"]["trace"]
+    # Its output so far is attached, as allure-pytest attaches a test's captured output.
+    folder = project.path / "reports" / "allure-results"
+    attached = {a["name"]: (folder / a["source"]).read_text() for a in crashed["attachments"]}
+    assert "written before the crash" in attached["stdout"]
     assert {"name": "target", "value": repr(target)} in crashed["parameters"]
     assert not (last_run(project) / "error.json").exists()
 

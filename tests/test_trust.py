@@ -11,7 +11,8 @@ from typing import Any
 import paramiko
 import pytest
 
-from hil.backends.jetson.backend import SshBackend, _sections
+from hil.backends.jetson.backend import SshBackend
+from hil.backends.jetson.preflight import sections as _sections
 from hil.backends.jetson.shell import board_command
 from hil.errors import ConfigError, ExitCode, HostKeyError
 from hil.progress import Progress

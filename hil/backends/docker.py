@@ -8,11 +8,14 @@ Engine API calls go through :mod:`hil.backends.engine` (the Docker SDK).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -317,18 +320,29 @@ class DockerBackend(Backend):
 
     # -- image ----------------------------------------------------------------
     def _prepare(self, plan: RunPlan) -> str:
-        with self.phase("image"):
-            tag = self.image(plan)
-        if self.spec.compose.file:
-            out = plan.local_out / "compose"
-            self.compose = ComposeProject(
-                self.spec, local_shell({"DOCKER_HOST": self.engine_url}),
-                engine_root=str(self.root.resolve()), local_root=self.root,
-                override_path=str((out / "override.json").resolve()), local_dir=out,
-                progress=self.progress, judge_owners=True,
-                rebuild=self.rebuild)
-            with self.phase("services"):
-                self.compose.up(tag)
+        if not self.spec.compose.file:
+            with self.phase("image"):
+                return self.image(plan)
+        out = plan.local_out / "compose"
+        # The override compose reads holds the real environment: a private folder, not
+        # the run folder (which keeps a redacted copy and is published).
+        private = Path(tempfile.mkdtemp(prefix="hil-compose-"))
+        atexit.register(shutil.rmtree, private, True)
+        self.compose = ComposeProject(
+            self.spec, local_shell({"DOCKER_HOST": self.engine_url}),
+            engine_root=str(self.root.resolve()), local_root=self.root,
+            override_path=str(private / "override.json"), local_dir=out,
+            progress=self.progress, judge_owners=True,
+            rebuild=self.rebuild)
+        with self.phase("services"):
+            self.compose.read()
+        # A tests' service with its own build: compose builds it, no dependencies image.
+        tag = self.compose.tests_image
+        if not tag:
+            with self.phase("image"):
+                tag = self.image(plan)
+        with self.phase("services"):
+            self.compose.up(tag)
         return tag
 
     def image(self, plan: RunPlan) -> str:

@@ -45,6 +45,7 @@ from hil.errors import NoResultsError, ReportToolError
 from hil.own import check_own
 from hil.progress import Progress
 from hil.report.allure import (
+    NodeNames,
     attach_data,
     file_logger,
     infrastructure_message,
@@ -263,15 +264,8 @@ def executor_from_env(env: Mapping[str, str]) -> dict[str, Any] | None:
 
 def nodeid_key(nodeid: str) -> tuple[str, str]:
     """(Allure ``fullName``, parameter suffix) of a pytest node id, as allure-pytest builds it."""
-    filepath, *rest = nodeid.split("::")
-    parts = filepath.split("/")
-    module = parts[-1].rsplit(".", 1)[0]
-    package = ".".join(filter(None, [".".join(parts[:-1]), module]))
-    func = rest[-1] if rest else ""
-    classes = rest[:-1]
-    name, bracket, params = func.partition("[")
-    class_part = ("." + ".".join(classes)) if classes else ""
-    return f"{package}{class_part}#{name}", (bracket + params)
+    names = NodeNames.of(nodeid)
+    return names.full_name, names.params
 
 
 def result_key(result: Any) -> tuple[str, str]:

@@ -20,11 +20,10 @@ sorts into categories), and both re-runs' logs are attached.
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from hil.report.allure import AllureWriter
 
 HELP_CONFIRM = ("re-run each failed test of a board pool once on the same board and once on "
                 "another, and label it flaky, board-specific or product failure")
@@ -99,40 +98,15 @@ class Attribution:
         return "; ".join(parts)
 
 
-def _matches(result: dict[str, Any], nodeid: str) -> bool:
-    from hil.report.html import nodeid_key
-
-    full, suffix = nodeid_key(nodeid)
-    name = str(result.get("name", ""))
-    return result.get("fullName") == full and (not suffix or name.endswith(suffix))
-
-
 def mark_allure(folder: Path, found: Attribution) -> bool:
     """Label the failed test's Allure result in ``folder`` and attach the re-runs' logs."""
-    if not folder.is_dir():
-        return False
-    for path in sorted(folder.glob("*-result.json")):
-        try:
-            result = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if result.get("status") not in ("failed", "broken") or not _matches(result, found.nodeid):
-            continue
-        details = result.setdefault("statusDetails", {})
-        details["message"] = (f"hil attribution: {found.label} ({found.detail()})\n"
-                              + str(details.get("message", "")))
-        result.setdefault("labels", []).append({"name": "tag", "value": f"hil:{found.label}"})
-        for run in (found.same, found.other):
-            if run is None or run.log is None or not run.log.is_file():
-                continue
-            source = f"{uuid.uuid4()}-attachment.txt"
-            shutil.copyfile(run.log, folder / source)
-            result.setdefault("attachments", []).append(
-                {"name": f"re-run on {run.board} (pytest.log)", "source": source,
-                 "type": "text/plain"})
-        path.write_text(json.dumps(result, indent=1), encoding="utf-8")
-        return True
-    return False
+    logs = [(f"re-run on {run.board} (pytest.log)", run.log) for run in (found.same, found.other)
+            if run is not None and run.log is not None]
+    writer = AllureWriter(folder, found.board)
+    try:
+        return writer.mark_attribution(found.nodeid, found.label, found.detail(), logs)
+    finally:
+        writer.close()
 
 
 __all__ = ["HELP_CONFIRM", "Attribution", "Rerun", "label", "mark_allure", "outcomes_of"]

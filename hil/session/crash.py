@@ -10,17 +10,17 @@ capture files, which the container's entry shell keeps, see
 since it started, where Python's fault handler writes its traceback).  Reports
 are built in pytest's own serialized form and go through the same hooks as
 the streamed ones, so the terminal, junit, ``--lf`` and ``-x`` count the crash
-as one failed test.
+as one failed test, and the Allure writer builds the test's result from them.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+from hil.report.allure import AllureWriter
 
 
 class Feeder(Protocol):
@@ -29,6 +29,7 @@ class Feeder(Protocol):
     root: str
     active: dict[str, dict[str, Any]]
     phases: dict[str, list[tuple[str, str]]]
+    allure: AllureWriter
 
     def handle(self, event: dict[str, Any]) -> None: ...
 
@@ -128,50 +129,13 @@ class CrashReport:
         if when != "teardown":
             # What closes a test in junit (its system-out) and the terminal: the teardown.
             reports.append(self._report("teardown", "passed", location, sections, stop, stop))
+        if self.allure:
+            # The container's allure-pytest died with the test: its result is written
+            # from these reports by the one writer, as for an image without allure-pytest.
+            self.feeder.allure.write_reports_of(self.nodeid)
         for report in reports:
             self.feeder.handle({"ev": "logreport", "report": report})
         self.feeder.handle({"ev": "logfinish", "nodeid": self.nodeid, "location": location})
-        if self.allure:
-            self.write_allure(sections, start, stop)
-
-    def write_allure(self, sections: list[tuple[str, str]], start: float, stop: float) -> None:
-        """A failed Allure result for the test, named as allure-pytest names it."""
-        try:
-            from allure_commons import logger, utils
-            from allure_commons.model2 import Label, Parameter, Status, StatusDetails, TestResult
-        except ImportError:
-            return
-        md5: Callable[..., str] = utils.md5  # allure-commons is untyped
-        file_logger: Callable[[str], Any] = logger.AllureFileLogger
-        language: Callable[[], str] = utils.platform_label
-        path, *classes, function = self.nodeid.split("::")
-        *parents, filename = path.split("/")
-        module = filename.rsplit(".", 1)[0]
-        package = ".".join(filter(None, [".".join(parents), module]))
-        full_name = package + "".join("." + c for c in classes) + "#" + function.split("[")[0]
-        target = repr(self.target)
-        # allure-pytest's history id: the full name and the parameters' values. Those of a
-        # parametrized test are not known here; its node id stands in for them.
-        history = md5(full_name, target) if "[" not in function else md5(full_name, target,
-                                                                         self.nodeid)
-        labels = [("parentSuite", ".".join(parents)), ("suite", module),
-                  ("subSuite", " > ".join(classes)), ("framework", "pytest"),
-                  ("language", language()), ("package", package)]
-        # titlePath came with allure-commons 2.14; older ones have no such field.
-        fields = {a.name for a in TestResult.__attrs_attrs__}
-        title = {"titlePath": [*path.split("/"), *classes]} if "titlePath" in fields else {}
-        result = TestResult(
-            uuid=str(uuid.uuid4()), name=function, fullName=full_name,
-            historyId=history, testCaseId=md5(full_name), status=Status.FAILED,
-            statusDetails=StatusDetails(message=self.message,
-                                        trace="\n".join(f"--- {n} ---\n{t}" for n, t in sections)),
-            stage="finished", start=int(start * 1000), stop=int(stop * 1000),
-            **title,
-            labels=[Label(name=k, value=v) for k, v in labels if v],
-            parameters=[Parameter(name="target", value=target)])
-        folder = self.run_dir / "allure-results"
-        folder.mkdir(parents=True, exist_ok=True)
-        file_logger(str(folder)).report_result(result)
 
 
 __all__ = ["CrashReport"]

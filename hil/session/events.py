@@ -3,7 +3,10 @@
 Each event the container streams (or that its ``events.jsonl`` recorded, when
 the stream was cut short) becomes the hook call pytest would have made had the
 test run here, so the terminal, ``--junitxml``, ``--lf`` and ``-x`` behave as
-usual.  Allure results that travel on the stream are written on this side.
+usual.  Allure results are written on this side by the one
+:class:`~hil.report.allure.AllureWriter`: those allure-pytest made in the
+container and sent on the stream, or, when the container has no allure-pytest
+(``hello`` says), one per test built from its reports.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from typing import Any
 
 import pytest
 
-from hil.session.runfolder import write_file
+from hil.report.allure import RICHER_PARTS, AllureWriter
 from hil.worker import only_pytest_implements
+
+#: Set once a session said what Allure results lack without allure-pytest in the image.
+_RICHER_PARTS_SAID = pytest.StashKey[bool]()
 
 
 @dataclass
@@ -39,7 +45,8 @@ class EventFeeder:
         self.config = config
         #: Where the worker's streamed Allure results (``allure`` events) are written.
         self.allure_dir = allure_dir
-        self.allure_results = 0
+        #: The one writer of this stream's Allure results (see ``hello``).
+        self.allure = AllureWriter(allure_dir, _target_name(config))
         self.session = session
         self.mount = mount.rstrip("/") + "/"
         #: The local checkout the mount shows (the rootdir, or the parent that declared the target).
@@ -230,6 +237,7 @@ class EventFeeder:
         elif kind == "finish":
             for report in self._passed_reports(event):
                 hook.pytest_runtest_logreport(report=report)
+                self.allure.add_report(report)
             hook.pytest_runtest_logfinish(nodeid=event["nodeid"], location=tuple(event["location"]))
             self._finished(event["nodeid"])
         elif kind == "logreport":
@@ -237,6 +245,7 @@ class EventFeeder:
             if report.nodeid in self.active:
                 self.phases.setdefault(report.nodeid, []).append((report.when, report.outcome))
             hook.pytest_runtest_logreport(report=report)
+            self.allure.add_report(report)
         elif kind == "logfinish":
             hook.pytest_runtest_logfinish(nodeid=event["nodeid"], location=tuple(event["location"]))
             self._finished(event["nodeid"])
@@ -283,6 +292,7 @@ class EventFeeder:
             self.hello_at = time.monotonic()
             self.report_keys = list(event.get("report_keys") or ())
             self.workers = int(event.get("workers") or 0)
+            self._allure_hello(event)
             terminal = self.config.pluginmanager.get_plugin("terminalreporter")
             if self.workers and terminal is not None:
                 # Reports of several files interleave: progress without file names, as
@@ -292,21 +302,43 @@ class EventFeeder:
             self.config.get_terminal_writer().line(f"remote INTERNALERROR> {event['text']}",
                                                    red=True)
 
+    @property
+    def allure_results(self) -> int:
+        """Allure results (and containers) written for this stream so far."""
+        return self.allure.written
+
     def _allure_result(self, event: dict[str, Any]) -> None:
         """Write one streamed Allure result, byte for byte what the worker would have."""
         name = str(event.get("name", ""))
         text = event.get("text")
-        if (self.allure_dir is None or not name or name.startswith(".") or "/" in name
-                or "\\" in name or not isinstance(text, str)):
-            self.stray.append(f"hil: an Allure result event that cannot be written: {name!r}")
-            return
-        if not self.allure_results:  # once, not a mkdir per result
-            self.allure_dir.mkdir(parents=True, exist_ok=True)
-        write_file(self.allure_dir / name, text.encode("utf-8"))
-        self.allure_results += 1
+        if not isinstance(text, str) or not self.allure.write_streamed(name, text):
+            self.stray.append(f"hil: an Allure result event that cannot be written: {name[:80]!r}")
+
+    def _allure_hello(self, event: dict[str, Any]) -> None:
+        """What the container's worker says of Allure: whether allure-pytest records there,
+        and the target (and board) its results name."""
+        writer = self.allure
+        writer.target = str(event.get("target") or writer.target)
+        writer.board = str(event.get("board") or "") or writer.board
+        writer.from_reports = event.get("allure") is False
+        if (writer.from_reports and writer.folder is not None
+                and not self.config.stash.get(_RICHER_PARTS_SAID, False)):
+            self.config.stash[_RICHER_PARTS_SAID] = True
+            self.config.get_terminal_writer().line(
+                f"hil: no allure-pytest in the image of '{writer.target}': {RICHER_PARTS}",
+                yellow=True)
 
     def close(self) -> None:
-        """Flush a last line that had no newline."""
+        """Flush a last line that had no newline; close the Allure folder."""
         if self.buffer.strip():
             self._line(self.buffer)
         self.buffer = b""
+        self.allure.close()
+
+
+def _target_name(config: pytest.Config) -> str:
+    """The session's target name (until the worker's ``hello`` names its own)."""
+    from hil.settings import SETTINGS_KEY
+
+    settings = config.stash.get(SETTINGS_KEY, None)
+    return settings.target.name if settings is not None else ""

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hil.backends.base import PREPARE_PHASES
+from hil.redact import redactor_for
 
 if TYPE_CHECKING:
     from hil.session.controller import Controller
@@ -43,6 +44,9 @@ def write_record(ctl: Controller) -> None:
         record.update(image=first.image, pytest_args=list(first.plan.pytest_args),
                       remote=(feeder.hello if feeder is not None else None) or {},
                       stray_output=feeder.stray[-50:] if feeder is not None else [])
+    # Secrets (a token passed as a pytest option, say) stay out of the saved file.
+    for spec in ctl.layout.specs:  # every member's [env] secrets (routed targets differ)
+        record = redactor_for(spec).data(record)
     (run_dir / "run.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 

@@ -12,12 +12,15 @@ import pytest
 
 from hil.errors import HilError
 from hil.own import check_own, is_own, mark_own, remove_own
-from hil.report.allure import write_infrastructure_result
 
 
 def write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` in one go: no buffered file object for thousands of small files."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    """Create ``path`` with ``data`` in one go; never through a link, never over a file.
+
+    The run folder can be written by the container on docker targets: a name
+    planted there (a link, a file) makes this fail rather than be followed.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -80,6 +83,9 @@ def fresh_results(allure_dir: Path, keep: bool, target: str, error: HilError | N
     stale = set_aside(allure_dir) if not keep and allure_dir.exists() else []
     mark_own(allure_dir)
     if error is not None:
+        # Here, not at the top: a local run (the GPU evidence's run folder) needs no allure-commons.
+        from hil.report.allure import write_infrastructure_result
+
         write_infrastructure_result(allure_dir, target, error.kind, int(error.exit_code),
                                     str(error), trace=error.details(40))
     return stale

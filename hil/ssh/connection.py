@@ -4,8 +4,8 @@
 target's ssh_config (``~/.ssh/config``, or the target's ``ssh.config`` as
 ``ssh -F`` reads it: HostName, User, Port, IdentityFile, ConnectTimeout,
 ProxyJump as its ``gateway``, ProxyCommand) and runs plain commands
-(:meth:`~SshConnection.run` returns Fabric's ``Result``; ``warn=False`` raises
-``UnexpectedExit``).  What is ours is only what Fabric lacks:
+(:meth:`~SshConnection.run` returns :class:`hil.result.Result`, the one
+command-result type; ``warn=False`` raises ``UnexpectedExit``).  What is ours is only what Fabric lacks:
 
 * strict host keys: Fabric adds unknown keys (``AutoAddPolicy``); here the
   known_hosts files that ssh_config names (UserKnownHostsFile,
@@ -60,6 +60,7 @@ from hil.errors import (
     HostKeyError,
     UnreachableError,
 )
+from hil.result import Result
 
 if TYPE_CHECKING:
     from hil.config import TargetSpec
@@ -553,8 +554,11 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
         return ConnectionLostError(self.lost_reason or what, target=self.target)
 
     # -- commands --------------------------------------------------------------------
-    def run(self, command: str, **kwargs: Any) -> fabric.Result:
+    def run(self, command: str, **kwargs: Any) -> Result:
         """Fabric's ``run`` (hidden, ``warn``, stdin closed); a timeout or lost link raise.
+
+        Returns the one command-result type of pytest-hil (:class:`hil.result.Result`),
+        as a command run on this host does.
 
         ``timeout`` (seconds) raises :class:`CommandTimedOutError` naming the command;
         a connection that dies under it, :class:`ConnectionLostError`.
@@ -568,7 +572,7 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
             raise self._lost(f"connection to {self.endpoint.display} lost: {err}") from err
         if result.exited == -1 and not self.alive:
             raise self._lost(f"connection to {self.endpoint.display} lost")
-        return result
+        return Result(command, int(result.exited), result.stdout, result.stderr)
 
     def exec(self, command: str, *, timeout: float | None = None) -> paramiko.Channel:
         """Start ``command`` on a new channel of the transport; read its output from the channel.
