@@ -3,8 +3,8 @@
 Every container session is one controller over its members (a target, a pool's
 boards, routed targets), so a fault must end alike on sim-colima (docker),
 sim-jetson (ssh), a pool of one board, a pool of three and a routed run
-(``--target sim-colima,sim-jetson``: the tier-1 tests below all go to the docker
-member, the ssh member runs none).  Each cell is one real ``pytest --target``
+(``--target sim-colima,board1``, board1 an ssh target on a pool board: the tier-1
+tests below all go to the docker member, the ssh member runs none).  Each cell is one real ``pytest --target``
 run on the rig; the kept results are the junit file's outcomes.
 
 Cells, chosen to stay affordable (the end classifier itself is a table in
@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 #: column -> the --target value
 COLUMNS = {"sim-colima": "sim-colima", "sim-jetson": "sim-jetson", "pool-of-1": "pool1",
-           "pool-of-3": "sim-pool", "routed": "sim-colima,sim-jetson"}
+           "pool-of-3": "sim-pool", "routed": "sim-colima,board1"}
 
 CRASH = """
 import os
@@ -141,6 +141,10 @@ def project(pytester: pytest.Pytester, rig: Rig) -> pytest.Pytester:
         toml = (REPO / "targets" / f"{name}.toml").read_text(encoding="utf-8")
         (root / "targets" / f"{name}.toml").write_text(
             re.sub(r"(?m)^remote_dir = .*$", remote, toml), encoding="utf-8")
+    board1 = re.sub(r"(?m)^host = .*$", 'host = "hil-sim-jetson-1"',
+                    (root / "targets" / "sim-jetson.toml").read_text(encoding="utf-8"))
+    (root / "targets" / "board1.toml").write_text(
+        re.sub(r"(?m)^name = .*$", 'name = "board1"', board1), encoding="utf-8")
     pool = (root / "targets" / "sim-pool.toml").read_text(encoding="utf-8")
     pool = re.sub(r"(?m)^hosts = .*$", 'hosts = ["hil-sim-jetson-1"]', pool)
     (root / "targets" / "pool1.toml").write_text(re.sub(r'(?m)^name = .*$', 'name = "pool1"', pool),

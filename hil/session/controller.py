@@ -43,7 +43,7 @@ import pytest
 from hil.backends import load_backend
 from hil.backends.base import RunPlan
 from hil.config import TargetSpec
-from hil.errors import HilError
+from hil.errors import ExitCode, HilError
 from hil.progress import MemberProgress, TerminalProgress, terminal_line
 from hil.session.args import checkout_subdir, remote_args
 from hil.session.attribution import Attribution
@@ -136,6 +136,7 @@ class Controller:
         self.commit: str | None = None
         #: -x / --maxfail was reached: the other members' runs are being stopped.
         self.stopping = False
+        self.stop_code = 0
         #: Policies after the run (set by the pool's layout; see hil.session.pool).
         self.after_run: list[Callable[[Controller, list[Member]], None]] = []
         self.summary_lines: list[Callable[[Controller], list[tuple[str, dict[str, bool]]]]] = []
@@ -270,7 +271,9 @@ class Controller:
             if errors:
                 self._fail(max(errors, key=lambda e: int(e.exit_code)))
             else:
-                self.exitstatus = combine_exit_codes([m.code for m in runs if m.code is not None])
+                codes = [m.code for m in runs if m.code is not None]
+                self.exitstatus = combine_exit_codes(
+                    [*codes, self.stop_code] if self.stopping else codes)
 
     def _run_members(self, session: pytest.Session, healthy: list[Member]) -> None:
         self.shared = PoolCollection(self.config, session, [m.name for m in healthy])
@@ -301,8 +304,6 @@ class Controller:
             assert feeder is not None
             if what == "out":
                 feeder.feed(data)
-                if (session.shouldfail or session.shouldstop) and not self.stopping:
-                    self._stop_others(member)
             elif what == "err":
                 member.write_stderr(data)
                 text = data.decode("utf-8", "replace").rstrip("\n")
@@ -312,13 +313,21 @@ class Controller:
             elif not self._ended(session, member, data, events):
                 running -= 1
                 member.seconds = round(time.monotonic() - run_start, 3)
+            if (session.shouldfail or session.shouldstop) and not self.stopping:
+                self._stop_others(session)
 
-    def _stop_others(self, member: Member) -> None:
-        """``-x`` / ``--maxfail`` reached here: stop the other members' runs, as one session
-        stops (the member whose report it was stops on its own, with the same options)."""
+    def _stop_others(self, session: pytest.Session) -> None:
+        """``-x`` / ``--maxfail`` reached: stop the other members' runs, as one session stops.
+
+        The member whose report stopped the session (the last one replayed: a report
+        may wait for the others' collection) stops on its own, with the same options.
+        The local session's verdict counts among the codes: its failures are there.
+        """
         self.stopping = True
+        self.stop_code = int(ExitCode.TESTS_FAILED) if session.testsfailed else 0
+        current = self.shared.current if self.shared is not None else ""
         for other in [*self.members, *self.movers]:
-            if other is not member and other.running:
+            if other.name != current and other.running:
                 threading.Thread(target=other.backend.stop, daemon=True,
                                  name=f"hil-stop-{other.name}").start()
 

@@ -121,10 +121,10 @@ def classify(stream: StreamOutcome, process: ProcessEnd, *, target: str,
     if process.oom_killed:
         why = "the test container was OOM-killed" + (f" (memory limit {memory})" if memory else "")
         return Ending(error=RunLostError(why, running_test=stream.running, target=target))
-    if not stream.hello:
+    if not stream.hello and not process.reason:  # it ended on its own before pytest started
         return Ending(error=TargetUnhealthyError(
-            f"the test container exited {process.exit_code} before pytest started"
-            + (f" ({process.reason})" if process.reason else ""), target=target, tail=tail))
+            f"the test container exited {process.exit_code} before pytest started",
+            target=target, tail=tail))
     why = process.reason or (f"the test container ended (exit {process.exit_code}) without "
                              "pytest's final report")
     return Ending(error=RunLostError(why, running_test=stream.running, target=target))
