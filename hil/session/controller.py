@@ -51,14 +51,8 @@ from hil.session.ending import ProcessEnd, combine_exit_codes
 from hil.session.hold import Hold
 from hil.session.member import Events, Member
 from hil.session.merge import PoolCollection, PoolFeeder
-from hil.session.runfolder import (
-    allure_env,
-    fresh_results,
-    new_run_id,
-    publish_results,
-    register_run_junit,
-    run_allure_dir,
-)
+from hil.session.record import publish, terminal_summary, write_record
+from hil.session.runfolder import allure_env, new_run_id, register_run_junit, run_allure_dir
 from hil.session.shards import shard_levels, share_env
 from hil.settings import HilSettings, git_commit
 
@@ -182,25 +176,15 @@ class Controller:
         return Member(name=spec.name, spec=spec, backend=backend, out=out, progress=progress)
 
     def plan(self, member: Member, index: int = 0, count: int = 1) -> RunPlan:
-        """What ``member``'s first container runs: pytest's arguments, the environment."""
-        params = self.config.invocation_params
-        root = self.settings.root
-        cwd = Path(params.dir)
-        lastfailed = None
-        cache = getattr(self.config, "cache", None)  # absent under -p no:cacheprovider
-        if cache is not None and (self.config.getoption("lf", False)
-                                  or self.config.getoption("failedfirst", False)):
-            lastfailed = json.dumps(cache.get("cache/lastfailed", {}))
+        """What ``member``'s first container runs (see :func:`first_plan`)."""
         if self.commit is None:
-            self.commit = git_commit(root)
+            self.commit = git_commit(self.settings.root)
         env = {**self.layout.env(self.config, member.spec, index, count),
                "HIL_RUN_ID": self.run_id, "HIL_ATTEMPT": "1",
                "HIL_ENVIRONMENT": f"git.commit={self.commit}\nrun.id={self.run_id}",
                **allure_env(self.settings.allure_dir)}
-        return RunPlan(run_id=self.run_id if self.single else f"{self.run_id}-{member.name}",
-                       pytest_args=tuple(remote_args(list(params.args), root, cwd)),
-                       subdir=checkout_subdir(root, cwd), env=env, local_out=member.out,
-                       lastfailed=lastfailed)
+        return first_plan(self.config, self.settings.root, env, member.out,
+                          self.run_id if self.single else f"{self.run_id}-{member.name}")
 
     def feeder(self, member: Member, session: pytest.Session, out: Path) -> PoolFeeder:
         """``member``'s event stream, merged into the session."""
@@ -228,9 +212,9 @@ class Controller:
                     self._fail(err)
                 finally:  # also after an interrupt: every member stopped, whatever ran kept
                     self._read_back_all()
-                    self._publish()
+                    self.publisher = publish(self)
         finally:
-            self._save()
+            write_record(self)
         return True
 
     def _prepare(self) -> None:
@@ -397,29 +381,6 @@ class Controller:
             "kind": err.kind, "exit_code": int(err.exit_code), "message": str(err),
             "target": self.name, "tail": err.tail}, indent=1), encoding="utf-8")
 
-    def _publish(self) -> None:
-        """Put the members' Allure results (and an infrastructure fault's) in the results
-        folder, off the session's path (thousands of links: done by unconfigure)."""
-        allure_dir = self.settings.allure_dir
-        if allure_dir is None:
-            return
-        stale = fresh_results(allure_dir, self.settings.keep_results, self.name, self.error)
-        folders = [m.out / "allure-results" for m in [*self.members, *self.movers]]
-
-        def publish() -> None:
-            for folder in folders:
-                publish_results(folder, allure_dir, [])
-            publish_results(Path(os.devnull), allure_dir, stale)
-
-        self.publisher = threading.Thread(target=publish, name="hil-publish-results",
-                                          daemon=True)
-        self.publisher.start()
-
-    def _save(self) -> None:
-        from hil.session.record import write_record
-
-        write_record(self)
-
     # -- hooks ------------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -457,9 +418,23 @@ class Controller:
             self.publisher = None
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        from hil.session.record import terminal_summary
-
         terminal_summary(self, terminalreporter)
+
+
+def first_plan(config: pytest.Config, root: Path, env: dict[str, str], out: Path,
+               run_id: str) -> RunPlan:
+    """A member's first container: pytest's arguments as the container sees them, where
+    pytest was started, ``--lf``'s record, the environment ``env``."""
+    params = config.invocation_params
+    cwd = Path(params.dir)
+    lastfailed = None
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    if cache is not None and (config.getoption("lf", False)
+                              or config.getoption("failedfirst", False)):
+        lastfailed = json.dumps(cache.get("cache/lastfailed", {}))
+    return RunPlan(run_id=run_id, pytest_args=tuple(remote_args(list(params.args), root, cwd)),
+                   subdir=checkout_subdir(root, cwd), env=env, local_out=out,
+                   lastfailed=lastfailed)
 
 
 def make_controller(config: pytest.Config, settings: HilSettings) -> Controller:

@@ -1,4 +1,5 @@
-"""What a controller session leaves behind: the run folder's record and the terminal summary.
+"""What a controller session leaves behind: the run folder's record, the published Allure
+results and the terminal summary.
 
 ``run.json`` (the session, each member's image, code, phases and fault),
 ``timings.json`` (the phases: the member's own for a run of one member) and
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hil.backends.base import PREPARE_PHASES
 from hil.redact import redactor_for
+from hil.session.runfolder import fresh_results, publish_results
 
 if TYPE_CHECKING:
     from hil.session.controller import Controller
@@ -48,6 +52,25 @@ def write_record(ctl: Controller) -> None:
     for spec in ctl.layout.specs:  # every member's [env] secrets (routed targets differ)
         record = redactor_for(spec).data(record)
     (run_dir / "run.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+
+def publish(ctl: Controller) -> threading.Thread | None:
+    """Put the members' Allure results (and an infrastructure fault's) in the results
+    folder, off the session's path (thousands of links: unconfigure waits for it)."""
+    allure_dir = ctl.settings.allure_dir
+    if allure_dir is None:
+        return None
+    stale = fresh_results(allure_dir, ctl.settings.keep_results, ctl.name, ctl.error)
+    folders = [m.out / "allure-results" for m in [*ctl.members, *ctl.movers]]
+
+    def run() -> None:
+        for folder in folders:
+            publish_results(folder, allure_dir, [])
+        publish_results(Path(os.devnull), allure_dir, stale)
+
+    publisher = threading.Thread(target=run, name="hil-publish-results", daemon=True)
+    publisher.start()
+    return publisher
 
 
 def terminal_summary(ctl: Controller, tr: Any) -> None:
@@ -94,4 +117,4 @@ def _member_lines(ctl: Controller, tr: Any) -> None:
                 tr.write_line(f"FAILED {nodeid} on {ctl.layout.word} {member.name}", red=True)
 
 
-__all__ = ["PHASES", "terminal_summary", "write_record"]
+__all__ = ["PHASES", "publish", "terminal_summary", "write_record"]
