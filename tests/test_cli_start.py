@@ -104,3 +104,42 @@ def test_one_bad_target_file_fails_only_its_own_target(tmp_path: Path) -> None:
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert bad.returncode == ExitCode.USAGE_ERROR
     assert "targets/bad.toml: TOML syntax error" in bad.stdout + bad.stderr
+
+
+def _pytest_target(root: Path, target: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest", f"--target={target}", "-p",
+                           "no:cacheprovider", "suites"], cwd=root, capture_output=True,
+                          text=True, timeout=300, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_a_missing_ssh_alias_is_named_with_its_config_file(tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    config = tmp_path / "ssh_config"
+    config.write_text("Host lab-orin\n    HostName 192.0.2.7\n", encoding="utf-8")
+    (root / "targets").mkdir()
+    (root / "targets" / "orin.toml").write_text(
+        f'kind = "ssh"\ntier = 1\n[ssh]\nhost = "no-such-board"\nconfig = "{config}"\n'
+        'remote_dir = "hil/demo"\n', encoding="utf-8")
+    done = _pytest_target(root, "orin")
+    out = done.stdout + done.stderr
+    assert done.returncode == ExitCode.UNREACHABLE, out[-3000:]
+    assert f"no Host 'no-such-board' in {config}" in out and "lab-orin" in out
+
+
+def test_engine_faults_read_as_words(tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    (root / "targets").mkdir()
+    (root / "targets" / "tcp.toml").write_text(
+        'kind = "docker"\ntier = 1\n[docker]\nengine = "tcp://127.0.0.1:1"\n', encoding="utf-8")
+    (root / "targets" / "ctx.toml").write_text(
+        'kind = "docker"\ntier = 1\n[docker]\ncontext = "no-such-context"\n', encoding="utf-8")
+    tcp = _pytest_target(root, "tcp")
+    out = tcp.stdout + tcp.stderr
+    assert tcp.returncode == ExitCode.ENGINE_DOWN, out[-3000:]
+    assert "tcp://127.0.0.1:1 (the target's docker.engine: Connection refused)" in out
+    ctx = _pytest_target(root, "ctx")
+    out = ctx.stdout + ctx.stderr
+    assert ctx.returncode == ExitCode.USAGE_ERROR, out[-3000:]
+    assert "targets/ctx.toml: key 'docker.context' names 'no-such-context', which is not a " \
+           "docker context here" in out

@@ -25,6 +25,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 from hil.errors import ConfigError
 from hil.progress import Progress
+from hil.ssh.connection import declared_hosts
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -67,19 +68,11 @@ def _asker(interactive: bool) -> Callable[[str, str], str]:
     return ask
 
 
-def ssh_hosts(config_path: Path) -> list[str]:
-    """The ``Host`` aliases (without patterns) an ssh_config file declares."""
-    import paramiko
-
-    config = paramiko.SSHConfig.from_path(str(config_path))
-    return sorted(h for h in config.get_hostnames() if not any(c in h for c in "*?!"))
-
-
 def _check_alias(alias: str, config_path: Path) -> None:
     if not config_path.is_file():
         raise ConfigError(f"no ssh_config at {config_path}: cannot look up Host {alias!r}",
                           hint="name one with --ssh-config")
-    hosts = ssh_hosts(config_path)
+    hosts = declared_hosts(str(config_path))
     if alias not in hosts:
         raise ConfigError(f"no Host {alias!r} in {config_path}",
                           hint=f"add a `Host {alias}` block (HostName, User, IdentityFile), "

@@ -34,6 +34,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import select
 import shlex
 import socket
@@ -194,6 +195,23 @@ def resolve_endpoint(host: str, *, config_file: str = "", user: str = "", port: 
         alive_count=int(_number(cfg, "serveralivecountmax", DEFAULT_ALIVE_COUNT)),
         config_file=config_file,
     )
+
+
+def declared_hosts(config_file: str) -> list[str]:
+    """The ``Host`` aliases (patterns left out) of an ssh_config file; [] when unreadable."""
+    try:
+        config = paramiko.SSHConfig.from_path(os.path.expanduser(config_file))
+    except OSError:
+        return []
+    return sorted(h for h in config.get_hostnames() if not any(c in h for c in "*?!"))
+
+
+def _missing_alias_hint(alias: str, config: str) -> str:
+    pool = re.fullmatch(r"hil-sim-jetson-(\d+)", alias)
+    if pool:  # a pool board the simulated rig was brought up without
+        return f"the simulated rig has fewer boards: `hil sim up --boards {pool[1]}`"
+    return (f"add a `Host {alias}` block (HostName, User, IdentityFile) to {config}, "
+            f"or name a Host it has: {', '.join(declared_hosts(config)) or '(none)'}")
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -488,6 +506,15 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
             raise UnreachableError(
                 f"connecting to {ep.display} timed out after {ep.connect_timeout:.0f} s",
                 target=self.target, hint=hint) from err
+        except socket.gaierror as err:
+            config = ep.config_file or "~/.ssh/config"
+            if ep.hostname == ep.alias and ep.alias not in declared_hosts(config):
+                raise UnreachableError(
+                    f"no Host '{ep.alias}' in {config}, and no machine of that name "
+                    f"({err.strerror or err})", target=self.target,
+                    hint=_missing_alias_hint(ep.alias, config)) from err
+            raise UnreachableError(f"cannot connect to {ep.display}: {err.strerror or err}",
+                                   target=self.target, hint=hint) from err
         except OSError as err:
             raise UnreachableError(f"cannot connect to {ep.display}: {err.strerror or err}",
                                    target=self.target, hint=hint) from err
