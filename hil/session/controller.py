@@ -361,6 +361,10 @@ class Controller:
             fault = self._read_back(member)
             if fault is not None and self.single and self.error is None:
                 self._fail(fault)
+        if self.shared is not None:  # stopped before its collection: the others' reports wait
+            for member in runs:
+                if member.feeder is not None and not member.feeder.collected:
+                    self.shared.settle(member.name, None)
 
     def _read_back(self, member: Member) -> HilError | None:
         """:meth:`Member.read_back`, its notes in ``hil.log``, a failed fetch on the terminal."""

@@ -203,7 +203,12 @@ class Member:
         CrashReport(feeder, crash.nodeid, crash.how, self.out, segment=plan.segment,
                     stderr_from=self.stderr_at, target=self.name, allure=allure).replay()
         remaining = feeder.remaining(crash.nodeid)
-        if not remaining or session.shouldfail or session.shouldstop:
+        # The session's failures, and this member's that wait for the others' collection.
+        failed = session.testsfailed + sum(
+            1 for owner, event in feeder.shared.backlog if owner is feeder
+            and event.get("ev") == "logreport" and event["report"].get("outcome") == "failed")
+        if (not remaining or session.shouldfail or session.shouldstop
+                or (maxfail and failed >= maxfail)):
             self.code = 1  # a crashed test is a failed one; nothing after it to run
             return None
         if self.crashes > limit:
@@ -214,7 +219,7 @@ class Member:
         segment = plan.segment + 1
         args = plan.pytest_args
         if maxfail:
-            args = (*args, f"--maxfail={max(1, maxfail - session.testsfailed)}")
+            args = (*args, f"--maxfail={max(1, maxfail - failed)}")
         self.plan = dataclasses.replace(plan, segment=segment, pytest_args=args, env={
             **plan.env, "HIL_SEGMENT": str(segment),
             "HIL_RESUME": encode_resume(remaining, crash.nodeid, crash.how, feeder.last_n)})
