@@ -186,12 +186,15 @@ class Controller:
         return first_plan(self.config, self.settings.root, env, member.out,
                           self.run_id if self.single else f"{self.run_id}-{member.name}")
 
-    def feeder(self, member: Member, session: pytest.Session, out: Path) -> PoolFeeder:
-        """``member``'s event stream, merged into the session."""
-        assert self.shared is not None
+    def feeder(self, member: Member, session: pytest.Session, resumed: bool = False) -> PoolFeeder:
+        """``member``'s event stream, merged into the session (``resumed``: its collection
+        was counted with another member's run)."""
+        assert self.shared is not None and member.plan is not None
         return PoolFeeder(self.config, session, member.name, self.shared,
-                          run_allure_dir(self.settings.allure_dir, out),
-                          member.spec.docker.workdir, hold=self.confirm)
+                          run_allure_dir(self.settings.allure_dir, member.out),
+                          member.spec.docker.workdir, hold=self.confirm,
+                          nonce=member.plan.nonce, record=member.out / "events.jsonl",
+                          resumed=resumed)
 
     # -- the run ----------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -265,7 +268,7 @@ class Controller:
         self.run_start = run_start = time.monotonic()
         for index, member in enumerate(healthy):
             member.plan = self.plan(member, index, len(healthy))
-            member.feeder = self.feeder(member, session, member.out)
+            member.feeder = self.feeder(member, session)
             member.start(events)
         step = f"running tests in {healthy[0].image} on '{healthy[0].name}'"
         if self.single:

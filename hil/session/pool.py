@@ -102,7 +102,7 @@ def move_lost(ctl: Controller, healthy: list[Member]) -> None:
     movers: list[Member] = []
     for place, board in enumerate(lost):
         assert board.feeder is not None and board.error is not None
-        left = [n for n in board.feeder.collected if n not in board.feeder.done_ids]
+        left = board.feeder.unfinished()
         err, board.error = board.error, None
         board.lost = f"[{err.kind}] {err.message}"
         if not left:
@@ -114,8 +114,7 @@ def move_lost(ctl: Controller, healthy: list[Member]) -> None:
         plan = ctl.plan(mover)
         mover.plan = dataclasses.replace(plan, run_id=f"{plan.run_id}-from-{board.name}",
                                          env={**plan.env, "HIL_SHARE": encode_share([], {}, left)})
-        mover.feeder = ctl.feeder(mover, session, mover.out)
-        mover.feeder.resumed = True  # collected and counted with the lost board's run
+        mover.feeder = ctl.feeder(mover, session, resumed=True)  # counted with the lost run
         board.lost += f"; its {len(left)} unfinished test(s) moved to {target.name}"
         terminal_line(ctl.config, f"hil: board '{board.name}' lost mid-run ({err.kind}); "
                       f"its {len(left)} unfinished test(s) run on '{target.name}'",
