@@ -168,7 +168,11 @@ class PoolSession:
     member = "board"
 
     def _members(self) -> list[TargetSpec]:
-        """The one-board targets this session runs on: the pool's boards."""
+        """The one-board targets this session runs on: the pool's boards (a lab's: its places)."""
+        if self.spec.labgrid is not None:
+            from hil.lab.plugin import lab_members
+
+            return lab_members(self.config)
         return [board_spec(self.spec, host) for host in self.spec.ssh.boards]
 
     def _env(self, board: BoardRun, index: int, count: int) -> dict[str, str]:
