@@ -441,6 +441,8 @@ class Inventory:
     root: Path = Path(".")
     #: Where targets were looked for, for the unknown-name error.
     searched: tuple[str, ...] = ()
+    #: Target files that could not be read, by name: only a session naming one fails.
+    broken: Mapping[str, ConfigError] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         """Known target names, sorted."""
@@ -448,6 +450,8 @@ class Inventory:
 
     def get(self, name: str) -> TargetSpec:
         """The target called ``name``; an unknown name lists the known ones."""
+        if name in self.broken:
+            raise self.broken[name]
         try:
             return self.targets[name]
         except KeyError:
@@ -482,6 +486,16 @@ def inventory_root(rootdir: Path) -> tuple[Path, tuple[str, ...]]:
         if _declares_targets(folder):
             return folder, tuple(searched)
     return start, tuple(searched)
+
+
+def targets_folder(rootdir: Path) -> Path:
+    """The folder a new target file goes in: ``[tool.hil] targets_dir``, else ``targets/``."""
+    root, _ = inventory_root(rootdir)
+    pyproject = root / "pyproject.toml"
+    tool = _load_toml(pyproject, "pyproject.toml").get("tool", {}).get("hil", {}) \
+        if pyproject.is_file() else {}
+    folder = tool.get("targets_dir") if isinstance(tool, dict) else None
+    return root / folder if isinstance(folder, str) else root / "targets"
 
 
 def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
@@ -527,13 +541,19 @@ def load_inventory(rootdir: Path, targets_dir: Path | None = None) -> Inventory:
             folder = rootdir / tool["targets_dir"]
     if folder is None:
         folder = rootdir / "targets"
+    broken: dict[str, ConfigError] = {}
     if folder.is_dir():
         for path in sorted(folder.glob("*.toml")):
             display = _display(path, rootdir)
-            add(parse_target(_load_toml(path, display), display, default_name=path.stem))
+            try:
+                spec = parse_target(_load_toml(path, display), display, default_name=path.stem)
+            except ConfigError as err:  # one bad file fails its own target, not every one
+                broken[path.stem] = err
+                continue
+            add(spec)
     if DEFAULT_TARGET not in found:
         found[DEFAULT_TARGET] = TargetSpec(
             name=DEFAULT_TARGET, kind="local", tier=1, source="built-in", detect_tier=True,
             description="this host, in-process; tier detected",
         )
-    return Inventory(targets=found, root=rootdir, searched=searched)
+    return Inventory(targets=found, root=rootdir, searched=searched, broken=broken)

@@ -14,6 +14,8 @@ from hil.sim import Rig
 
 pytest_plugins = ["pytester"]
 
+REPO = Path(__file__).resolve().parent.parent
+
 DOCKERFILE = """\
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
@@ -45,24 +47,38 @@ def test_no_allure_here():
 """
 
 
-@pytest.fixture
-def project(pytester: pytest.Pytester, sim_rig: Rig) -> pytest.Pytester:
-    """A project whose target 'plain' builds an image with pytest alone, on the rig's colima."""
-    (pytester.path / "targets").mkdir()
-    (pytester.path / "targets" / "Dockerfile").write_text(DOCKERFILE)
-    (pytester.path / "targets" / "requirements.txt").write_text("pytest\n")
-    (pytester.path / "targets" / "plain.toml").write_text(textwrap.dedent(f"""\
+def docker_toml(rig: Rig, tmp_path: Path) -> str:
+    return textwrap.dedent(f"""\
         kind = "docker"
         tier = 1
         [docker]
-        engine = "{sim_rig.colima_host}"
+        engine = "{rig.colima_host}"
         dockerfile = "targets/Dockerfile"
-        build_args = {{ BASE_IMAGE = "{sim_rig.base_image}" }}
+        build_args = {{ BASE_IMAGE = "{rig.base_image}" }}
         hash_files = ["targets/requirements.txt"]
         build_network = "host"
         network = "none"
-        """))
+        """)
+
+
+def ssh_toml(rig: Rig, tmp_path: Path) -> str:
+    # The repo's sim-jetson, syncing to a folder of this test's own.
+    text = (REPO / "targets" / "sim-jetson.toml").read_text()
+    return text.replace('name = "sim-jetson"\n', "").replace(
+        'remote_dir = "hil/pytest-hil"', f'remote_dir = "hil-tests/{tmp_path.name}/project"')
+
+
+@pytest.fixture(params=[docker_toml, ssh_toml], ids=["colima", "jetson"])
+def project(request: pytest.FixtureRequest, pytester: pytest.Pytester,
+            sim_rig: Rig) -> pytest.Pytester:
+    """A project whose target 'plain' builds an image with pytest alone, on the rig's
+    colima engine or its simulated Jetson."""
+    (pytester.path / "targets").mkdir()
+    (pytester.path / "targets" / "Dockerfile").write_text(DOCKERFILE)
+    (pytester.path / "targets" / "requirements.txt").write_text("pytest\n")
+    (pytester.path / "targets" / "plain.toml").write_text(request.param(sim_rig, pytester.path))
     (pytester.path / "pyproject.toml").write_text('[project]\nname = "demo"\n')
+    (pytester.path / ".gitignore").write_text("reports/\n__pycache__/\n")
     pytester.makepyfile(test_demo=TESTS)
     subprocess.run(["git", "init", "-q", str(pytester.path)], check=True)
     subprocess.run(["git", "-C", str(pytester.path), "add", "-A"], check=True)

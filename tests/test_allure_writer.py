@@ -63,7 +63,7 @@ def attachment_text(folder: Path, result: dict[str, Any], name: str) -> str:
 def test_results_built_from_real_reports_have_status_failure_output_and_parameters(
         pytester: pytest.Pytester, tmp_path: Path) -> None:
     pytester.makepyfile(test_demo=TESTS)
-    rec = pytester.inline_run("-p", "no:cacheprovider", "-p", "no:allure_pytest")
+    rec = pytester.inline_run("-p", "no:cacheprovider", "-p", "no:labgrid", "-p", "no:allure_pytest")
     writer = AllureWriter(tmp_path / "out", "sim-colima", board="board-2", from_reports=True)
     for report in rec.getreports("pytest_runtest_logreport"):
         writer.add_report(report)
@@ -96,7 +96,7 @@ def test_results_built_from_real_reports_have_status_failure_output_and_paramete
 def test_without_from_reports_only_a_crashed_test_is_built_from_its_reports(
         pytester: pytest.Pytester, tmp_path: Path) -> None:
     pytester.makepyfile(test_demo=TESTS)
-    rec = pytester.inline_run("-p", "no:cacheprovider", "-k", "fails or passes")
+    rec = pytester.inline_run("-p", "no:cacheprovider", "-p", "no:labgrid", "-k", "fails or passes")
     writer = AllureWriter(tmp_path / "out", "box")
     writer.write_reports_of("test_demo.py::test_fails")
     for report in rec.getreports("pytest_runtest_logreport"):
@@ -149,7 +149,7 @@ def test_no_link_in_the_results_folder_is_followed(tmp_path: Path) -> None:
 def test_attribution_is_set_on_the_model_and_the_old_file_replaced(
         pytester: pytest.Pytester, tmp_path: Path) -> None:
     pytester.makepyfile(test_demo=TESTS)
-    rec = pytester.inline_run("-p", "no:cacheprovider", "-k", "fails or passes")
+    rec = pytester.inline_run("-p", "no:cacheprovider", "-p", "no:labgrid", "-k", "fails or passes")
     folder = tmp_path / "out"
     writer = AllureWriter(folder, "board-1", from_reports=True)
     for report in rec.getreports("pytest_runtest_logreport"):

@@ -5,7 +5,9 @@ load written in the board's ``~/.hil-sim/gr3d-load``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 
 from conftest import IMAGE_REQUIREMENTS
 from hil.evidence.allure import annotate_folder, full_name
+from hil.evidence.local import describe, session_pids
 from hil.evidence.samples import SampleFeed, reading
 from hil.evidence.verdict import IDLE_REASON, evidence, idle_throughout, judge
 from hil.sim.face import GR3D_LOAD_FILE
@@ -117,6 +120,43 @@ def test_allure_results_get_the_evidence_of_their_own_case(tmp_path: Path) -> No
     assert json.loads((tmp_path / "b-result.json").read_text())["status"] == "passed"
 
 
+def test_the_session_is_this_process_and_its_children() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert {os.getpid(), child.pid} <= session_pids(os.getpid())
+        assert os.getppid() not in session_pids(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_context_is_a_compute_process_of_the_session_or_one_no_pid_here_can_name() -> None:
+    gpus = [{"index": 0, "util_pct": 0.0, "mem_mb": 900.0}]
+    mine = describe(gpus, {os.getpid(): 700.0}, {os.getpid()})
+    assert (mine["context"], mine["process_mem_mb"]) == (True, 700.0)
+    # The parent is visible in this /proc and is not ours: no context.
+    theirs = describe(gpus, {os.getppid(): 700.0}, {os.getpid()})
+    assert (theirs["context"], theirs["process_mem_mb"]) == (False, 0)
+    # No listed pid exists here (another pid namespace): any compute process counts, said so.
+    unseen = describe(gpus, {4_000_000: 700.0}, {os.getpid()})
+    assert unseen["context"] is True and "pid namespace" in unseen["context_how"]
+    assert describe(gpus, {}, {os.getpid()})["context"] is False
+
+
+def test_the_mode_and_interval_come_from_the_option_or_tool_hil(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    pytester.makepyprojecttoml('[tool.hil]\ngpu_evidence = "warn"\ngpu_interval_ms = 250\n')
+    assert pytester.runpytest_subprocess("-p", "no:cacheprovider").ret == 0
+    pytester.makepyprojecttoml('[tool.hil]\ngpu_evidence = "loud"\n')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*[[]tool.hil[]] gpu_evidence = 'loud': expected one of off, warn, fail*"])
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hil-gpu-evidence=off",
+                                           "--hil-gpu-interval=10")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*GPU sampling interval 10 ms: expected an integer from 50*"])
+
+
 # --- the verdicts end to end on the simulated Jetson ----------------------------------
 
 #: A stand-in torch for the simulated board's image: it claims a CUDA device, so the
@@ -151,28 +191,42 @@ def test_on_the_cpu():
 '''
 
 
-def _tell_gr3d(spec: Any, load: int | None) -> None:
-    """Write (None: remove) the GR3D load the board's tegrastats reports, as the board user."""
-    command = (f"rm -f {GR3D_LOAD_FILE}" if load is None else
-               f"mkdir -p ~/.hil-sim && echo {load} > {GR3D_LOAD_FILE}")
-    # The rig is shared: another session's fault test may hold the board's link a moment.
+def _board(spec: Any, command: str) -> subprocess.CompletedProcess[str]:
+    """``command`` on the board as its user; retried while the shared rig's link is held."""
     deadline = time.monotonic() + 120
     while True:
         done = subprocess.run(["ssh", "-F", spec.ssh.config, "-o", "ConnectTimeout=10",
                                spec.ssh.host, command], timeout=60, capture_output=True, text=True)
-        if done.returncode == 0:
-            return
+        if done.returncode != 255:  # 255: ssh itself failed (another session's fault test)
+            return done
         assert time.monotonic() < deadline, f"the board stayed unreachable: {done.stderr}"
         time.sleep(2)  # poll interval
+
+
+def _tell_gr3d(spec: Any, load: int | None, rig: Any = None) -> None:
+    """Write (None: remove) the GR3D load the board's tegrastats reports, as the board user.
+
+    With ``rig``, wait until the board's tegrastats prints it: a session of an older
+    checkout on the shared rig may have written its own face since (it is written again).
+    """
+    command = (f"rm -f {GR3D_LOAD_FILE}" if load is None else
+               f"mkdir -p ~/.hil-sim && echo {load} > {GR3D_LOAD_FILE}")
+    assert _board(spec, command).returncode == 0
+    deadline = time.monotonic() + 60
+    while rig is not None:
+        line = _board(spec, "timeout 1 tegrastats --interval 200 | head -1").stdout
+        if f"GR3D_FREQ {load}%" in line:
+            return
+        assert time.monotonic() < deadline, f"the board's tegrastats ignores the load: {line}"
+        rig.board.prepare()
 
 
 @pytest.fixture
 def gpu_board_project(pytester: pytest.Pytester, sim_rig: Any, sim_jetson: Any) -> Any:
     """A checkout whose sim-jetson target declares tier 2 (its image has the stand-in torch)
-    with a tier2 and a tier1 test; the board's GR3D load file is removed afterwards."""
-    # The board's face as this checkout writes it: a session of an older checkout on the
-    # shared rig may have written its own since this session's rig came up.
-    sim_rig.board.prepare()
+    with a tier2 and a tier1 test; yields it and the rig.  The board's GR3D load file is
+    removed afterwards."""
+    sim_rig.board.prepare()  # the face as this checkout writes it
     root = pytester.path
     for rel in ("targets/Dockerfile", *IMAGE_REQUIREMENTS):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +242,7 @@ def gpu_board_project(pytester: pytest.Pytester, sim_rig: Any, sim_jetson: Any) 
     (root / ".gitignore").write_text("reports/\n", encoding="utf-8")
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
-    yield root
+    yield root, sim_rig
     _tell_gr3d(sim_jetson, None)
 
 
@@ -212,8 +266,9 @@ def _allure(root: Path, name: str) -> dict[str, Any]:
 
 
 def test_a_busy_board_passes_the_fail_verdict_with_its_evidence_everywhere(
-        pytester: pytest.Pytester, gpu_board_project: Path, sim_jetson: Any) -> None:
-    _tell_gr3d(sim_jetson, 60)
+        pytester: pytest.Pytester, gpu_board_project: Any, sim_jetson: Any) -> None:
+    project, rig = gpu_board_project
+    _tell_gr3d(sim_jetson, 60, rig)
     result = _run(pytester, "--hil-gpu-evidence=fail")
     result.assert_outcomes(passed=2)
     assert result.ret == 0
@@ -222,20 +277,21 @@ def test_a_busy_board_passes_the_fail_verdict_with_its_evidence_everywhere(
         "test_embed.py::test_embeds_on_the_gpu: peak load 60 %, peak memory n/a*, CUDA context "
         "n/a, * sample(s)"])
     assert "idle throughout" not in result.stdout.str()
-    (found,) = _evidence(gpu_board_project)
+    (found,) = _evidence(project)
     assert (found["state"], found["verdict"], found["peak_load_pct"]) == ("used", "recorded", 60)
-    case = ET.parse(gpu_board_project / "junit.xml").find(".//testcase[@name='test_embeds_on_the_gpu']")
+    case = ET.parse(project / "junit.xml").find(".//testcase[@name='test_embeds_on_the_gpu']")
     assert case is not None
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert props["gpu_peak_load_pct"] == "60" and props["gpu_verdict"] == "used/recorded"
-    allure = _allure(gpu_board_project, "test_embeds_on_the_gpu")
+    allure = _allure(project, "test_embeds_on_the_gpu")
     assert {"name": "gpu peak load %", "value": "60"} in allure["parameters"]
     assert allure["status"] == "passed"
 
 
 def test_an_idle_board_fails_the_tier2_test_under_fail(
-        pytester: pytest.Pytester, gpu_board_project: Path, sim_jetson: Any) -> None:
-    _tell_gr3d(sim_jetson, 0)
+        pytester: pytest.Pytester, gpu_board_project: Any, sim_jetson: Any) -> None:
+    project, rig = gpu_board_project
+    _tell_gr3d(sim_jetson, 0, rig)
     result = _run(pytester, "--hil-gpu-evidence=fail")
     result.assert_outcomes(passed=1, failed=1)
     assert result.ret == 1
@@ -244,27 +300,28 @@ def test_an_idle_board_fails_the_tier2_test_under_fail(
         "E   GPU evidence: peak load 0 %, peak memory n/a, CUDA context n/a, * sample(s)*",
         "*hil: the GPU stayed idle throughout this run: 1 tier2 test(s) ran*",
         "FAILED test_embed.py::test_embeds_on_the_gpu - tier2 test left the GPU idle*"])
-    case = ET.parse(gpu_board_project / "junit.xml").find(".//testcase[@name='test_embeds_on_the_gpu']")
+    case = ET.parse(project / "junit.xml").find(".//testcase[@name='test_embeds_on_the_gpu']")
     assert case is not None and case.find("failure") is not None
     assert case.find("failure").get("message") == IDLE_REASON  # type: ignore[union-attr]
-    (run,) = (gpu_board_project / "reports" / "runs").iterdir()
+    (run,) = (project / "reports" / "runs").iterdir()
     assert ET.parse(run / "junit.xml").find(".//testcase[@name='test_embeds_on_the_gpu']/failure") \
         is not None
-    allure = _allure(gpu_board_project, "test_embeds_on_the_gpu")
+    allure = _allure(project, "test_embeds_on_the_gpu")
     assert allure["status"] == "failed" and allure["statusDetails"]["message"] == IDLE_REASON
     assert {"name": "gpu", "value": "idle"} in allure["labels"]
-    assert _allure(gpu_board_project, "test_on_the_cpu")["status"] == "passed"
+    assert _allure(project, "test_on_the_cpu")["status"] == "passed"
 
 
 def test_an_idle_board_warns_under_warn(
-        pytester: pytest.Pytester, gpu_board_project: Path, sim_jetson: Any) -> None:
-    _tell_gr3d(sim_jetson, 0)
+        pytester: pytest.Pytester, gpu_board_project: Any, sim_jetson: Any) -> None:
+    project, rig = gpu_board_project
+    _tell_gr3d(sim_jetson, 0, rig)
     result = _run(pytester, "--hil-gpu-evidence=warn")
     result.assert_outcomes(passed=2, warnings=1)
     assert result.ret == 0
     result.stdout.fnmatch_lines([f"*GpuIdleWarning: {IDLE_REASON}*",
                                  "*hil: the GPU stayed idle throughout this run*"])
-    (found,) = _evidence(gpu_board_project)
+    (found,) = _evidence(project)
     assert (found["state"], found["verdict"]) == ("idle", "warned")
-    allure = _allure(gpu_board_project, "test_embeds_on_the_gpu")
+    allure = _allure(project, "test_embeds_on_the_gpu")
     assert allure["status"] == "passed" and {"name": "gpu", "value": "idle"} in allure["labels"]

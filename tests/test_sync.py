@@ -233,3 +233,34 @@ def test_stats_parse_rsync_figures() -> None:
             "Total bytes sent: 101,119\nTotal bytes received: 116\n")
     stats = SyncStats.parse(text)
     assert (stats.files, stats.deleted, stats.transferred, stats.bytes_sent) == (5052, 2, 1, 101119)
+
+
+def test_include_patterns_match_as_gitignore_lines_do(tmp_path: Path) -> None:
+    for rel in ("top.bin", "a/b/deep.bin", "models/x/m.onnx", "a/top.bin.txt", "keep.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x", encoding="utf-8")
+    (tmp_path / ".gitignore").write_text("*.bin\nmodels/\n*.txt\n", encoding="utf-8")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    anywhere = list_files(tmp_path, ["*.bin", "models/"]).paths or ()
+    assert {"top.bin", "a/b/deep.bin", "models/x/m.onnx", "keep.py"} <= set(anywhere)
+    assert "a/top.bin.txt" not in anywhere
+    rooted = list_files(tmp_path, ["/top.bin"]).paths or ()
+    assert "top.bin" in rooted and "a/b/deep.bin" not in rooted
+
+
+def test_a_failed_sync_names_rsyncs_cause_on_its_line(
+        tmp_path: Path, board: tuple[SshConnection, Rsync, str]) -> None:
+    from hil.errors import SyncFailedError
+
+    conn, rsync, remote = board
+    root = tmp_path / "tree"
+    _git_tree(root, 3)
+    parent = os.path.dirname(remote)
+    conn.run(f"mkdir -p {shlex.quote(parent)} && chmod 555 {shlex.quote(parent)}")
+    try:
+        with pytest.raises(SyncFailedError) as caught:
+            rsync.push(root, remote)
+    finally:
+        conn.run(f"chmod 755 {shlex.quote(parent)}")
+    line = str(caught.value)
+    assert "failed: " in line and "Permission denied" in line, line

@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shlex
 import socket
@@ -132,7 +133,9 @@ def tests_service(req: RunRequest) -> dict[str, Any]:
     if req.lib:
         volumes.append(f"{req.lib}:{CONTAINER_LIB}:ro")
     svc: dict[str, Any] = {
-        "container_name": req.name, "command": list(req.command), "working_dir": req.workdir,
+        # The worker replaces the service's own entrypoint and command.
+        "container_name": req.name, "entrypoint": list(req.command[:1]),
+        "command": list(req.command[1:]), "working_dir": req.workdir,
         "environment": dict(req.env), "labels": dict(req.labels), "volumes": volumes,
         # Read live through the attach stream, as for a plain test container.
         "logging": {"driver": "none"}, "restart": "no", "tty": False, "stdin_open": False,
@@ -146,14 +149,62 @@ def tests_service(req: RunRequest) -> dict[str, Any]:
     return _escape(svc)  # type: ignore[no-any-return]
 
 
+def _dockerignore(folder: Path) -> list[tuple[bool, str]]:
+    """The context's ``.dockerignore`` rules: (exception, pattern), in order."""
+    try:
+        text = (folder / ".dockerignore").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    rules = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = posixpath.normpath(line.lstrip("!").strip().lstrip("/"))
+        rules.append((negate, pattern))
+    return rules
+
+
+def _ignored(rel: str, rules: list[tuple[bool, str]]) -> bool:
+    """Docker's rule: the last matching pattern wins; a match on a parent folder counts."""
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    ignored = False
+    for negate, pattern in rules:
+        regex = _glob_regex(pattern)
+        if any(regex.fullmatch(prefix) for prefix in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Docker's ``.dockerignore`` glob (Go's filepath.Match, plus ``**`` for any folders)."""
+    out = ""
+    for part in re.split(r"(\*\*/?|\*|\?)", pattern):
+        if part in ("**", "**/"):
+            out += "(?:.*/)?" if part == "**/" else ".*"
+        elif part == "*":
+            out += "[^/]*"
+        elif part == "?":
+            out += "[^/]"
+        else:
+            out += re.escape(part)
+    return re.compile(out)
+
+
 def context_digest(folder: Path, dockerfile: str, args: Mapping[str, str]) -> str:
-    """Hash of a build: its Dockerfile, arguments and every file under the context."""
+    """Hash of a build: its Dockerfile, arguments and every file of the context
+    (less what its ``.dockerignore`` leaves out: docker does not send those either)."""
     digest = hashlib.sha256(f"dockerfile\0{dockerfile}\0".encode())
     for key, value in sorted(args.items()):
         digest.update(f"arg\0{key}\0{value}\0".encode())
+    rules = _dockerignore(folder)
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder)
         if any(part in (".git", "__pycache__") for part in rel.parts):
+            continue
+        if _ignored(rel.as_posix(), rules):
             continue
         digest.update(b"file\0" + rel.as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -208,6 +259,8 @@ class ComposeProject:
         #: Services that were running when the tests started: they must still be at the end.
         self.long_running: list[str] = []
         self.override: dict[str, Any] = {}
+        #: The tests' service's entry of the base override: labels, and its own build's tag.
+        self.base_tests: dict[str, Any] = {}
         self.started = False
         self.down_done = False
 
@@ -329,7 +382,7 @@ class ComposeProject:
         """Labels on every service; a content-hash tag and the build network on built ones."""
         services: dict[str, Any] = {}
         labels = {COMPOSE_LABEL: self.name}
-        for name in self.others:
+        for name in [*self.others, self.compose.service]:
             svc: dict[str, Any] = {"labels": dict(labels)}
             build = (self.config["services"][name] or {}).get("build")
             if isinstance(build, dict) and build.get("context"):
@@ -350,7 +403,6 @@ class ComposeProject:
                     new_build["network"] = self.spec.docker.build_network
                 svc["build"] = _escape(new_build)
             services[name] = svc
-        services[self.compose.service] = {"labels": dict(labels)}
         override: dict[str, Any] = {"services": services}
         version = self._file_version()
         if version:
@@ -368,9 +420,10 @@ class ComposeProject:
 
     def _write_override(self, tests: dict[str, Any] | None = None) -> str:
         """Shell that writes the override file on the engine's host (and a copy here)."""
-        if tests is not None:
+        if tests is not None:  # its own build (image, build) stays; the run's parts come in
+            base = self.base_tests
             self.override["services"][self.compose.service] = {
-                **tests, "labels": {**tests["labels"], COMPOSE_LABEL: self.name}}
+                **base, **tests, "labels": {**tests["labels"], **base["labels"]}}
         text = json.dumps(self.override, indent=1, sort_keys=True)
         self.local_dir.mkdir(parents=True, exist_ok=True)
         # The run folder's copy is redacted; the engine's host gets the real values.
@@ -383,9 +436,11 @@ class ComposeProject:
                 f"base64 -d > {path}")
 
     # -- bring-up -------------------------------------------------------------------------
-    def up(self, image: str) -> None:
-        """Everything before the tests: stale projects, config, builds, services healthy."""
-        self.image = image
+    def read(self) -> None:
+        """Before any image: which compose, stale projects, the configuration, the build tags.
+
+        After it, :attr:`tests_image` says whether the tests' service builds its own image.
+        """
         if not (self.local_root / self.compose.file).is_file():
             raise ConfigError(f"{self.spec.source}: key 'compose.file' names "
                               f"{self.compose.file!r}, which does not exist under "
@@ -396,12 +451,28 @@ class ComposeProject:
             self.progress.step(f"compose: removed stale project(s) {', '.join(stale)}")
         self.read_config()
         self.override = self._base_override()
+        self.base_tests = dict(self.override["services"][self.compose.service])
+
+    @property
+    def tests_image(self) -> str:
+        """The content-hash tag of the tests' service's own image ("" when it has no ``build:``)."""
+        return str(self.base_tests.get("image", ""))
+
+    def up(self, image: str) -> None:
+        """Everything before the tests (after :meth:`read`): builds, services healthy.
+
+        ``image`` is what ``${HIL_IMAGE}`` stands for in the file: the tests' own
+        image when its service builds one, else the dependencies image.
+        """
+        self.image = image
         code, out, err = self._sh(self._write_override())
         if code != 0:
             raise TargetUnhealthyError("could not write the compose override file",
                                        target=self.spec.name, tail=self._fail_text(out, err))
         self.started = True
         self.build()
+        if self.tests_image:
+            self.check_tests_image()
         if self.others:
             self.progress.step(f"compose: starting {', '.join(self.others)}")
             code, out, err = self._sh(self.command("up", "-d", "--no-build", *self.others),
@@ -440,6 +511,28 @@ class ComposeProject:
                 f"compose could not build {', '.join(missing)}: {log.splitlines()[-1][:200]}",
                 target=self.spec.name, command=" ".join([*self.cli, "build", *missing]),
                 exited=code, tail=log)
+
+    def check_tests_image(self) -> None:
+        """The tests' own image must run pytest: else a usage error naming the service and the fix."""
+        service = self.compose.service
+        build = (self.config["services"][service] or {}).get("build") or {}
+        dockerfile = posixpath.join(str(build.get("context", ".")),
+                                    str(build.get("dockerfile") or "Dockerfile"))
+        code, out, err = self._sh(
+            f"docker run --rm --network none --entrypoint python3 {shlex.quote(self.tests_image)} "
+            "-c 'import pytest; print(pytest.__version__)'", timeout=120.0)
+        if code == 0:
+            self.progress.step(f"compose: tests run in '{service}' ({self.tests_image}, "
+                               f"pytest {out.strip()})")
+            return
+        display = self._local_path(dockerfile)
+        shown = display.relative_to(self.local_root).as_posix() if display else dockerfile
+        raise ConfigError(
+            f"the image of compose service '{service}' ({self.tests_image}) cannot run pytest: "
+            f"{self._fail_text(out, err).splitlines()[-1][:200]}", target=self.spec.name,
+            tail=self._fail_text(out, err),
+            hint=f"the tests run in '{service}': install pytest in its image "
+                 f"(`RUN python3 -m pip install pytest` in {shown})")
 
     def states(self) -> dict[str, ServiceState]:
         """The project's service containers (not the tests' one), by service."""

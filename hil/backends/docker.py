@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -63,10 +64,28 @@ class EngineCandidate:
     why: str
 
 
+def _context_meta(name: str) -> Path:
+    """Where the docker CLI keeps a context's endpoint (``meta.json``)."""
+    return (Path.home() / ".docker" / "contexts" / "meta"
+            / hashlib.sha256(name.encode()).hexdigest() / "meta.json")
+
+
+def _engine_reason(err: Exception) -> str:
+    """Why an engine did not answer, in words: the socket's own reason when the client's
+    message wraps one (``Connection refused``), else its first line, cut at a word."""
+    text = str(err)
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if found:
+        return found[1].strip()
+    if "timed out" in text.lower():
+        return "timed out"
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 200 else line[:200].rsplit(" ", 1)[0] + " ..."
+
+
 def _context_host(name: str) -> str | None:
     """The docker endpoint of a docker CLI context, read from its meta.json."""
-    meta = (Path.home() / ".docker" / "contexts" / "meta"
-            / hashlib.sha256(name.encode()).hexdigest() / "meta.json")
+    meta = _context_meta(name)
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
         host = data["Endpoints"]["docker"]["Host"]
@@ -75,15 +94,23 @@ def _context_host(name: str) -> str | None:
     return str(host) if host else None
 
 
-def engine_candidates(engine: str, context: str) -> list[EngineCandidate]:
-    """Where to look for the engine, in order: target, DOCKER_HOST, context, Colima, default."""
+def engine_candidates(engine: str, context: str, source: str = "") -> list[EngineCandidate]:
+    """Where to look for the engine, in order: target, DOCKER_HOST, context, Colima, default.
+
+    ``source`` (the target's file) prefixes the error of a context that does not exist.
+    """
     found: list[EngineCandidate] = []
     if engine:
         return [EngineCandidate(engine, "the target's docker.engine")]
     if context:
         host = _context_host(context)
-        return [EngineCandidate(host or f"<docker context {context!r} not found>",
-                                f"the target's docker.context {context!r}")]
+        if host is None:
+            raise ConfigError(
+                f"{source or 'the target'}: key 'docker.context' names {context!r}, which is "
+                f"not a docker context here "
+                f"(no {_context_meta(context)})",
+                hint="`docker context ls` lists them; or set docker.engine to the engine's URL")
+        return [EngineCandidate(host, f"the target's docker.context {context!r}")]
     if os.environ.get("DOCKER_HOST"):
         found.append(EngineCandidate(os.environ["DOCKER_HOST"], "DOCKER_HOST"))
     try:
@@ -169,7 +196,8 @@ class DockerBackend(Backend):
             return self.engine
         tried: list[str] = []
         timeout = max(self.spec.timeouts.connect, 1.0)
-        for cand in engine_candidates(self.spec.docker.engine, self.spec.docker.context):
+        for cand in engine_candidates(self.spec.docker.engine, self.spec.docker.context,
+                                      self.spec.source):
             if cand.url.startswith("unix://") and not os.path.exists(cand.url[7:]):
                 tried.append(f"{cand.url} ({cand.why}: no such socket)")
                 continue
@@ -177,7 +205,7 @@ class DockerBackend(Backend):
                 engine = open_engine(cand.url, timeout)
                 engine.ping()
             except EngineError as err:
-                tried.append(f"{cand.url} ({cand.why}: {str(err).splitlines()[0][:160]})")
+                tried.append(f"{cand.url} ({cand.why}: {_engine_reason(err)})")
                 continue
             self.engine, self.engine_url = engine, cand.url
             return engine
@@ -320,22 +348,29 @@ class DockerBackend(Backend):
 
     # -- image ----------------------------------------------------------------
     def _prepare(self, plan: RunPlan) -> str:
-        with self.phase("image"):
-            tag = self.image(plan)
-        if self.spec.compose.file:
-            out = plan.local_out / "compose"
-            # The override compose reads holds the real environment: a private folder, not
-            # the run folder (which keeps a redacted copy and is published).
-            private = Path(tempfile.mkdtemp(prefix="hil-compose-"))
-            atexit.register(shutil.rmtree, private, True)
-            self.compose = ComposeProject(
-                self.spec, local_shell({"DOCKER_HOST": self.engine_url}),
-                engine_root=str(self.root.resolve()), local_root=self.root,
-                override_path=str(private / "override.json"), local_dir=out,
-                progress=self.progress, judge_owners=True,
-                rebuild=self.rebuild)
-            with self.phase("services"):
-                self.compose.up(tag)
+        if not self.spec.compose.file:
+            with self.phase("image"):
+                return self.image(plan)
+        out = plan.local_out / "compose"
+        # The override compose reads holds the real environment: a private folder, not
+        # the run folder (which keeps a redacted copy and is published).
+        private = Path(tempfile.mkdtemp(prefix="hil-compose-"))
+        atexit.register(shutil.rmtree, private, True)
+        self.compose = ComposeProject(
+            self.spec, local_shell({"DOCKER_HOST": self.engine_url}),
+            engine_root=str(self.root.resolve()), local_root=self.root,
+            override_path=str(private / "override.json"), local_dir=out,
+            progress=self.progress, judge_owners=True,
+            rebuild=self.rebuild)
+        with self.phase("services"):
+            self.compose.read()
+        # A tests' service with its own build: compose builds it, no dependencies image.
+        tag = self.compose.tests_image
+        if not tag:
+            with self.phase("image"):
+                tag = self.image(plan)
+        with self.phase("services"):
+            self.compose.up(tag)
         return tag
 
     def image(self, plan: RunPlan) -> str:

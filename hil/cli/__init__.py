@@ -18,6 +18,8 @@ from hil.errors import EXIT_CODE_MEANINGS, ExitCode, HilError
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("hil.cli.run", "run the suites on a target and say where the results are"),
+    "init": ("hil.cli.init", "write a target from an ssh alias, a compose file or a Dockerfile, "
+             "then check it"),
     "doctor": ("hil.cli.doctor", "check that a target is ready (preflight), as a table or JSON"),
     "sim": ("hil.cli.sim", "bring the simulated Jetson + Colima rig up, down, or show it"),
     "report": ("hil.cli.report", "turn Allure results into an HTML report"),
@@ -63,13 +65,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.USAGE_ERROR)
     module_name, text = COMMANDS[ns.command]
     module = importlib.import_module(module_name)
-    sub = argparse.ArgumentParser(prog=f"hil {ns.command}", description=text)
+    # A command that hands what it does not know to pytest (``hil run -k onnx -x``) takes
+    # its own options by their full names only: pytest's must never match them by prefix.
+    passes = bool(getattr(module, "PASSES_UNKNOWN_ARGS", False))
+    sub = argparse.ArgumentParser(prog=f"hil {ns.command}", description=text,
+                                  allow_abbrev=not passes)
     module.configure_parser(sub)
-    args = sub.parse_args(argv[split + 1 :])
+    if passes:
+        args, rest = sub.parse_known_args(argv[split + 1 :])
+        args.unknown_args = rest
+    else:
+        args = sub.parse_args(argv[split + 1 :])
     try:
         return int(module.run(args))
     except HilError as err:
-        print(f"hil {ns.command}: error: {err.details()}", file=sys.stderr)
+        from hil.progress import printable
+
+        print(f"hil {ns.command}: error: {printable(err.details())}", file=sys.stderr)
         return int(err.exit_code)
     except KeyboardInterrupt:
         print(f"hil {ns.command}: interrupted", file=sys.stderr)

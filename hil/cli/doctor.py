@@ -1,4 +1,4 @@
-"""``hil doctor --target NAME``: is a target ready?  A table, or ``--json``.
+"""``hil doctor NAME`` (or ``-t NAME``, or ``$HIL_TARGET``): is a target ready?  A table, or ``--json``.
 
 For an SSH target every check runs, also after a failure, so the table shows
 all that is wrong at once; the exit code is the one a session would have
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,16 @@ from typing import Any
 from hil.backends import load_backend
 from hil.backends.base import Check, PreflightReport
 from hil.config import DEFAULT_TARGET, TargetSpec, load_inventory
-from hil.errors import ExitCode, HilError
+from hil.errors import ConfigError, ExitCode, HilError
 from hil.progress import Progress
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Options of ``hil doctor``."""
-    parser.add_argument("--target", "-t", default=DEFAULT_TARGET, metavar="NAME",
-                        help="the target to check (default: local)")
+    parser.add_argument("name", nargs="?", default=None, metavar="NAME",
+                        help="the target to check (as --target)")
+    parser.add_argument("--target", "-t", default=None, metavar="NAME",
+                        help=f"the target to check (default: $HIL_TARGET, else {DEFAULT_TARGET})")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--rootdir", default=".", metavar="DIR",
                         help="the checkout whose targets/ to read (default: .)")
@@ -131,9 +134,13 @@ def _run_pool(spec: TargetSpec, root: Path, as_json: bool) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Check one target and print the table (or JSON); returns the exit code."""
+    if args.name and args.target and args.name != args.target:
+        raise ConfigError(f"hil doctor names two targets: {args.name!r} and --target "
+                          f"{args.target!r}", hint="name one")
+    name = args.name or args.target or os.environ.get("HIL_TARGET") or DEFAULT_TARGET
     root = Path(args.rootdir).resolve()
     inventory = load_inventory(root, Path(args.targets_dir) if args.targets_dir else None)
-    spec = inventory.get(args.target)
+    spec = inventory.get(name)
     if spec.kind == "ssh" and spec.ssh.hosts:
         return _run_pool(spec, root, bool(args.json))
     progress = Progress(sys.stderr, quiet=bool(args.json))

@@ -4,8 +4,8 @@
 target's ssh_config (``~/.ssh/config``, or the target's ``ssh.config`` as
 ``ssh -F`` reads it: HostName, User, Port, IdentityFile, ConnectTimeout,
 ProxyJump as its ``gateway``, ProxyCommand) and runs plain commands
-(:meth:`~SshConnection.run` returns Fabric's ``Result``; ``warn=False`` raises
-``UnexpectedExit``).  What is ours is only what Fabric lacks:
+(:meth:`~SshConnection.run` returns :class:`hil.result.Result`, the one
+command-result type; ``warn=False`` raises ``UnexpectedExit``).  What is ours is only what Fabric lacks:
 
 * strict host keys: Fabric adds unknown keys (``AutoAddPolicy``); here the
   known_hosts files that ssh_config names (UserKnownHostsFile,
@@ -34,6 +34,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import select
 import shlex
 import socket
@@ -60,6 +61,7 @@ from hil.errors import (
     HostKeyError,
     UnreachableError,
 )
+from hil.result import Result
 
 if TYPE_CHECKING:
     from hil.config import TargetSpec
@@ -193,6 +195,23 @@ def resolve_endpoint(host: str, *, config_file: str = "", user: str = "", port: 
         alive_count=int(_number(cfg, "serveralivecountmax", DEFAULT_ALIVE_COUNT)),
         config_file=config_file,
     )
+
+
+def declared_hosts(config_file: str) -> list[str]:
+    """The ``Host`` aliases (patterns left out) of an ssh_config file; [] when unreadable."""
+    try:
+        config = paramiko.SSHConfig.from_path(os.path.expanduser(config_file))
+    except OSError:
+        return []
+    return sorted(h for h in config.get_hostnames() if not any(c in h for c in "*?!"))
+
+
+def _missing_alias_hint(alias: str, config: str) -> str:
+    pool = re.fullmatch(r"hil-sim-jetson-(\d+)", alias)
+    if pool:  # a pool board the simulated rig was brought up without
+        return f"the simulated rig has fewer boards: `hil sim up --boards {pool[1]}`"
+    return (f"add a `Host {alias}` block (HostName, User, IdentityFile) to {config}, "
+            f"or name a Host it has: {', '.join(declared_hosts(config)) or '(none)'}")
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -487,6 +506,15 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
             raise UnreachableError(
                 f"connecting to {ep.display} timed out after {ep.connect_timeout:.0f} s",
                 target=self.target, hint=hint) from err
+        except socket.gaierror as err:
+            config = ep.config_file or "~/.ssh/config"
+            if ep.hostname == ep.alias and ep.alias not in declared_hosts(config):
+                raise UnreachableError(
+                    f"no Host '{ep.alias}' in {config}, and no machine of that name "
+                    f"({err.strerror or err})", target=self.target,
+                    hint=_missing_alias_hint(ep.alias, config)) from err
+            raise UnreachableError(f"cannot connect to {ep.display}: {err.strerror or err}",
+                                   target=self.target, hint=hint) from err
         except OSError as err:
             raise UnreachableError(f"cannot connect to {ep.display}: {err.strerror or err}",
                                    target=self.target, hint=hint) from err
@@ -553,8 +581,11 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
         return ConnectionLostError(self.lost_reason or what, target=self.target)
 
     # -- commands --------------------------------------------------------------------
-    def run(self, command: str, **kwargs: Any) -> fabric.Result:
+    def run(self, command: str, **kwargs: Any) -> Result:
         """Fabric's ``run`` (hidden, ``warn``, stdin closed); a timeout or lost link raise.
+
+        Returns the one command-result type of pytest-hil (:class:`hil.result.Result`),
+        as a command run on this host does.
 
         ``timeout`` (seconds) raises :class:`CommandTimedOutError` naming the command;
         a connection that dies under it, :class:`ConnectionLostError`.
@@ -568,7 +599,7 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
             raise self._lost(f"connection to {self.endpoint.display} lost: {err}") from err
         if result.exited == -1 and not self.alive:
             raise self._lost(f"connection to {self.endpoint.display} lost")
-        return result
+        return Result(command, int(result.exited), result.stdout, result.stderr)
 
     def exec(self, command: str, *, timeout: float | None = None) -> paramiko.Channel:
         """Start ``command`` on a new channel of the transport; read its output from the channel.

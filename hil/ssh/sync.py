@@ -130,6 +130,13 @@ def out_dir(remote_dir: str, run_id: str) -> str:
     return posixpath.join(posixpath.dirname(remote_dir.rstrip("/")), ".hil-out", run_id)
 
 
+def host_dir(out: str) -> str:
+    """The board folder of a run's own files (compose's override and output), beside its
+    results folder ``out``: the container writes in ``out``, never here, so nothing the board
+    writes for the run can follow a link the container made."""
+    return out.rstrip("/") + ".host"
+
+
 @dataclass(frozen=True)
 class SyncStats:
     """What one rsync did, from its ``--stats``."""
@@ -220,15 +227,33 @@ def list_files(root: Path, include: Sequence[str] = ()) -> FileList:
     return FileList(sorted(set(paths)), skipped)
 
 
+def _first_cause(text: str) -> str:
+    """The first line that says why (``mkdir: cannot create directory ...: Permission
+    denied``), not rsync's summary lines, which only say that something failed."""
+    generic = ("rsync error", "connection unexpectedly closed")
+    for line in text.splitlines():
+        line = re.sub(r"^rsync:\s*(\[\w+\]\s*)?", "", line.strip())
+        if line and not any(g in line for g in generic):
+            return line[:300]
+    return ""
+
+
 def included_files(root: Path, patterns: Sequence[str]) -> list[str]:
-    """Files under ``root`` matched by ``patterns`` (a matched folder: every file in it)."""
-    found: list[str] = []
-    for pattern in patterns:
-        for match in sorted(root.glob(pattern)):
-            inside = sorted(p for p in match.rglob("*") if p.is_file() or p.is_symlink()) \
-                if match.is_dir() and not match.is_symlink() else [match]
-            found += [p.relative_to(root).as_posix() for p in inside]
-    return found
+    """Untracked files under the git checkout ``root`` matched by ``patterns``, read as
+    ``.gitignore`` lines are, by git itself: ``*.bin`` at any depth, ``/top.bin`` at the
+    root only, ``models/`` a folder with every file in it."""
+    if not patterns:
+        return []
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z", "--others", "--ignored",
+             *(f"--exclude={pattern}" for pattern in patterns)],
+            capture_output=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    return sorted(os.fsdecode(raw) for raw in out.stdout.split(b"\0") if raw)
 
 
 def _git_files(root: Path) -> list[str] | None:
@@ -461,7 +486,9 @@ class Rsync:
             if not self.conn.alive or tunnel.lost:
                 raise ConnectionLostError(
                     self.conn.lost_reason or f"connection lost during {what}", target=self.target)
-            raise SyncFailedError(f"{what} failed", target=self.target, command=shlex.join(cmd),
+            cause = _first_cause(remote + "\n" + out.stderr)  # the board's words first
+            raise SyncFailedError(f"{what} failed" + (f": {cause}" if cause else ""),
+                                  target=self.target, command=shlex.join(cmd),
                                   exited=out.returncode,
                                   tail=(out.stdout + out.stderr + remote)[-4000:])
         return SyncStats.parse(out.stdout, seconds, skipped)
