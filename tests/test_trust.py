@@ -205,3 +205,16 @@ def test_printable_keeps_text_and_drops_control() -> None:
 
     assert printable("a\x1b[31mred\x1b[0m \x1b]0;t\x07ok\r\nnext\tt\x9b2J \x07!") == \
         "ared ok\nnext\tt !"
+
+
+def test_the_hold_commands_quote_the_workdir_for_both_shells() -> None:
+    import shlex
+
+    from hil.session.hold import Hold
+
+    hold = Hold(board="b", container="hil-hold-1", nodeid="t.py::test_x", ttl=60,
+                ssh="ssh -F cfg board", workdir="/src/my dir;id")
+    for command in (hold.shell_command(), hold.rerun_command()):
+        local = shlex.split(command)  # what the local shell hands to ssh
+        remote = shlex.split(" ".join(local[local.index("-t") + 1:]))  # the board's shell
+        assert remote[remote.index("-w") + 1] == "/src/my dir;id", remote

@@ -133,11 +133,12 @@ class RemoteSession:
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         """The phases in order: preflight, image, tests (resumed after crashes), read-back."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.plan = self._plan()
         feeder = EventFeeder(self.config, session, self.spec.docker.workdir,
                              allure_dir=run_allure_dir(self.settings.allure_dir, self.run_dir),
-                             root=self.settings.root)
+                             root=self.settings.root, nonce=self.plan.nonce,
+                             record=self.run_dir / "events.jsonl")
         progress = TerminalProgress(self.config, self.log)
-        self.plan = self._plan()
         started = time.time()
         backend = load_backend(self.spec)(
             self.spec, self.settings.root, progress,

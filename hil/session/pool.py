@@ -284,7 +284,8 @@ class PoolSession:
             board.feeder = PoolFeeder(self.config, session, board.name, shared,
                                       run_allure_dir(self.settings.allure_dir, board.out),
                                       board.spec.docker.workdir,
-                                      hold=self.confirm)
+                                      hold=self.confirm, nonce=board.plan.nonce,
+                                      record=board.out / "events.jsonl")
             threading.Thread(target=self._run_board, args=(board, events), daemon=True,
                              name=f"hil-pool-{board.name}").start()
         terminal_line(self.config, f"hil: running on {len(healthy)} {self.member}(s): "
@@ -343,7 +344,7 @@ class PoolSession:
         movers: list[BoardRun] = []
         for place, board in enumerate(lost):
             assert board.feeder is not None and board.error is not None
-            left = [n for n in board.feeder.collected if n not in board.feeder.done_ids]
+            left = board.feeder.unfinished()
             err, board.error = board.error, None
             board.lost = f"[{err.kind}] {err.message}"
             if not left:
@@ -358,8 +359,9 @@ class PoolSession:
             mover.feeder = PoolFeeder(self.config, session, target.name, self.shared_or_fail(),
                                       run_allure_dir(self.settings.allure_dir, mover.out),
                                       target.spec.docker.workdir,
-                                      hold=self.confirm)
-            mover.feeder.resumed = True  # collected and counted with the lost board's run
+                                      hold=self.confirm, nonce=mover.plan.nonce,
+                                      record=mover.out / "events.jsonl",
+                                      resumed=True)  # counted with the lost board's run
             board.lost += f"; its {len(left)} unfinished test(s) moved to {target.name}"
             terminal_line(self.config, f"hil: board '{board.name}' lost mid-run ({err.kind}); "
                           f"its {len(left)} unfinished test(s) run on '{target.name}'",
