@@ -288,36 +288,13 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{source}: key 'description' must be a string, got {description!r}")
-    sections: dict[str, Any] = {}
-    for sect, cls in _SECTIONS.items():
-        if sect in data:
-            allowed = _SECTION_KINDS.get(sect)
-            if allowed and kind not in allowed:
-                raise ConfigError(
-                    f"{source}: key '{sect}' is not allowed for kind '{kind}' "
-                    f"(only for: {', '.join(allowed)})"
-                )
-            sections[sect] = _section(source, sect, cls, data[sect])
-            _check_key_kinds(source, sect, data[sect], kind)
+    sections = _sections_for(source, data, kind)
     if "labgrid" in data:
         if kind != "ssh":
             raise ConfigError(f"{source}: key 'labgrid' is not allowed for kind '{kind}' (only for: ssh)")
         sections["labgrid"] = _labgrid(source, data["labgrid"], sections.get("ssh", SshSpec()))
-    if kind == "ssh" and "labgrid" not in sections:
-        ssh: SshSpec = sections.get("ssh", SshSpec())
-        if ssh.host and ssh.hosts:
-            raise ConfigError(f"{source}: keys 'ssh.host' and 'ssh.hosts' exclude each other "
-                              "(one board, or a pool of boards)")
-        if not ssh.host and not ssh.hosts:
-            raise ConfigError(f"{source}: missing key 'ssh.host' (an ssh_config alias or host "
-                              "name) or 'ssh.hosts' (a pool: an array of them)")
-        if any(not h.strip() for h in ssh.hosts) or len(set(ssh.hosts)) != len(ssh.hosts):
-            raise ConfigError(f"{source}: key 'ssh.hosts' must be an array of distinct, "
-                              f"non-empty host names, got {list(ssh.hosts)!r}")
-    if kind == "ssh" and not sections.get("ssh", SshSpec()).remote_dir:
-        raise ConfigError(
-            f"{source}: missing key 'ssh.remote_dir' (where the checkout goes on the board)"
-        )
+    if kind == "ssh":
+        _check_ssh(source, sections.get("ssh", SshSpec()), lab="labgrid" in sections)
     if "compose" in sections:
         _check_compose(source, sections["compose"])
     env_table = data.get("env", {})
@@ -382,6 +359,41 @@ def _labgrid(source: str, table: object, ssh: SshSpec) -> LabgridSpec:
         raise ConfigError(f"{source}: key 'labgrid.tags' has invalid tag names {bad!r} "
                           "(lower-case letters, digits and '_', starting with a letter)")
     return spec
+
+
+def _sections_for(source: str, data: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The target's tables (``[ssh]``, ``[docker]``...), each refused where ``kind`` reads
+    none of it, and each key refused where ``kind`` does not read it."""
+    sections: dict[str, Any] = {}
+    for sect, cls in _SECTIONS.items():
+        if sect in data:
+            allowed = _SECTION_KINDS.get(sect)
+            if allowed and kind not in allowed:
+                raise ConfigError(
+                    f"{source}: key '{sect}' is not allowed for kind '{kind}' "
+                    f"(only for: {', '.join(allowed)})"
+                )
+            sections[sect] = _section(source, sect, cls, data[sect])
+            _check_key_kinds(source, sect, data[sect], kind)
+    return sections
+
+
+def _check_ssh(source: str, ssh: SshSpec, lab: bool = False) -> None:
+    """The ``[ssh]`` keys an ssh target must give: one board or a pool (unless ``lab``: the
+    boards are a ``[labgrid]`` reservation's), and the remote folder."""
+    if ssh.host and ssh.hosts:
+        raise ConfigError(f"{source}: keys 'ssh.host' and 'ssh.hosts' exclude each other "
+                          "(one board, or a pool of boards)")
+    if not lab and not ssh.host and not ssh.hosts:
+        raise ConfigError(f"{source}: missing key 'ssh.host' (an ssh_config alias or host "
+                          "name) or 'ssh.hosts' (a pool: an array of them)")
+    if any(not h.strip() for h in ssh.hosts) or len(set(ssh.hosts)) != len(ssh.hosts):
+        raise ConfigError(f"{source}: key 'ssh.hosts' must be an array of distinct, "
+                          f"non-empty host names, got {list(ssh.hosts)!r}")
+    if not ssh.remote_dir:
+        raise ConfigError(
+            f"{source}: missing key 'ssh.remote_dir' (where the checkout goes on the board)"
+        )
 
 
 def _check_key_kinds(source: str, sect: str, table: Mapping[str, Any], kind: str) -> None:

@@ -93,7 +93,8 @@ def test_bad_configuration_is_a_usage_error_naming_file_and_key(
 ) -> None:
     write_target(pytester, "bad", body)
     pytester.makepyfile(test_a="def test_a(): pass")
-    result = pytester.runpytest_subprocess()
+    # A bad file fails its own target (the others stay usable): the session chooses it.
+    result = pytester.runpytest_subprocess("--target=bad")
     assert result.ret == 4
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
 
