@@ -225,7 +225,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HIL_TIER"] = str(tier)
     environment = {"git.commit": git_commit(config.rootpath), "tier.detection": how}
     gate_allure = str(allure_dir) if spec.kind == "local" and allure_dir else None
-    from hil.session.routing import ROUTING_KEY, make_session
+    from hil.session.routing import ROUTING_KEY
 
     routing = config.stash.get(ROUTING_KEY, None)
     # Routed: each target's container gates its own tests (the plan shows them per target).
@@ -235,20 +235,11 @@ def pytest_configure(config: pytest.Config) -> None:
     from hil.evidence.plugin import register as register_gpu_evidence
 
     register_gpu_evidence(config, settings)
-    if routing is not None and not plan:
-        config.pluginmanager.register(make_session(config, settings, routing), "hil-session")
-    elif spec.is_container and not plan and (spec.ssh.hosts or spec.labgrid is not None):
-        from hil.session.pool import PoolSession
+    if (routing is not None or spec.is_container) and not plan:
+        # One controller for every container session: a target, a pool, a routed run.
+        from hil.session.controller import make_controller
 
-        if spec.labgrid is not None:  # its places are the pool's boards
-            from hil.lab.plugin import LabPlaces
-
-            config.pluginmanager.register(LabPlaces(config, spec), "hil-lab")
-        config.pluginmanager.register(PoolSession(config, settings), "hil-session")
-    elif spec.is_container and not plan:
-        from hil.session.controller import RemoteSession
-
-        config.pluginmanager.register(RemoteSession(config, settings), "hil-session")
+        config.pluginmanager.register(make_controller(config, settings), "hil-session")
 
 
 def _register_shards(config: pytest.Config, spec: TargetSpec) -> None:
