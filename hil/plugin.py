@@ -118,7 +118,9 @@ def _allure_listening() -> bool:
 
 
 def _exit_on(err: HilError) -> None:
-    pytest.exit(f"hil: {err}", returncode=int(err.exit_code))
+    from hil.progress import printable
+
+    pytest.exit(f"hil: {printable(str(err))}", returncode=int(err.exit_code))
 
 
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TextIO
 
 import pytest
+
+#: Terminal control: CSI and OSC sequences whole, then any other C0/C1 control but tab and
+#: newline.  What a board or a container prints reaches the terminal as text, not commands.
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|"
+                      r"\x9b[0-?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` without terminal control sequences and control characters (tab and newline
+    kept)."""
+    return _CONTROL.sub("", text)
 
 
 class Progress:
@@ -18,13 +30,13 @@ class Progress:
     def step(self, message: str) -> None:
         """One line saying what starts now."""
         if not self.quiet:
-            self.stream.write(f"hil: {message}\n")
+            self.stream.write(f"hil: {printable(message)}\n")
             self.stream.flush()
 
     def detail(self, message: str) -> None:
         """A line of build or sync output (shown only when not quiet)."""
         if not self.quiet:
-            self.stream.write(f"  | {message}\n")
+            self.stream.write(f"  | {printable(message)}\n")
             self.stream.flush()
 
 
@@ -45,7 +57,7 @@ class TerminalProgress(Progress):
     def detail(self, message: str) -> None:
         self.log.append(f"  | {message}")
         if not self.quiet:
-            self.tw.line(f"  | {message}")
+            self.tw.line(f"  | {printable(message)}")
 
 
 def terminal_line(config: pytest.Config, text: str, **markup: bool) -> None:
@@ -53,4 +65,4 @@ def terminal_line(config: pytest.Config, text: str, **markup: bool) -> None:
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     if terminal is not None:
         terminal.ensure_newline()
-    config.get_terminal_writer().line(text, **markup)
+    config.get_terminal_writer().line(printable(text), **markup)

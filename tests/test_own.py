@@ -94,3 +94,24 @@ def test_attachments_naming_files_outside_the_results_folder_are_not_staged(
              if name.endswith("-result.json")]
     assert steps[0][0].get("attachments", []) == []
     assert json.loads(staged["c1-container.json"])["befores"][0]["attachments"] == []
+
+
+@pytest.mark.usefixtures("node_for_allure3")
+def test_allure3_installs_exactly_the_shipped_lock_without_install_scripts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from importlib import resources
+
+    from hil.progress import Progress
+    from hil.report.allure3 import ALLURE3_VERSION, allure3_prefix, install_allure3
+
+    monkeypatch.setenv("HIL_TOOLS_DIR", str(tmp_path / "tools"))
+    engine = install_allure3(tmp_path, Progress(quiet=True))
+    assert engine.version == ALLURE3_VERSION
+    prefix = allure3_prefix(tmp_path, ALLURE3_VERSION)
+    shipped = json.loads((resources.files("hil") / "data" / "allure3-package-lock.json")
+                         .read_text(encoding="utf-8"))["packages"]
+    installed = json.loads((prefix / "node_modules" / ".package-lock.json")
+                           .read_text(encoding="utf-8"))["packages"]
+    assert {name: entry["integrity"] for name, entry in installed.items()} == \
+        {name: entry["integrity"] for name, entry in shipped.items() if name}

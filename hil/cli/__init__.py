@@ -78,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(args))
     except HilError as err:
-        print(f"hil {ns.command}: error: {err.details()}", file=sys.stderr)
+        from hil.progress import printable
+
+        print(f"hil {ns.command}: error: {printable(err.details())}", file=sys.stderr)
         return int(err.exit_code)
     except KeyboardInterrupt:
         print(f"hil {ns.command}: interrupted", file=sys.stderr)

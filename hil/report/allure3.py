@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,10 +114,20 @@ def install_allure3(root: Path, progress: Progress, version: str = ALLURE3_VERSI
             staging = prefix.with_name(prefix.name + f".tmp{os.getpid()}")
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            (staging / "package.json").write_text(
-                json.dumps({"name": "hil-allure", "private": True}), encoding="utf-8")
-            command = [npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund",
-                       "--save-exact", "--loglevel=error", f"allure@{version}"]
+            # Every package pinned by our lock (integrity hashes) when it is the pinned version;
+            # no package's install scripts run either way.
+            (staging / "package.json").write_text(json.dumps(
+                {"name": "hil-allure", "private": True, "dependencies": {"allure": version}}),
+                encoding="utf-8")
+            if version == ALLURE3_VERSION:
+                lock = resources.files("hil") / "data" / "allure3-package-lock.json"
+                (staging / "package-lock.json").write_bytes(lock.read_bytes())
+                command = [npm, "ci", "--prefix", str(staging), "--ignore-scripts",
+                           "--no-audit", "--no-fund", "--loglevel=error"]
+            else:
+                command = [npm, "install", "--prefix", str(staging), "--ignore-scripts",
+                           "--no-audit", "--no-fund", "--save-exact", "--loglevel=error",
+                           f"allure@{version}"]
             progress.step(f"installing Allure {version} from npm into {prefix}")
             started = time.monotonic()
             result = run_streaming(command, progress, timeout=600)

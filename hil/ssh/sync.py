@@ -1,4 +1,5 @@
-"""rsync of the checkout to a board, and of results back, over the session's SSH connection.
+"""rsync of the checkout to a board over the session's SSH connection (results come back as
+one capped tar stream: :func:`hil.backends.jetson.backend.fetch_tree`).
 
 rsync runs locally as usual, but its remote shell (``-e``) is a tiny helper
 that hands the remote command to this process through a Unix socket; this
@@ -128,6 +129,13 @@ def check_remote_dir(remote_dir: str, home: str, *, allow_outside_home: bool = F
 def out_dir(remote_dir: str, run_id: str) -> str:
     """The board folder of one run's results: beside the synced tree, never inside it."""
     return posixpath.join(posixpath.dirname(remote_dir.rstrip("/")), ".hil-out", run_id)
+
+
+def host_dir(out: str) -> str:
+    """The board folder of a run's own files (compose's override and output), beside its
+    results folder ``out``: the container writes in ``out``, never here, so nothing the board
+    writes for the run can follow a link the container made."""
+    return out.rstrip("/") + ".host"
 
 
 @dataclass(frozen=True)
@@ -500,13 +508,6 @@ class Rsync:
         with self._rules_file(include_rules(files.paths)) as rules:
             args = [*base, "--from0", f"--include-from={rules}", "--exclude=*", src, dest]
             return self._run(args, "sync", timeout, tuple(files.skipped_links))
-
-    def pull(self, remote_dir: str, local: Path, *, timeout: float = 600.0) -> SyncStats:
-        """Copy ``remote_dir`` (absolute) on the board into ``local``."""
-        local.mkdir(parents=True, exist_ok=True)
-        args = ["-rlpt", "--safe-links", "--stats", f"hil:{remote_dir.rstrip('/')}/",
-                f"{local.resolve()}/"]
-        return self._run(args, "fetching results", timeout)
 
 
 def human_bytes(n: int) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import posixpath
 import shlex
 import time
@@ -53,7 +54,7 @@ from hil.config import TargetSpec
 from hil.errors import ConnectionLostError, HilError, RunTimedOutError
 from hil.progress import Progress
 from hil.ssh.connection import SshConnection as Connection
-from hil.ssh.sync import out_dir, sync_marker
+from hil.ssh.sync import host_dir, out_dir, sync_marker
 from hil.ssh.telemetry import Telemetry
 
 #: Marker that starts the run script's last line on standard error.
@@ -64,16 +65,28 @@ KEEP_RUNS = 10
 INBAND_RESULTS_KB = 65536
 
 
-def extract_results(stream: Any, local: Path) -> list[str]:
+def fetch_cap() -> int:
+    """The most bytes a run's results may bring back (``HIL_FETCH_MAX_MB``, default 1024):
+    the container chooses what it writes, the host's disk is not its to fill."""
+    try:
+        megabytes = float(os.environ.get("HIL_FETCH_MAX_MB", "") or 1024)
+    except ValueError:
+        megabytes = 1024.0
+    return int(max(megabytes, 1.0) * 1024 * 1024)
+
+
+def extract_results(stream: Any, local: Path, skipped: list[str] | None = None) -> list[str]:
     """Extract a results tar stream into ``local``; returns the file names.
 
     Members that would land outside ``local`` (absolute, ``..``, links,
-    devices) are skipped.  An empty stream is no results folder on the board.
+    devices) are skipped, and so is what passes :func:`fetch_cap` in all
+    (named in ``skipped``).  An empty stream is no results folder on the board.
     """
     import tarfile
 
     local.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
+    room = fetch_cap()
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
@@ -81,6 +94,11 @@ def extract_results(stream: Any, local: Path) -> list[str]:
                 if name == "." or name.startswith(("/", "..")) or not (
                         member.isfile() or member.isdir()):
                     continue
+                if member.isfile() and member.size > room:
+                    if skipped is not None:
+                        skipped.append(name)
+                    continue
+                room -= member.size if member.isfile() else 0
                 member.name = name
                 if hasattr(tarfile, "data_filter"):
                     tar.extract(member, local, filter="data")
@@ -94,7 +112,8 @@ def extract_results(stream: Any, local: Path) -> list[str]:
     return names
 
 
-def fetch_tree(conn: Connection, remote: str, local: Path, timeout: float = 600.0) -> list[str]:
+def fetch_tree(conn: Connection, remote: str, local: Path, timeout: float = 600.0,
+               skipped: list[str] | None = None) -> list[str]:
     """Copy the board folder ``remote`` into ``local`` as one tar stream; returns the names.
 
     One round trip, where rsync's protocol takes about eight: results folders
@@ -105,7 +124,7 @@ def fetch_tree(conn: Connection, remote: str, local: Path, timeout: float = 600.
     chan = conn.exec(board_command("fetch", remote))
     chan.settimeout(timeout)
     try:
-        return extract_results(chan.makefile("rb"), local)
+        return extract_results(chan.makefile("rb"), local, skipped)
     except (tarfile.ReadError, OSError) as err:
         if not conn.alive:
             raise ConnectionLostError(conn.lost_reason or "connection lost while fetching",
@@ -131,7 +150,7 @@ def _lib_b64(files: dict[str, bytes]) -> str:
 
 def _create_log(req: RunRequest) -> str:
     """Where compose's output goes when it creates the tests' service (shown on failure)."""
-    return posixpath.join(req.out, "compose", "create.out")
+    return posixpath.join(host_dir(req.out), "compose", "create.out")
 
 
 def _pgid_file(req: RunRequest) -> str:
@@ -248,7 +267,7 @@ class SshBackend(BoardBackend):
         marker = self.board.pending_marker  # the sync before this run completed: recorded
         return "exec setsid -w " + board_command(
             "run", *req.docker_cli(),
-            OUT=req.out, NAME=req.name, PIDF=_pgid_file(req), LIB=lib,
+            OUT=req.out, HOST=host_dir(req.out), NAME=req.name, PIDF=_pgid_file(req), LIB=lib,
             LIB_B64=None if self.board.lib_present else _lib_b64(files),
             SYNC_MARKER=sync_marker(self.board.remote_dir) if marker else None,
             SYNC_DIGEST=marker or None, LASTFAILED=plan.lastfailed, LABEL=CONTAINER_LABEL,
@@ -360,7 +379,12 @@ class SshBackend(BoardBackend):
         conn = self.connect()
         remote = out_dir(self.board.remote_dir, plan.run_id)
         try:
-            self.fetched = fetch_tree(conn, remote, plan.local_out)
+            skipped: list[str] = []
+            self.fetched = fetch_tree(conn, remote, plan.local_out, skipped=skipped)
+            if skipped:
+                self.progress.step(f"{len(skipped)} result file(s) past the fetch cap "
+                                   f"(HIL_FETCH_MAX_MB) left on the board: "
+                                   f"{', '.join(skipped[:5])}")
         except ConnectionLostError as err:
             raise ConnectionLostError(f"connection lost while fetching results: {err.message}",
                                       target=self.spec.name) from err

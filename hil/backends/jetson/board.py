@@ -41,7 +41,7 @@ from hil.errors import (
 from hil.progress import Progress
 from hil.ssh.connection import SshConnection as Connection
 from hil.ssh.lease import Holder, Lease
-from hil.ssh.sync import Rsync, SyncStats, out_dir
+from hil.ssh.sync import Rsync, SyncStats, host_dir, out_dir
 
 
 def lib_folder(files: dict[str, bytes]) -> str:
@@ -167,7 +167,7 @@ class BoardBackend(Backend):
                 return self.image()
         self.compose = ComposeProject(
             self.spec, self._shell, engine_root=self.board.remote_dir, local_root=self.root,
-            override_path=posixpath.join(out_dir(self.board.remote_dir, plan.run_id),
+            override_path=posixpath.join(host_dir(out_dir(self.board.remote_dir, plan.run_id)),
                                          "compose", "override.json"),
             local_dir=plan.local_out / "compose", progress=self.progress,
             judge_owners=False,  # under the board's lease every other project is stale

@@ -4,7 +4,9 @@
 # and OOM state on a line starting with END on standard error, and sends the results
 # folder after that line when it is small.
 #
-# env OUT         the run's results folder      NAME  the container's name
+# env OUT         the run's results folder (the container writes in it: nothing here
+#                 follows a link there)          NAME  the container's name
+#     HOST        the run's own folder beside it (the container never sees it)
 #     PIDF        this run's process group file  LABEL the label of pytest-hil containers
 #     LIB         the worker's folder            LIB_B64  it as a base64 tar (when absent)
 #     SYNC_MARKER, SYNC_DIGEST  the sync marker file and the digest to write in it
@@ -12,8 +14,9 @@
 #     KEEP        how many results folders stay  INBAND_KB   the most sent in band
 #     END         the end marker
 #     CREATE      with [compose]: shell that creates the container as the tests' service
-#                 (its output in $OUT/compose/create.out); it is then started attached
+#                 (its output in $HOST/compose/create.out); it is then started attached
 mkdir -p "$OUT" || exit 70
+mkdir -p -m 700 "$HOST" || exit 70
 if [ ! -d "$LIB" ] && [ -n "${LIB_B64:-}" ]; then
   mkdir -p "$LIB.$$" && printf '%s' "$LIB_B64" | base64 -d | tar -xf - -C "$LIB.$$" &&
     { mv -T "$LIB.$$" "$LIB" 2>/dev/null || rm -rf "$LIB.$$"; }
@@ -23,7 +26,12 @@ if [ ! -d "$LIB" ]; then
   exit 70
 fi
 [ -n "${SYNC_MARKER:-}" ] && printf '%s\n' "$SYNC_DIGEST" >"$SYNC_MARKER"
-[ -n "${LASTFAILED+x}" ] && printf '%s' "$LASTFAILED" >"$OUT/lastfailed.json"
+# A resumed run's folder holds what its first container wrote: a new file renamed in
+# place replaces a link there rather than writing through it.
+if [ -n "${LASTFAILED+x}" ]; then
+  lf=$(mktemp "$OUT/.lastfailed.XXXXXX") && printf '%s' "$LASTFAILED" >"$lf" &&
+    chmod 644 "$lf" && mv -fT "$lf" "$OUT/lastfailed.json" || exit 70
+fi
 # A run that did not finish leaves its .pgid file: only then can labelled containers be
 # stale, so the usual run pays no extra docker call.
 for f in "$OUT"/../*.pgid; do
@@ -34,10 +42,12 @@ for f in "$OUT"/../*.pgid; do
   break
 done
 echo $$ >"$PIDF"
-(cd "${OUT%/*}" && ls -1t | grep -v '\.pgid$' | tail -n +$((KEEP + 1)) | xargs -r rm -rf) 2>/dev/null
+(cd "${OUT%/*}" && ls -1t | grep -v '\.pgid$' | grep -v '\.host$' | tail -n +$((KEEP + 1)) |
+  while IFS= read -r old; do rm -rf -- "$old" "$old.host"; done) 2>/dev/null
 if [ -n "${CREATE:-}" ]; then
-  mkdir -p "$OUT/compose"
-  { sh -c "$CREATE" || { cat "$OUT/compose/create.out" >&2; false; }; } && docker start -a "$NAME"
+  mkdir -p "$HOST/compose"
+  { sh -c "$CREATE" || { head -c 65536 "$HOST/compose/create.out" >&2; false; }; } &&
+    docker start -a "$NAME"
 else
   "$@"
 fi
