@@ -43,7 +43,7 @@ def test_onnxruntime_counts_only_providers_that_load() -> None:
 
 
 def test_worker_probe_prints_json_the_host_side_words_read() -> None:
-    res = subprocess.run([sys.executable, str(REPO / "hil" / "worker.py"), "--probe"],
+    res = subprocess.run([sys.executable, str(REPO / "hil" / "worker" / "__main__.py"), "--probe"],
                          capture_output=True, text=True, check=True, timeout=120)
     info = json.loads(res.stdout.splitlines()[-1])
     words = probe_words(info, "this host")

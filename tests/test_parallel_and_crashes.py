@@ -46,7 +46,7 @@ def _report(nodeid: str, when: str, outcome: str = "passed", **extra: Any) -> py
 
 def test_interleaved_tests_of_xdist_workers_each_travel_compact(
         pytester: pytest.Pytester) -> None:
-    config = pytester.parseconfigure("-p", "no:cacheprovider")
+    config = pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:labgrid")
     channel = io.StringIO()
     stream = EventStream(channel, compact=True)
     stream.pytest_configure(config)
@@ -63,7 +63,7 @@ def test_interleaved_tests_of_xdist_workers_each_travel_compact(
     stream.pytest_runtest_logreport(_report(b, "teardown"))
     stream.pytest_runtest_logfinish(b, (b.split("::")[0], 1, "test_b"))
     stream.flush()
-    events = [json.loads(line) for line in channel.getvalue().splitlines()]
+    events = [json.loads(line) for line in [*filter(None, channel.getvalue().splitlines())]]
     kinds = [(e["ev"], e.get("nodeid") or e.get("report", {}).get("nodeid")) for e in events[1:]]
     # test_a's three passed phases in one finish event despite test_b's reports between them;
     # test_b's passed set-up goes out in full before its failed call, in order.
@@ -76,9 +76,9 @@ def test_interleaved_tests_of_xdist_workers_each_travel_compact(
 
 def test_the_running_tests_under_xdist_are_those_started_and_not_finished(
         pytester: pytest.Pytester) -> None:
-    config = pytester.parseconfigure("-p", "no:cacheprovider")
+    config = pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:labgrid")
     session = pytest.Session.from_config(config)
-    session.items = []  # as RemoteSession.pytest_collection leaves it (pytest 7 has none)
+    session.items = []  # as Controller.pytest_collection leaves it (pytest 7 has none)
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     if terminal is not None:
         terminal._session = session  # as its pytest_sessionstart sets it

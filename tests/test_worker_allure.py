@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from hil.session.events import EventFeeder
-from hil.worker import AllureResultsLogger, EventStream, _attrs_asdict
+from hil.worker import AllureResultsLogger, EventStream
+from hil.worker.allure import _attrs_asdict
 
 allure_commons = pytest.importorskip("allure_commons")
 from allure_commons import model2  # noqa: E402
@@ -71,7 +72,7 @@ def test_results_streamed_to_the_controller_are_written_as_allure_writes_them(
         "allure", "allure", "logstart"]
 
     feeder = EventFeeder(pytestconfig, None, allure_dir=tmp_path / "b")  # type: ignore[arg-type]
-    for line in channel.getvalue().splitlines():
+    for line in [*filter(None, channel.getvalue().splitlines())]:
         if json.loads(line)["ev"] == "allure":
             feeder.feed(line.encode() + b"\n")
     ours = sorted(p.read_bytes() for p in (tmp_path / "b").iterdir())
@@ -84,7 +85,7 @@ def test_a_streamed_result_never_lands_outside_its_folder(
     tmp_path: Path, pytestconfig: pytest.Config, name: str
 ) -> None:
     feeder = EventFeeder(pytestconfig, None, allure_dir=tmp_path / "out")  # type: ignore[arg-type]
-    feeder.feed(json.dumps({"ev": "allure", "name": name,
+    feeder.feed(json.dumps({"ev": "allure", "name": name, "n": 1,
                             "text": '{"name": "t"}'}).encode() + b"\n")
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape-result.json").exists()
     assert feeder.stray and "cannot be written" in feeder.stray[0]
@@ -94,10 +95,11 @@ def test_a_result_event_without_text_is_kept_as_stray_output(
     tmp_path: Path, pytestconfig: pytest.Config
 ) -> None:
     feeder = EventFeeder(pytestconfig, None, allure_dir=tmp_path / "out")  # type: ignore[arg-type]
-    feeder.feed(json.dumps({"ev": "allure", "name": "a-result.json",
+    feeder.feed(json.dumps({"ev": "allure", "name": "a-result.json", "n": 1,
                             "text": {"name": "t"}}).encode() + b"\n")
     assert not (tmp_path / "out").exists()
-    assert feeder.stray == ["hil: an Allure result event that cannot be written: 'a-result.json'"]
+    assert feeder.stray == ["hil: a malformed event was ignored (allure event with a malformed "
+                            "'text')"]
 
 
 def test_attachments_are_written_as_allure_writes_them(tmp_path: Path) -> None:

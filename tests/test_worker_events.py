@@ -13,7 +13,8 @@ import pytest
 
 from hil.report import html as hil_report
 from hil.session.events import EventFeeder
-from hil.worker import EventStream, _flush_interval
+from hil.worker import EventStream
+from hil.worker.main import _flush_interval
 
 NODEID = "test_a.py::test_x"
 LOCATION = ("test_a.py", 3, "test_x")
@@ -44,7 +45,7 @@ def stream_events(config: pytest.Config, reports: list[pytest.TestReport], compa
         stream.pytest_runtest_logreport(report)
     stream.pytest_runtest_logfinish(NODEID, LOCATION)
     stream.flush()
-    return [json.loads(line) for line in channel.getvalue().splitlines()]
+    return [json.loads(line) for line in [*filter(None, channel.getvalue().splitlines())]]
 
 
 def replayed(feeder: EventFeeder, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -63,13 +64,13 @@ def replayed(feeder: EventFeeder, events: list[dict[str, Any]]) -> list[dict[str
 
 @pytest.fixture
 def config(pytester: pytest.Pytester) -> pytest.Config:
-    return pytester.parseconfigure("-p", "no:cacheprovider")
+    return pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:labgrid")
 
 
 @pytest.fixture
 def feeder(config: pytest.Config) -> EventFeeder:
     session = pytest.Session.from_config(config)
-    session.items = []  # as RemoteSession.pytest_collection leaves it
+    session.items = []  # as Controller.pytest_collection leaves it
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     if terminal is not None:
         terminal._session = session  # as its pytest_sessionstart sets it
@@ -151,7 +152,7 @@ def test_test_events_are_written_with_the_next_test_start(config: pytest.Config)
     stream.pytest_runtest_logfinish(NODEID, LOCATION)
     assert channel.getvalue() == written  # nothing new until the next test starts
     stream.pytest_runtest_logstart("test_a.py::test_y", ("test_a.py", 9, "test_y"))
-    kinds = [json.loads(line)["ev"] for line in channel.getvalue()[len(written):].splitlines()]
+    kinds = [json.loads(line)["ev"] for line in channel.getvalue()[len(written):].splitlines() if line]
     assert kinds == ["finish", "logstart"]
 
 
@@ -195,7 +196,7 @@ def test_quick_tests_share_writes_and_a_slow_tests_start_still_goes_out(
     assert [e["n"] for e in recorded] == list(range(1, len(recorded) + 1))
 
     def kinds() -> list[str]:
-        return [json.loads(line)["ev"] for line in channel.getvalue().splitlines()]
+        return [json.loads(line)["ev"] for line in [*filter(None, channel.getvalue().splitlines())]]
 
     # The slow test runs on: its start and every earlier result go out without
     # another hook call, written by the flusher thread.
@@ -203,7 +204,7 @@ def test_quick_tests_share_writes_and_a_slow_tests_start_still_goes_out(
     while kinds().count("logstart") < 51 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert kinds().count("finish") == 50 and kinds()[-1] == "logstart"
-    assert '"test_a.py::test_slow"' in channel.getvalue().splitlines()[-1]
+    assert '"test_a.py::test_slow"' in [*filter(None, channel.getvalue().splitlines())][-1]
 
 
 @pytest.mark.parametrize("interval, copy", [(0, io.StringIO()), (0.2, None)],
@@ -226,7 +227,7 @@ def test_nothing_follows_the_exit_event(config: pytest.Config) -> None:
     stream.finish(1)
     stream.send("logstart", nodeid="late", location=["a", 0, "late"])
     stream.flush()  # what the flusher thread would do
-    events = [json.loads(line) for line in channel.getvalue().splitlines()]
+    events = [json.loads(line) for line in [*filter(None, channel.getvalue().splitlines())]]
     assert events[-1]["ev"] == "exit" and events[-1]["code"] == 1
     assert sum(e["ev"] == "logstart" for e in events) == 3
 
@@ -234,8 +235,8 @@ def test_nothing_follows_the_exit_event(config: pytest.Config) -> None:
 def test_a_cut_short_channel_is_completed_from_the_record_once(
         pytester: pytest.Pytester, tmp_path: Path) -> None:
     # Replayed into a session of its own: no Allure listener, no terminal in between.
-    config = pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:allure_pytest",
-                                     "-p", "no:terminal")
+    config = pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:labgrid",
+                                     "-p", "no:allure_pytest", "-p", "no:terminal")
     feeder = EventFeeder(config, pytest.Session.from_config(config))
     channel, copy = io.StringIO(), io.StringIO()
     stream = EventStream(channel, copy, compact=True, interval=60)
@@ -245,7 +246,8 @@ def test_a_cut_short_channel_is_completed_from_the_record_once(
     # The container dies here: the channel carried the events up to the collection,
     # the record has them all.  Stray output on the channel stays stray.
     feeder.feed(channel.getvalue().encode() + b"[1, 2]\n")
-    feeder.report_keys = list(json.loads(channel.getvalue().splitlines()[0])["report_keys"])
+    hello = json.loads(next(filter(None, channel.getvalue().splitlines())))
+    feeder.report_keys = list(hello["report_keys"])
     assert feeder.finished == 0 and feeder.running == "test_a.py::test_0"
     (tmp_path / "events.jsonl").write_text(copy.getvalue() + '{"ev": "logst')  # cut mid-line
     assert feeder.recover(tmp_path / "events.jsonl") == 11  # 5 starts, 5 finishes, 1 start

@@ -24,6 +24,7 @@ import abc
 import contextlib
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -40,11 +41,14 @@ from hil.progress import Progress
 CONTAINER_LABEL = "io.pytest-hil.run"
 #: Where the results folder is mounted inside the container.
 CONTAINER_OUT = "/hil/out"
-#: Where hil/worker.py (self-contained) is mounted: the project need not ship pytest-hil.
-#: A folder of its own and a name of its own: xdist's workers import it as a plugin.
-#: The folder of the worker's files in the container (see :func:`worker_files`).
+#: The folder of the worker's files in the container (see :func:`worker_files`): the
+#: worker's package (``hil.worker``, self-contained) as ``hil_worker``, so the project
+#: need not ship pytest-hil.  xdist's workers import its plugin from there.
 CONTAINER_LIB = "/hil/lib"
-CONTAINER_WORKER = f"{CONTAINER_LIB}/hil_worker.py"
+#: The package's folder in the container.
+WORKER_PACKAGE = "hil_worker"
+#: The file the container runs: the package's entry, run as a file (see its docstring).
+CONTAINER_WORKER = f"{CONTAINER_LIB}/{WORKER_PACKAGE}/__main__.py"
 #: Where pytest's capture files are kept in the container (see hil.worker.keep_capture_files).
 CONTAINER_CAPTURE = "/tmp/hil-capture"
 #: The container's first process: a shell that runs the worker (``$0``) with pytest's
@@ -62,11 +66,15 @@ CONTAINER_ENTRY = (
 
 
 def worker_files() -> dict[str, bytes]:
-    """What every target gets in :data:`CONTAINER_LIB`: the worker and the tier vocabulary it imports."""
-    from hil import tiers, worker
+    """What every target gets in :data:`CONTAINER_LIB`: the worker's package, by relative path.
 
-    return {"hil_worker.py": Path(worker.__file__).read_bytes(),
-            "hil_tiers.py": Path(tiers.__file__).read_bytes()}
+    Its Python files only (no caches), under :data:`WORKER_PACKAGE`.
+    """
+    from hil import worker
+
+    folder = Path(worker.__file__).parent
+    return {f"{WORKER_PACKAGE}/{path.name}": path.read_bytes()
+            for path in sorted(folder.glob("*.py"))}
 
 
 def worker_digest(files: Mapping[str, bytes]) -> str:
@@ -89,6 +97,7 @@ def local_worker_lib() -> Path:
     if not folder.is_dir():
         staging = Path(tempfile.mkdtemp(prefix=".lib-", dir=_made(cache)))
         for name, data in files.items():
+            _made((staging / name).parent)
             (staging / name).write_bytes(data)
         try:
             staging.rename(folder)
@@ -100,6 +109,25 @@ def local_worker_lib() -> Path:
 def _made(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def place_nonce(folder: Path, nonce: str) -> None:
+    """Put the run's nonce where the worker takes it (see :mod:`hil.worker.protocol`).
+
+    The folder is the results folder the container writes in: what a former
+    container left under the name (a link, say) is removed, never followed.
+    """
+    from hil.worker.protocol import NONCE_FILE
+
+    path = folder / NONCE_FILE
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                 0o600)
+    try:
+        os.write(fd, nonce.encode("ascii") + b"\n")
+    finally:
+        os.close(fd)
 
 
 def worker_command(pytest_args: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -186,6 +214,10 @@ class RunPlan:
     lastfailed: str | None = None
     #: 0 for the run's first container; N for the Nth resumed after a test crashed it.
     segment: int = 0
+    #: Made here, for this run: the worker's ``exit`` event (and a board's end marker) must
+    #: carry it.  It reaches the worker as a file the worker removes before any test runs
+    #: (see :mod:`hil.worker.protocol`), never in the environment or the command line.
+    nonce: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
 
     @property
     def container_name(self) -> str:

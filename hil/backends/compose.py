@@ -64,6 +64,7 @@ from hil.errors import (
 )
 from hil.progress import Progress
 from hil.redact import redactor_for
+from hil.result import Result
 
 #: Label on every container of a project pytest-hil started: the project's name.
 COMPOSE_LABEL = "io.pytest-hil.compose"
@@ -81,22 +82,22 @@ POLL_INTERVAL = 0.25
 #: Seconds between two looks at the services while the tests run.
 WATCH_INTERVAL = 1.0
 
-#: ``(exit code, stdout, stderr)`` of one shell command on the engine's host.
-Shell = Callable[[str, float], "tuple[int, str, str]"]
+#: Runs one shell command on the engine's host (with a timeout): its :class:`Result`.
+Shell = Callable[[str, float], Result]
 
 
 def local_shell(env: Mapping[str, str]) -> Shell:
     """A :data:`Shell` running ``sh -c`` on this host, with ``env`` added (``DOCKER_HOST``)."""
     full = {**os.environ, **env}
 
-    def run(command: str, timeout: float) -> tuple[int, str, str]:
+    def run(command: str, timeout: float) -> Result:
         try:
             done = subprocess.run(["sh", "-c", command], env=full, capture_output=True,
                                   text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired as err:
             out = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
-            return 124, out, f"timed out after {timeout:.0f} s"
-        return done.returncode, done.stdout, done.stderr
+            return Result(command, 124, out, f"timed out after {timeout:.0f} s")
+        return Result(command, done.returncode, done.stdout, done.stderr)
 
     return run
 
@@ -268,7 +269,8 @@ class ComposeProject:
 
     # -- commands -----------------------------------------------------------------------
     def _sh(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
-        return self.shell(command, timeout)
+        res = self.shell(command, timeout)
+        return res.exited, res.stdout, res.stderr
 
     def compose_argv(self, *args: str, override: bool = True) -> list[str]:
         """The compose command line: the project, its files, env file and profiles, ``args``."""

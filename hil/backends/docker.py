@@ -36,6 +36,7 @@ from hil.backends.base import (
     RunPlan,
     RunRequest,
     local_worker_lib,
+    place_nonce,
     worker_command,
 )
 from hil.backends.compose import ComposeProject, ServiceWatch, local_shell
@@ -447,6 +448,7 @@ class DockerBackend(Backend):
         engine = self.connect()
         req = self.request(plan, image)
         plan.local_out.mkdir(parents=True, exist_ok=True)
+        place_nonce(plan.local_out, plan.nonce)
         if plan.lastfailed is not None:
             (plan.local_out / "lastfailed.json").write_text(plan.lastfailed, encoding="utf-8")
         try:

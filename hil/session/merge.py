@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from hil.session.events import EventFeeder
+from hil.session.events import EventFeeder, report_collected
 
 
 class PoolCollection:
@@ -51,11 +51,7 @@ class PoolCollection:
         if self.waiting or self.reported:
             return
         self.reported = True
-        self.session.testscollected = sum(self.counts.values())
-        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
-        if terminal is not None:
-            terminal._numcollected = self.session.testscollected + self.deselected
-        self.config.hook.pytest_collection_finish(session=self.session)
+        report_collected(self.config, self.session, sum(self.counts.values()), self.deselected)
         backlog, self.backlog = self.backlog, []
         for feeder, event in backlog:
             feeder.replay(event)
@@ -68,8 +64,10 @@ class PoolFeeder(EventFeeder):
 
     def __init__(self, config: pytest.Config, session: pytest.Session, board: str,
                  shared: PoolCollection, allure_dir: Path | None, mount: str,
-                 hold: bool = False) -> None:
-        super().__init__(config, session, mount, allure_dir=allure_dir)
+                 hold: bool = False, *, nonce: str | None = None, record: Path | None = None,
+                 resumed: bool = False) -> None:
+        super().__init__(config, session, mount, allure_dir=allure_dir, nonce=nonce,
+                         record=record, resumed=resumed)
         self.board = board
         self.shared = shared
         #: Hold back the rest of a failed test's events (its teardown report, its end) until
@@ -78,27 +76,44 @@ class PoolFeeder(EventFeeder):
         self.held: dict[str, list[dict[str, Any]]] = {}
 
     def handle(self, event: dict[str, Any]) -> None:
-        """Replay one event, merging the collection with the other boards'."""
-        kind = event.get("ev")
-        shared = self.shared
-        if kind in ("collectreport", "deselected") or (
-                kind == "warning" and event.get("when") != "runtest"):
-            if shared.owner.setdefault(str(kind), self.board) != self.board:
-                return  # another board reported the same already
-            if kind == "deselected":
-                shared.deselected += len(event["nodeids"])
-        if kind == "collection_finish":
-            self.collected = list(event["nodeids"])
-            self.order = {nodeid: i for i, nodeid in enumerate(self.collected)}
-            shared.settle(self.board, len(self.collected))
+        """Replay one event; a test's events wait until the pool's collection is reported."""
+        if event.get("ev") in self.TEST_EVENTS:
+            if not self.shared.reported:
+                self.shared.backlog.append((self, event))
+                if event.get("ev") == "logstart":  # running now: a crash at once must find it
+                    self._started = event["nodeid"]
+                    self.active[event["nodeid"]] = event
+                elif event.get("ev") in ("finish", "logfinish"):  # it ended, whatever waits
+                    self.done_ids.add(event["nodeid"])
+                return
+            self.replay(event)
             return
-        if kind in self.TEST_EVENTS and not shared.reported:
-            shared.backlog.append((self, event))
-            if kind == "logstart":  # known as running now: a crash at once must find it
-                self.started = event["nodeid"]
-                self.active[event["nodeid"]] = event
-            return
-        self.replay(event)
+        super().handle(event)
+
+    def _first(self, kind: str) -> bool:
+        """Whether this board is the first to report ``kind`` (the others' are the same)."""
+        return self.shared.owner.setdefault(kind, self.board) == self.board
+
+    def on_collectreport(self, event: dict[str, Any]) -> None:
+        """A collection error or skip, reported once for the pool."""
+        if self._first("collectreport"):
+            super().on_collectreport(event)
+
+    def on_deselected(self, event: dict[str, Any]) -> None:
+        """Deselected tests, counted once for the pool."""
+        if self._first("deselected"):
+            self.shared.deselected += len(event["nodeids"])
+            super().on_deselected(event)
+
+    def on_warning(self, event: dict[str, Any]) -> None:
+        """A warning; those of configuration and collection once for the pool."""
+        if event["when"] == "runtest" or self._first("warning"):
+            super().on_warning(event)
+
+    def on_collection_finish(self, event: dict[str, Any]) -> None:
+        """This board's part of the suite; the pool's collection is reported with the last part."""
+        self._set_collected(event["nodeids"])
+        self.shared.settle(self.board, len(self.collected))
 
     def replay(self, event: dict[str, Any]) -> None:
         """Hand the event to pytest's hooks as this board's (or hold it back, see ``hold``)."""
@@ -110,7 +125,7 @@ class PoolFeeder(EventFeeder):
         self.shared.current = self.board
         if event.get("ev") == "logstart":
             self.shared.board_of[event["nodeid"]] = self.board
-        super().handle(event)
+        EventFeeder.handle(self, event)
         if (self.hold and report and report.get("outcome") == "failed"
                 and report.get("when") in ("setup", "call")):
             self.held[nodeid] = []

@@ -10,7 +10,8 @@ fixes a tier's target instead (for ``auto``, and for ``a,b`` when the named
 target is among them).  ``auto`` chooses among every docker and ssh target
 of the inventory (pools are not routed to yet).
 
-The targets run at once in one local session (:class:`RoutedSession`): each
+The targets run at once as the members of one controller session
+(:func:`routed_layout`): each
 container collects the suite and keeps the tests routed to it (``HIL_ROUTE``,
 :class:`hil.worker.RouteFilter`).
 """
@@ -22,12 +23,15 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from hil.config import Inventory, TargetSpec
 from hil.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hil.session.controller import Layout
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -193,33 +197,13 @@ def routed_spec(routing: Routing) -> TargetSpec:
                           f"tier{k} -> {v}" for k, v in sorted(routing.route.items())))
 
 
-def make_session(config: Any, settings: Any, routing: Routing) -> Any:
-    """The :class:`RoutedSession` plugin (defined here lazily: it builds on the pool's)."""
-    from hil.session.pool import BoardRun, PoolSession
+def routed_layout(routing: Routing) -> Layout:
+    """The routed targets as members; each container keeps the tests routed to it."""
+    from hil.session.controller import Layout
+    from hil.session.shards import shard_levels, share_env
 
-    class RoutedSession(PoolSession):
-        """Runs every routed target at once; each container keeps the tests routed to it."""
+    def env(config: pytest.Config, member: TargetSpec, index: int, count: int) -> dict[str, str]:
+        return {**member.env, "HIL_TARGET": member.name, "HIL_TIER": str(member.tier),
+                "HIL_ROUTE": routing.env(), **share_env(config, shard_levels(config))}
 
-        member = "target"
-
-        def __init__(self, config: Any, settings: Any) -> None:
-            super().__init__(config, settings)
-            from hil.ssh.connection import connect_in_background
-
-            for spec in routing.targets:
-                if spec.kind == "ssh" and not spec.ssh.hosts:
-                    connect_in_background(spec)
-
-        def _members(self) -> list[TargetSpec]:
-            return list(routing.targets)
-
-        def _env(self, board: BoardRun, index: int, count: int) -> dict[str, str]:
-            from hil.session.runfolder import allure_env
-            from hil.session.shards import shard_levels, share_env
-
-            return {**board.spec.env, "HIL_TARGET": board.name, "HIL_TIER": str(board.spec.tier),
-                    "HIL_ROUTE": routing.env(),
-                    **share_env(self.config, shard_levels(self.config)),
-                    **allure_env(self.settings.allure_dir)}
-
-    return RoutedSession(config, settings)
+    return Layout(name=routing.name, specs=routing.targets, env=env)

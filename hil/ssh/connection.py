@@ -641,7 +641,8 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
             # close, so a channel seen closed here has its status, if it got one.
             closed = chan.closed
             if exited(chan) and (chan.eof_received or closed):
-                _drain(chan, on_stdout, on_stderr)  # what raced with the exit status
+                while _drain(chan, on_stdout, on_stderr):  # what raced with the exit status
+                    pass
                 return int(chan.recv_exit_status())
             if not self.alive:
                 if exited(chan):
@@ -655,12 +656,20 @@ class SshConnection(fabric.Connection):  # type: ignore[misc]
                 tick()
 
 
+#: Chunks read from one of a channel's streams before the caller looks at its deadline
+#: again: a command that writes without pause never drains its channel.
+DRAIN_CHUNKS = 16
+
+
 def _drain(chan: paramiko.Channel, on_stdout: ByteSink, on_stderr: ByteSink) -> bool:
-    """Pass what ``chan`` holds on stdout and stderr to the sinks; whether there was any."""
+    """Pass what ``chan`` holds on stdout and stderr to the sinks (a bounded amount); whether
+    there was any."""
     got = False
     for ready, recv, sink in ((chan.recv_ready, chan.recv, on_stdout),
                               (chan.recv_stderr_ready, chan.recv_stderr, on_stderr)):
-        while ready():
+        for _ in range(DRAIN_CHUNKS):
+            if not ready():
+                break
             data = recv(1 << 16)
             if not data:
                 break

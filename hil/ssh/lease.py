@@ -106,6 +106,10 @@ def lease_script(holder: Holder, timeout: float, lease_dir: str = LEASE_DIR) -> 
                          TIMEOUT=f"{max(0.0, timeout):.1f}", BUSY=str(_BUSY_EXIT))
 
 
+#: The longest line the lease script sends (a holder's JSON is well under it).
+_LINE_LIMIT = 64 * 1024
+
+
 class Lease:
     """Takes the board's lease on its own channel, in the background; :meth:`wait` joins."""
 
@@ -141,6 +145,13 @@ class Lease:
             buf = b""
             deadline = start + self.timeout + max(30.0, self.conn.endpoint.connect_timeout * 3)
             while True:
+                # Checked at every turn, so a script that keeps talking cannot hold us.
+                if time.monotonic() > deadline:
+                    raise LeaseFailedError("no answer from the board's lease",
+                                           target=self.target)
+                if len(buf) > _LINE_LIMIT and b"\n" not in buf:
+                    raise LeaseFailedError("the board's lease script sent a line of more than "
+                                           f"{_LINE_LIMIT} bytes", target=self.target)
                 if b"\n" in buf:
                     line, _, buf = buf.partition(b"\n")
                     text = line.decode("utf-8", "replace")
@@ -180,9 +191,6 @@ class Lease:
                                                    f"{self.lease_dir} (exit {status})",
                                                    target=self.target, tail=err)
                     return
-                if time.monotonic() > deadline:
-                    raise LeaseFailedError("no answer from the board's lease",
-                                           target=self.target)
                 with contextlib.suppress(OSError, ValueError):
                     select.select([fd], [], [], 0.2)
         except BaseException as err:  # handed to wait(), in the caller's thread

@@ -56,6 +56,7 @@ from hil.progress import Progress
 from hil.ssh.connection import SshConnection as Connection
 from hil.ssh.sync import host_dir, out_dir, sync_marker
 from hil.ssh.telemetry import Telemetry
+from hil.worker.protocol import NONCE_FILE
 
 #: Marker that starts the run script's last line on standard error.
 END_MARKER = b"\x1ehil-end "
@@ -141,6 +142,11 @@ def _lib_b64(files: dict[str, bytes]) -> str:
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        folders = sorted({posixpath.dirname(name) for name in files} - {""})
+        for folder in folders:  # the package's folder, made before its files
+            entry = tarfile.TarInfo(folder)
+            entry.type, entry.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(entry)
         for name, data in sorted(files.items()):
             member = tarfile.TarInfo(name)
             member.size, member.mode = len(data), 0o644
@@ -165,8 +171,10 @@ class _EndFilter:
     (:attr:`trailer`), so that a run's results come back on its own channel.
     """
 
-    def __init__(self, sink: ByteSink) -> None:
+    def __init__(self, sink: ByteSink, marker: bytes = END_MARKER) -> None:
         self.sink = sink
+        #: The marker with the run's nonce: a line a test forges without it passes through.
+        self.marker = marker
         self.held = b""
         self.end: list[str] | None = None
         self.trailer = bytearray()
@@ -175,23 +183,26 @@ class _EndFilter:
         if self.end is not None:
             self.trailer += data
             return
-        data = self.held + data
+        marker = self.marker
+        data = self.held + data  # held: a few bytes at most (see below)
         self.held = b""
-        idx = data.find(END_MARKER)
+        idx = data.find(marker)
         if idx >= 0:
             if idx:
                 self.sink(data[:idx])
-            rest = data[idx + len(END_MARKER):]
+            rest = data[idx + len(marker):]
             line, nl, after = rest.partition(b"\n")
             if nl:
                 self.end = line.decode("utf-8", "replace").split()
                 self.trailer += after
-            else:
+            elif len(rest) < 256:  # the rest of the end line is on its way
                 self.held = data[idx:]
+            else:  # no end line is that long: not ours after all
+                self.sink(data[idx:])
             return
         # Hold back a tail that could be the start of the marker.
-        for n in range(min(len(END_MARKER) - 1, len(data)), 0, -1):
-            if END_MARKER.startswith(data[-n:]):
+        for n in range(min(len(marker) - 1, len(data)), 0, -1):
+            if marker.startswith(data[-n:]):
                 self.held, data = data[-n:], data[:-n]
                 break
         if data:
@@ -272,6 +283,7 @@ class SshBackend(BoardBackend):
             SYNC_MARKER=sync_marker(self.board.remote_dir) if marker else None,
             SYNC_DIGEST=marker or None, LASTFAILED=plan.lastfailed, LABEL=CONTAINER_LABEL,
             KEEP=str(KEEP_RUNS), INBAND_KB=str(INBAND_RESULTS_KB), END=END_MARKER.decode(),
+            NONCE_FILE=NONCE_FILE,
             # [compose]: the test container is made by compose as the tests' service.
             CREATE=self.compose.tests_script(req, errors_to=_create_log(req))
             if self.compose is not None else None)
@@ -287,12 +299,13 @@ class SshBackend(BoardBackend):
         if self.board.telemetry:
             self._telemetry = Telemetry(conn, self.board.telemetry,
                                         plan.local_out / "telemetry.jsonl").start()
-        errs = _EndFilter(on_stderr)
+        errs = _EndFilter(on_stderr, END_MARKER + plan.nonce.encode() + b" ")
         start = time.monotonic()
         chan: Any = None
         watch: ServiceWatch | None = None
         try:
             chan = conn.exec(command)
+            chan.sendall(plan.nonce.encode() + b"\n")  # for run.sh, on stdin: see run.sh
             if self.compose is not None:  # a service that stops ends the run
                 watch = self.compose.watch(lambda: conn.run(
                     f"docker kill {shlex.quote(req.name)}", timeout=30))

@@ -12,11 +12,18 @@
 #     SYNC_MARKER, SYNC_DIGEST  the sync marker file and the digest to write in it
 #     LASTFAILED  lastfailed.json's content (unset: none)
 #     KEEP        how many results folders stay  INBAND_KB   the most sent in band
-#     END         the end marker
+#     END         the end marker, followed on its line by the run's nonce
+#     NONCE_FILE  the nonce's file in $OUT, for the worker
 #     CREATE      with [compose]: shell that creates the container as the tests' service
 #                 (its output in $HOST/compose/create.out); it is then started attached
+# stdin: the run's nonce on the first line (read here; the container gets the rest). It goes
+# into the results folder for the worker (which removes it before any test runs) and after
+# the end marker, so that a test's forged marker is not taken for the end.
+IFS= read -r NONCE || exit 70
 mkdir -p "$OUT" || exit 70
 mkdir -p -m 700 "$HOST" || exit 70
+rm -f "$OUT/$NONCE_FILE"
+(umask 077 && set -C && printf '%s\n' "$NONCE" >"$OUT/$NONCE_FILE") || exit 70
 if [ ! -d "$LIB" ] && [ -n "${LIB_B64:-}" ]; then
   mkdir -p "$LIB.$$" && printf '%s' "$LIB_B64" | base64 -d | tar -xf - -C "$LIB.$$" &&
     { mv -T "$LIB.$$" "$LIB" 2>/dev/null || rm -rf "$LIB.$$"; }
@@ -57,7 +64,7 @@ st=''
 if [ "$rc" -gt 5 ]; then
   st=$(docker inspect -f '{{.State.OOMKilled}} {{.State.ExitCode}}' "$NAME" 2>/dev/null)
 fi
-printf '%s%s %s\n' "$END" "$rc" "$st" >&2
+printf '%s%s %s %s\n' "$END" "$NONCE" "$rc" "$st" >&2
 # The results follow the marker (small ones: big ones are fetched on their own).
 [ "$(du -sk "$OUT" 2>/dev/null | cut -f1)" -le "$INBAND_KB" ] && tar -cf - -C "$OUT" . >&2 2>/dev/null
 # Removal is off the session's path; a next run cleans up if this one did not finish.
