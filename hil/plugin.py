@@ -300,12 +300,18 @@ def _configure_worker(config: pytest.Config, given: dict[str, Any] | None) -> No
         config.pluginmanager.register(ShareFilter(levels, durations), "hil-share")
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> str | list[str] | None:
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None:
         return None
     spec = settings.target
-    return f"hil target: {spec.name} ({spec.kind}, serves tier {settings.tier}: {settings.tier_how})"
+    line = f"hil target: {spec.name} ({spec.kind}, serves tier {settings.tier}: {settings.tier_how})"
+    from hil.session.routing import ROUTING_KEY
+
+    routing = config.stash.get(ROUTING_KEY, None)
+    if routing is not None and routing.left_out:  # `auto` never leaves a target out silently
+        return [line, "hil routing: left out " + "; ".join(routing.left_out)]
+    return line
 
 
 @pytest.hookimpl(tryfirst=True)
