@@ -45,7 +45,7 @@ def write_target(pytester: pytest.Pytester, name: str, body: str, folder: str = 
     [
         ('kind = "docker"\ntier = 1\ncolour = "red"\n',
          "targets/bad.toml: unknown key 'colour' (expected one of: compose, description, docker, env, kind, "
-         "name, preflight, ssh, tier, timeouts)"),
+         "labgrid, name, preflight, ssh, tier, timeouts)"),
         ('kind = "docker"\ntier = "two"\n',
          "targets/bad.toml: key 'tier' must be an integer 1-3, got 'two'"),
         ('kind = "docker"\n', "targets/bad.toml: missing key 'tier' (the tier the target serves, 1-3)"),

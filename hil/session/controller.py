@@ -452,6 +452,10 @@ def make_controller(config: pytest.Config, settings: HilSettings) -> Controller:
     routing = config.stash.get(ROUTING_KEY, None)
     if routing is not None:
         return Controller(config, settings, routed_layout(routing))
+    if spec.labgrid is not None:  # its members are the places it acquires
+        from hil.lab.plugin import lab_controller
+
+        return lab_controller(config, settings)
     if spec.ssh.hosts:
         from hil.session import pool
 
