@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +63,30 @@ class SshSpec:
     def boards(self) -> tuple[str, ...]:
         """Every board of the target: ``hosts``, or ``host`` alone."""
         return self.hosts or ((self.host,) if self.host else ())
+
+
+@dataclass(frozen=True)
+class LabgridSpec:
+    """Boards reserved from a labgrid coordinator (``[labgrid]``), in place of ``[ssh] host(s)``."""
+
+    #: HOST[:PORT] of the coordinator ("" = ``$LG_COORDINATOR``).
+    coordinator: str = ""
+    #: Tags every reserved place must carry (``{ board = "orin-nano" }``).
+    tags: Mapping[str, str] = field(default_factory=dict)
+    #: Or these places by name, each reserved.
+    places: tuple[str, ...] = ()
+    #: Boards wanted; 0 = ``"all"``: every matching place free at the request (at least one).
+    count: int = 1
+    #: labgrid's reservation priority (higher goes first).
+    priority: int = 0
+
+    @property
+    def wants(self) -> str:
+        """The request in words (``3 place(s) tagged board=sim-orin``)."""
+        count = "every free" if self.count == 0 else str(self.count)
+        if self.places:
+            return f"places {', '.join(self.places)}"
+        return f"{count} place(s) tagged " + ",".join(f"{k}={v}" for k, v in self.tags.items())
 
 
 @dataclass(frozen=True)
@@ -106,6 +130,8 @@ class Timeouts:
     build: float = 1800.0
     run: float = 3600.0
     lease: float = 300.0
+    #: How long a lab place of a session that died (no heartbeat) stays acquired.
+    lab_ttl: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +157,8 @@ class TargetSpec:
     timeouts: Timeouts = field(default_factory=Timeouts)
     preflight: PreflightSpec = field(default_factory=PreflightSpec)
     compose: ComposeSpec = field(default_factory=ComposeSpec)
+    #: Boards reserved from a labgrid coordinator (None: the ``[ssh]`` host or hosts).
+    labgrid: LabgridSpec | None = None
     #: True for ``local`` when the tier was not declared and is to be detected.
     detect_tier: bool = False
     #: Names of ``[env]`` or host variables whose values are secrets (``[env] redact``),
@@ -144,7 +172,7 @@ class TargetSpec:
 
 
 _TOP_KEYS = {"name", "kind", "tier", "description", "ssh", "docker", "env", "timeouts", "preflight",
-             "compose"}
+             "compose", "labgrid"}
 _SECTIONS: dict[str, type[Any]] = {
     "ssh": SshSpec,
     "docker": DockerSpec,
@@ -159,7 +187,7 @@ _SECTION_KINDS = {"ssh": ("ssh",), "docker": ("docker", "ssh"), "compose": ("doc
 #: Keys of a shared section that only some kinds read: a key no backend of the kind reads
 #: would be ignored without a word (a bogus engine socket would still "pass").
 _KEY_KINDS = {"docker.engine": ("docker",), "docker.context": ("docker",),
-              "timeouts.lease": ("ssh",)}
+              "timeouts.lease": ("ssh",), "timeouts.lab_ttl": ("ssh",)}
 
 
 def _type_name(value: object) -> str:
@@ -258,32 +286,13 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{source}: key 'description' must be a string, got {description!r}")
-    sections: dict[str, Any] = {}
-    for sect, cls in _SECTIONS.items():
-        if sect in data:
-            allowed = _SECTION_KINDS.get(sect)
-            if allowed and kind not in allowed:
-                raise ConfigError(
-                    f"{source}: key '{sect}' is not allowed for kind '{kind}' "
-                    f"(only for: {', '.join(allowed)})"
-                )
-            sections[sect] = _section(source, sect, cls, data[sect])
-            _check_key_kinds(source, sect, data[sect], kind)
+    sections = _sections_for(source, data, kind)
+    if "labgrid" in data:
+        if kind != "ssh":
+            raise ConfigError(f"{source}: key 'labgrid' is not allowed for kind '{kind}' (only for: ssh)")
+        sections["labgrid"] = _labgrid(source, data["labgrid"], sections.get("ssh", SshSpec()))
     if kind == "ssh":
-        ssh: SshSpec = sections.get("ssh", SshSpec())
-        if ssh.host and ssh.hosts:
-            raise ConfigError(f"{source}: keys 'ssh.host' and 'ssh.hosts' exclude each other "
-                              "(one board, or a pool of boards)")
-        if not ssh.host and not ssh.hosts:
-            raise ConfigError(f"{source}: missing key 'ssh.host' (an ssh_config alias or host "
-                              "name) or 'ssh.hosts' (a pool: an array of them)")
-        if any(not h.strip() for h in ssh.hosts) or len(set(ssh.hosts)) != len(ssh.hosts):
-            raise ConfigError(f"{source}: key 'ssh.hosts' must be an array of distinct, "
-                              f"non-empty host names, got {list(ssh.hosts)!r}")
-        if not ssh.remote_dir:
-            raise ConfigError(
-                f"{source}: missing key 'ssh.remote_dir' (where the checkout goes on the board)"
-            )
+        _check_ssh(source, sections.get("ssh", SshSpec()), lab="labgrid" in sections)
     if "compose" in sections:
         _check_compose(source, sections["compose"])
     env_table = data.get("env", {})
@@ -307,6 +316,79 @@ def parse_target(data: Mapping[str, Any], source: str, default_name: str | None 
         detect_tier=detect,
         **sections,
     )
+
+
+def _labgrid(source: str, table: object, ssh: SshSpec) -> LabgridSpec:
+    """Validate ``[labgrid]``: tags or places, a count (or "all"), an integer priority."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: key 'labgrid' must be a table, got {table!r}")
+    if ssh.host or ssh.hosts:
+        raise ConfigError(f"{source}: keys 'labgrid' and 'ssh.host'/'ssh.hosts' exclude each other "
+                          "(boards come from the coordinator's places)")
+    raw = dict(table)
+    count = raw.pop("count", 1)
+    if count == "all":
+        count = 0
+    elif isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"{source}: key 'labgrid.count' must be a positive integer or \"all\", "
+                          f"got {count!r}")
+    priority = raw.pop("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ConfigError(f"{source}: key 'labgrid.priority' must be an integer, got {priority!r}")
+    spec: LabgridSpec = _section(source, "labgrid", LabgridSpec, raw)
+    spec = replace(spec, count=count, priority=priority)
+    if bool(spec.tags) == bool(spec.places):
+        raise ConfigError(f"{source}: key 'labgrid' needs 'tags' (a table) or 'places' (an array), "
+                          "one of them")
+    if spec.places and (len(set(spec.places)) != len(spec.places) or not all(spec.places)):
+        raise ConfigError(f"{source}: key 'labgrid.places' must be an array of distinct place names, "
+                          f"got {list(spec.places)!r}")
+    if spec.places and "count" in table and count != len(spec.places):
+        raise ConfigError(f"{source}: key 'labgrid.count' is {table['count']!r} but 'labgrid.places' "
+                          f"names {len(spec.places)}")
+    if spec.places:
+        spec = replace(spec, count=len(spec.places))
+    bad = [k for k in spec.tags if not k[:1].isalpha() or not k.replace("_", "").isalnum()
+           or k != k.lower()]
+    if bad:
+        raise ConfigError(f"{source}: key 'labgrid.tags' has invalid tag names {bad!r} "
+                          "(lower-case letters, digits and '_', starting with a letter)")
+    return spec
+
+
+def _sections_for(source: str, data: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The target's tables (``[ssh]``, ``[docker]``...), each refused where ``kind`` reads
+    none of it, and each key refused where ``kind`` does not read it."""
+    sections: dict[str, Any] = {}
+    for sect, cls in _SECTIONS.items():
+        if sect in data:
+            allowed = _SECTION_KINDS.get(sect)
+            if allowed and kind not in allowed:
+                raise ConfigError(
+                    f"{source}: key '{sect}' is not allowed for kind '{kind}' "
+                    f"(only for: {', '.join(allowed)})"
+                )
+            sections[sect] = _section(source, sect, cls, data[sect])
+            _check_key_kinds(source, sect, data[sect], kind)
+    return sections
+
+
+def _check_ssh(source: str, ssh: SshSpec, lab: bool = False) -> None:
+    """The ``[ssh]`` keys an ssh target must give: one board or a pool (unless ``lab``: the
+    boards are a ``[labgrid]`` reservation's), and the remote folder."""
+    if ssh.host and ssh.hosts:
+        raise ConfigError(f"{source}: keys 'ssh.host' and 'ssh.hosts' exclude each other "
+                          "(one board, or a pool of boards)")
+    if not lab and not ssh.host and not ssh.hosts:
+        raise ConfigError(f"{source}: missing key 'ssh.host' (an ssh_config alias or host "
+                          "name) or 'ssh.hosts' (a pool: an array of them)")
+    if any(not h.strip() for h in ssh.hosts) or len(set(ssh.hosts)) != len(ssh.hosts):
+        raise ConfigError(f"{source}: key 'ssh.hosts' must be an array of distinct, "
+                          f"non-empty host names, got {list(ssh.hosts)!r}")
+    if not ssh.remote_dir:
+        raise ConfigError(
+            f"{source}: missing key 'ssh.remote_dir' (where the checkout goes on the board)"
+        )
 
 
 def _check_key_kinds(source: str, sect: str, table: Mapping[str, Any], kind: str) -> None:

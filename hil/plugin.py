@@ -130,6 +130,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     hooks; the session takes it up (:func:`hil.sshconn.connect`).  Anything
     wrong with the target is left for configure to report.
     """
+    _labgrid_plugin_off_unless_asked(early_config)
     ns = early_config.known_args_namespace
     if getattr(ns, "hil_plan", False) or os.environ.get("PYTEST_XDIST_WORKER"):
         return
@@ -139,6 +140,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         spec = load_inventory(early_config.rootpath, Path(folder) if folder else None).get(name)
     except ConfigError:
         return
+    if spec.labgrid is not None:
+        return  # the boards are known once their places are acquired
     if spec.kind == "ssh" and spec.ssh.hosts:
         from hil.session.pool import connect_boards_in_background
 
@@ -147,6 +150,22 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         from hil.ssh.connection import connect_in_background
 
         connect_in_background(spec)
+
+
+def _labgrid_plugin_off_unless_asked(early_config: pytest.Config) -> None:
+    """Unregister labgrid's own pytest plugin unless a labgrid environment is given.
+
+    labgrid (the ``lab`` extra) installs a pytest plugin for its environments
+    (``--lg-env``/``$LG_ENV``).  Without one it only reconfigures logging, and
+    its process-wide step logger fails a second session in one process (a
+    pytester inline run).  pytest-hil talks to the coordinator itself.
+    """
+    manager = early_config.pluginmanager
+    if manager.get_plugin("labgrid") is None:
+        return
+    if getattr(early_config.known_args_namespace, "lg_env", None) or os.environ.get("LG_ENV"):
+        return
+    manager.unregister(name="labgrid")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -159,7 +178,7 @@ def pytest_configure(config: pytest.Config) -> None:
     spec, root = _resolve_target(config)
     for option, given in (("--hil-confirm-failures", config.getoption("hil_confirm_failures")),
                           ("--hil-hold-on-failure", config.getoption("hil_hold_on_failure"))):
-        if given and not spec.ssh.hosts:
+        if given and not spec.ssh.hosts and spec.labgrid is None:
             raise pytest.UsageError(
                 f"{option} works on board pools: target '{spec.name}' has no [ssh] hosts "
                 "(one board can be a pool of one: hosts = [\"its-alias\"])")
@@ -206,7 +225,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HIL_TIER"] = str(tier)
     environment = {"git.commit": git_commit(config.rootpath), "tier.detection": how}
     gate_allure = str(allure_dir) if spec.kind == "local" and allure_dir else None
-    from hil.session.routing import ROUTING_KEY, make_session
+    from hil.session.routing import ROUTING_KEY
 
     routing = config.stash.get(ROUTING_KEY, None)
     # Routed: each target's container gates its own tests (the plan shows them per target).
@@ -216,16 +235,11 @@ def pytest_configure(config: pytest.Config) -> None:
     from hil.evidence.plugin import register as register_gpu_evidence
 
     register_gpu_evidence(config, settings)
-    if routing is not None and not plan:
-        config.pluginmanager.register(make_session(config, settings, routing), "hil-session")
-    elif spec.is_container and not plan and spec.ssh.hosts:
-        from hil.session.pool import PoolSession
+    if (routing is not None or spec.is_container) and not plan:
+        # One controller for every container session: a target, a pool, a routed run.
+        from hil.session.controller import make_controller
 
-        config.pluginmanager.register(PoolSession(config, settings), "hil-session")
-    elif spec.is_container and not plan:
-        from hil.session.controller import RemoteSession
-
-        config.pluginmanager.register(RemoteSession(config, settings), "hil-session")
+        config.pluginmanager.register(make_controller(config, settings), "hil-session")
 
 
 def _register_shards(config: pytest.Config, spec: TargetSpec) -> None:
@@ -286,12 +300,18 @@ def _configure_worker(config: pytest.Config, given: dict[str, Any] | None) -> No
         config.pluginmanager.register(ShareFilter(levels, durations), "hil-share")
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> str | list[str] | None:
     settings = config.stash.get(SETTINGS_KEY, None)
     if settings is None:
         return None
     spec = settings.target
-    return f"hil target: {spec.name} ({spec.kind}, serves tier {settings.tier}: {settings.tier_how})"
+    line = f"hil target: {spec.name} ({spec.kind}, serves tier {settings.tier}: {settings.tier_how})"
+    from hil.session.routing import ROUTING_KEY
+
+    routing = config.stash.get(ROUTING_KEY, None)
+    if routing is not None and routing.left_out:  # `auto` never leaves a target out silently
+        return [line, "hil routing: left out " + "; ".join(routing.left_out)]
+    return line
 
 
 @pytest.hookimpl(tryfirst=True)

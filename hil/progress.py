@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from typing import TextIO
 
 import pytest
@@ -58,6 +59,26 @@ class TerminalProgress(Progress):
         self.log.append(f"  | {message}")
         if not self.quiet:
             self.tw.line(f"  | {printable(message)}")
+
+
+class MemberProgress(Progress):
+    """Progress lines of one member of a session (a board of a pool, a routed target),
+    prefixed with its name; safe from the member's own thread."""
+
+    def __init__(self, config: pytest.Config, member: str, log: list[str],
+                 lock: threading.Lock) -> None:
+        super().__init__(quiet=int(config.getoption("verbose")) < -1)
+        self.config, self.member, self.log, self.lock = config, member, log, lock
+
+    def step(self, message: str) -> None:
+        with self.lock:
+            self.log.append(f"hil: [{self.member}] {message}")
+            if not self.quiet:
+                terminal_line(self.config, f"hil: [{self.member}] {message}", cyan=True)
+
+    def detail(self, message: str) -> None:
+        with self.lock:
+            self.log.append(f"  | [{self.member}] {message}")
 
 
 def terminal_line(config: pytest.Config, text: str, **markup: bool) -> None:

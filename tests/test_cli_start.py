@@ -143,3 +143,28 @@ def test_engine_faults_read_as_words(tmp_path: Path) -> None:
     assert ctx.returncode == ExitCode.USAGE_ERROR, out[-3000:]
     assert "targets/ctx.toml: key 'docker.context' names 'no-such-context', which is not a " \
            "docker context here" in out
+
+
+def test_auto_leaves_out_what_it_cannot_reach_and_says_so(sim_rig: Any, tmp_path: Path) -> None:
+    root = project(tmp_path / "p")
+    (root / "targets").mkdir()
+    config = tmp_path / "ssh_config"
+    config.write_text("Host lab-orin\n    HostName 192.0.2.7\n", encoding="utf-8")
+    (root / "targets" / "laptop.toml").write_text(
+        'kind = "docker"\ntier = 1\n[docker]\nengine = "unix:///nonexistent/docker.sock"\n',
+        encoding="utf-8")
+    (root / "targets" / "orin.toml").write_text(
+        f'kind = "ssh"\ntier = 2\n[ssh]\nhost = "no-such-board"\nconfig = "{config}"\n'
+        'remote_dir = "hil/demo"\n', encoding="utf-8")
+    (root / "targets" / "sim.toml").write_text(
+        f'kind = "docker"\ntier = 1\n[docker]\nengine = "{sim_rig.colima_host}"\n',
+        encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "pytest", "--target=auto", "--hil-plan",
+                           "-p", "no:cacheprovider", "suites"], cwd=root, capture_output=True,
+                          text=True, timeout=300, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "hil routing: left out laptop: no Docker engine socket here " \
+           "(unix:///nonexistent/docker.sock); orin: no Host 'no-such-board'" in out
+    assert "routing tier1 -> sim, tier2 -> sim, tier3 -> sim" in out

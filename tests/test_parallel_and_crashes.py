@@ -78,7 +78,7 @@ def test_the_running_tests_under_xdist_are_those_started_and_not_finished(
         pytester: pytest.Pytester) -> None:
     config = pytester.parseconfigure("-p", "no:cacheprovider", "-p", "no:labgrid")
     session = pytest.Session.from_config(config)
-    session.items = []  # as RemoteSession.pytest_collection leaves it (pytest 7 has none)
+    session.items = []  # as Controller.pytest_collection leaves it (pytest 7 has none)
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     if terminal is not None:
         terminal._session = session  # as its pytest_sessionstart sets it

@@ -45,7 +45,7 @@ def write_target(pytester: pytest.Pytester, name: str, body: str, folder: str = 
     [
         ('kind = "docker"\ntier = 1\ncolour = "red"\n',
          "targets/bad.toml: unknown key 'colour' (expected one of: compose, description, docker, env, kind, "
-         "name, preflight, ssh, tier, timeouts)"),
+         "labgrid, name, preflight, ssh, tier, timeouts)"),
         ('kind = "docker"\ntier = "two"\n',
          "targets/bad.toml: key 'tier' must be an integer 1-3, got 'two'"),
         ('kind = "docker"\n', "targets/bad.toml: missing key 'tier' (the tier the target serves, 1-3)"),
@@ -93,7 +93,8 @@ def test_bad_configuration_is_a_usage_error_naming_file_and_key(
 ) -> None:
     write_target(pytester, "bad", body)
     pytester.makepyfile(test_a="def test_a(): pass")
-    result = pytester.runpytest_subprocess()
+    # A bad file fails its own target (the others stay usable): the session chooses it.
+    result = pytester.runpytest_subprocess("--target=bad")
     assert result.ret == 4
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
 

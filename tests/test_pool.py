@@ -525,10 +525,13 @@ def test_c2():
     def kill_board_2_run() -> None:
         # The hanging test's container on board 2, killed as `docker kill` (or an OOM) would.
         # Once the worker has recorded the hanging test's start on the board.
-        record = f"~/hil-tests/{project.path.name}/.hil-out/*/events.jsonl"
+        # Only this session's record: an earlier session of the same test left its own.
+        record = (f"$(find ~/hil-tests/{project.path.name}/.hil-out -name events.jsonl "
+                  f"-newermt @{int(started)} 2>/dev/null)")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
-            res = board2.ssh(f"grep -hs test_b_hangs_on_board_2 {record} | grep -q logstart && "
+            res = board2.ssh(f"grep -hs test_b_hangs_on_board_2 {record} </dev/null | "
+                             "grep -q logstart && "
                              "docker ps -q --filter label=io.pytest-hil.run", timeout=30)
             if res.stdout.split():
                 board2.ssh(f"docker kill {res.stdout.split()[0]}", timeout=30)
@@ -536,6 +539,7 @@ def test_c2():
                 return
             time.sleep(0.3)  # poll interval until the board's container exists
 
+    started = time.time() - 1
     killer = threading.Thread(target=kill_board_2_run)
     killer.start()
     res = run(project, "-p", "no:cacheprovider", "--junitxml=j.xml")  # file order: 2 a board

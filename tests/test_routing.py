@@ -27,6 +27,11 @@ pytest_plugins = ["pytester"]
 REPO = Path(__file__).resolve().parent.parent
 
 
+def KEEP(spec: object) -> str:
+    """``auto`` keeps every target (these inventories name no real engine or board)."""
+    return ""
+
+
 def _inventory(tmp_path: Path, **tiers: tuple[str, int]) -> Inventory:
     targets = {}
     for name, (kind, tier) in tiers.items():
@@ -44,7 +49,7 @@ def test_each_tier_goes_to_the_cheapest_target_serving_it(tmp_path: Path) -> Non
     assert [t.name for t in routing.targets] == ["orin", "box"]
     assert dict(resolve("orin,cheap_gpu,box", inv).route)[2] == "cheap_gpu"  # docker is cheaper
     # auto: every docker and ssh target; tier 1 -> the first cheapest
-    assert dict(resolve("auto", inv).route) == {1: "box", 2: "cheap_gpu", 3: "orin"}
+    assert dict(resolve("auto", inv, KEEP).route) == {1: "box", 2: "cheap_gpu", 3: "orin"}
 
 
 def test_a_tier_nobody_serves_goes_to_the_most_capable_ssh_target(tmp_path: Path) -> None:
@@ -56,10 +61,10 @@ def test_routing_in_pyproject_fixes_a_tier(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(
         '[tool.hil.routing]\ntier1 = "board"\n', encoding="utf-8")
     inv = _inventory(tmp_path, box=("docker", 1), board=("ssh", 1))
-    assert dict(resolve("auto", inv).route) == {1: "board", 2: "board", 3: "board"}
+    assert dict(resolve("auto", inv, KEEP).route) == {1: "board", 2: "board", 3: "board"}
     (tmp_path / "pyproject.toml").write_text('[tool.hil.routing]\ngpu = "board"\n')
     with pytest.raises(ConfigError, match=r"tool\.hil\.routing\.gpu' must be one of tier1"):
-        resolve("auto", inv)
+        resolve("auto", inv, KEEP)
 
 
 def test_bad_target_lists_are_usage_errors(tmp_path: Path) -> None:

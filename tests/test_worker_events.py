@@ -70,7 +70,7 @@ def config(pytester: pytest.Pytester) -> pytest.Config:
 @pytest.fixture
 def feeder(config: pytest.Config) -> EventFeeder:
     session = pytest.Session.from_config(config)
-    session.items = []  # as RemoteSession.pytest_collection leaves it
+    session.items = []  # as Controller.pytest_collection leaves it
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     if terminal is not None:
         terminal._session = session  # as its pytest_sessionstart sets it

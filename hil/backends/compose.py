@@ -28,8 +28,10 @@ parsed configuration: compose itself resolves everything the service says
 in both flavours, and the container it creates is started by the same code
 path as every other test container.
 
-Every command goes through a :data:`Shell`, so one implementation serves the
-local engine (a subprocess) and the board (the session's SSH connection).
+Every command is an action of the package script ``compose_scripts/compose.sh``
+(its parameters quoted at one point, :func:`hil.backends.scripts.script_command`)
+run through a :data:`Shell`, so one implementation serves the local engine (a
+subprocess) and the board (the session's SSH connection).
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ import json
 import os
 import posixpath
 import re
-import shlex
 import socket
 import subprocess
 import threading
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from hil.backends.base import CONTAINER_LIB, CONTAINER_OUT, RunRequest
+from hil.backends.scripts import script_command
 from hil.config import TargetSpec
 from hil.errors import (
     BuildFailedError,
@@ -62,6 +64,7 @@ from hil.errors import (
 )
 from hil.progress import Progress
 from hil.redact import redactor_for
+from hil.result import Result
 
 #: Label on every container of a project pytest-hil started: the project's name.
 COMPOSE_LABEL = "io.pytest-hil.compose"
@@ -79,22 +82,22 @@ POLL_INTERVAL = 0.25
 #: Seconds between two looks at the services while the tests run.
 WATCH_INTERVAL = 1.0
 
-#: ``(exit code, stdout, stderr)`` of one shell command on the engine's host.
-Shell = Callable[[str, float], "tuple[int, str, str]"]
+#: Runs one shell command on the engine's host (with a timeout): its :class:`Result`.
+Shell = Callable[[str, float], Result]
 
 
 def local_shell(env: Mapping[str, str]) -> Shell:
     """A :data:`Shell` running ``sh -c`` on this host, with ``env`` added (``DOCKER_HOST``)."""
     full = {**os.environ, **env}
 
-    def run(command: str, timeout: float) -> tuple[int, str, str]:
+    def run(command: str, timeout: float) -> Result:
         try:
             done = subprocess.run(["sh", "-c", command], env=full, capture_output=True,
                                   text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired as err:
             out = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
-            return 124, out, f"timed out after {timeout:.0f} s"
-        return done.returncode, done.stdout, done.stderr
+            return Result(command, 124, out, f"timed out after {timeout:.0f} s")
+        return Result(command, done.returncode, done.stdout, done.stderr)
 
     return run
 
@@ -266,10 +269,11 @@ class ComposeProject:
 
     # -- commands -----------------------------------------------------------------------
     def _sh(self, command: str, timeout: float = 120.0) -> tuple[int, str, str]:
-        return self.shell(command, timeout)
+        res = self.shell(command, timeout)
+        return res.exited, res.stdout, res.stderr
 
-    def command(self, *args: str, override: bool = True) -> str:
-        """A compose command line, run from the checkout on the engine's host."""
+    def compose_argv(self, *args: str, override: bool = True) -> list[str]:
+        """The compose command line: the project, its files, env file and profiles, ``args``."""
         parts = [*self.cli, "-p", self.name, "-f", self.compose.file]
         if override and self.override:
             parts += ["-f", self.override_path]
@@ -277,8 +281,17 @@ class ComposeProject:
             parts += ["--env-file", self.compose.env_file]
         for profile in self.compose.profiles:
             parts += ["--profile", profile]
-        return (f"cd {shlex.quote(self.engine_root)} && HIL_IMAGE={shlex.quote(self.image)} "
-                + shlex.join([*parts, *args]))
+        return [*parts, *args]
+
+    def script(self, action: str, *args: str, **env: str | None) -> str:
+        """``scripts/compose.sh ACTION ARGS`` as one shell command line (the one quoting point),
+        with the checkout and ``${HIL_IMAGE}`` of this project."""
+        return script_command(__package__ or "hil.backends", "compose_scripts", "compose",
+                              action, *args, DIR=self.engine_root, HIL_IMAGE=self.image, **env)
+
+    def command(self, *args: str, override: bool = True) -> str:
+        """A compose command, run from the checkout on the engine's host."""
+        return self.script("run", *self.compose_argv(*args, override=override))
 
     def _fail_text(self, out: str, err: str) -> str:
         text = "\n".join(x for x in (out.strip(), err.strip()) if x)
@@ -286,11 +299,7 @@ class ComposeProject:
 
     def detect(self) -> str:
         """Which compose answers on the engine's host: the plugin first, then the standalone."""
-        code, out, err = self._sh(
-            "if docker compose version >/dev/null 2>&1; then echo plugin "
-            "\"$(docker compose version --short 2>/dev/null)\"; "
-            "elif command -v docker-compose >/dev/null 2>&1; then echo standalone "
-            "\"$(docker-compose version --short 2>/dev/null)\"; else echo none; fi")
+        code, out, err = self._sh(self.script("detect"))
         words = out.split()
         if code != 0 or not words or words[0] == "none":
             raise TargetUnhealthyError(
@@ -311,13 +320,7 @@ class ComposeProject:
         On a docker target, a project is stale when this host made it and its
         process is gone; on a board (held under the lease) every other one is.
         """
-        lister = (f"{{ docker ps -a --filter label={COMPOSE_LABEL} "
-                  f"--format '{{{{.Label \"{COMPOSE_LABEL}\"}}}}'; "
-                  f"docker network ls --filter label={PROJECT_LABEL} "
-                  f"--format '{{{{.Label \"{PROJECT_LABEL}\"}}}}'; "
-                  f"docker volume ls --filter label={PROJECT_LABEL} "
-                  f"--format '{{{{.Label \"{PROJECT_LABEL}\"}}}}'; }} 2>/dev/null | sort -u")
-        _, out, _ = self._sh(lister)
+        _, out, _ = self._sh(self.script("projects", COMPOSE_LABEL, PROJECT_LABEL))
         stale = []
         for name in out.split():
             if not name.startswith(PROJECT_PREFIX) or name == self.name:
@@ -328,22 +331,14 @@ class ComposeProject:
                 continue
             stale.append(name)
         if stale:
-            self._sh("; ".join(_removal(name) for name in stale))
+            self._sh(self.script("remove", PROJECT_LABEL, *stale))
         return stale
 
     # -- configuration --------------------------------------------------------------------
     def read_config(self) -> dict[str, Any]:
         """The resolved configuration as JSON (the standalone prints YAML: its Python converts)."""
-        if self.flavour == "plugin":
-            script = self.command("config", "--format", "json", override=False)
-        else:
-            script = (
-                f"c=$({self.command('config', override=False)}) || exit $?; "
-                "py=$(sed -n '1s/^#!//p' \"$(command -v docker-compose)\"); "
-                "case \"$py\" in *python*) ;; *) py=python3;; esac; "
-                "printf '%s\\n' \"$c\" | $py -c 'import json, sys, yaml; "
-                "json.dump(yaml.safe_load(sys.stdin), sys.stdout)'")
-        code, out, err = self._sh(script)
+        code, out, err = self._sh(self.script("config", *self.compose_argv(override=False),
+                                              FLAVOUR=self.flavour))
         try:
             data = json.loads(out) if code == 0 else None
         except ValueError:
@@ -418,8 +413,8 @@ class ComposeProject:
         m = re.search(r"(?m)^version:\s*['\"]?([0-9.]+)['\"]?\s*$", text)
         return m[1] if m else ""
 
-    def _write_override(self, tests: dict[str, Any] | None = None) -> str:
-        """Shell that writes the override file on the engine's host (and a copy here)."""
+    def _override_data(self, tests: dict[str, Any] | None = None) -> str:
+        """The override file, base64 (for the script; a redacted copy goes in the run folder)."""
         if tests is not None:  # its own build (image, build) stays; the run's parts come in
             base = self.base_tests
             self.override["services"][self.compose.service] = {
@@ -430,10 +425,7 @@ class ComposeProject:
         (self.local_dir / "override.json").write_text(
             json.dumps(redactor_for(self.spec).data(self.override), indent=1, sort_keys=True),
             encoding="utf-8")
-        data = base64.b64encode(text.encode()).decode()
-        path = shlex.quote(self.override_path)
-        return (f"mkdir -p \"$(dirname {path})\" && printf '%s' {shlex.quote(data)} | "
-                f"base64 -d > {path}")
+        return base64.b64encode(text.encode()).decode()
 
     # -- bring-up -------------------------------------------------------------------------
     def read(self) -> None:
@@ -465,7 +457,8 @@ class ComposeProject:
         image when its service builds one, else the dependencies image.
         """
         self.image = image
-        code, out, err = self._sh(self._write_override())
+        code, out, err = self._sh(self.script("write", self.override_path,
+                                              DATA=self._override_data()))
         if code != 0:
             raise TargetUnhealthyError("could not write the compose override file",
                                        target=self.spec.name, tail=self._fail_text(out, err))
@@ -490,9 +483,7 @@ class ComposeProject:
                 if "image" in svc}
         if not tags:
             return
-        probe = "; ".join(f"docker image inspect {shlex.quote(tag)} >/dev/null 2>&1 || "
-                          f"echo {shlex.quote(name)}" for name, tag in tags.items())
-        _, out, _ = self._sh(probe)
+        _, out, _ = self._sh(self.script("missing", *(x for pair in tags.items() for x in pair)))
         missing = list(tags) if self.rebuild else [n for n in out.split() if n in tags]
         for name in tags:
             if name not in missing:
@@ -518,9 +509,7 @@ class ComposeProject:
         build = (self.config["services"][service] or {}).get("build") or {}
         dockerfile = posixpath.join(str(build.get("context", ".")),
                                     str(build.get("dockerfile") or "Dockerfile"))
-        code, out, err = self._sh(
-            f"docker run --rm --network none --entrypoint python3 {shlex.quote(self.tests_image)} "
-            "-c 'import pytest; print(pytest.__version__)'", timeout=120.0)
+        code, out, err = self._sh(self.script("pytest", self.tests_image), timeout=120.0)
         if code == 0:
             self.progress.step(f"compose: tests run in '{service}' ({self.tests_image}, "
                                f"pytest {out.strip()})")
@@ -536,12 +525,8 @@ class ComposeProject:
 
     def states(self) -> dict[str, ServiceState]:
         """The project's service containers (not the tests' one), by service."""
-        fmt = (f"{{{{index .Config.Labels \"{SERVICE_LABEL}\"}}}}|{{{{.State.Status}}}}|"
-               "{{if .State.Health}}{{.State.Health.Status}}{{end}}|{{.State.ExitCode}}")
-        # A container removed between the two calls (the test container's) is skipped.
-        code, out, err = self._sh(
-            f"ids=$(docker ps -aq --filter label={PROJECT_LABEL}={self.name}) || exit 3; "
-            f"[ -z \"$ids\" ] || docker inspect -f {shlex.quote(fmt)} $ids 2>/dev/null; exit 0")
+        code, out, err = self._sh(self.script("states", f"{PROJECT_LABEL}={self.name}",
+                                              SERVICE_LABEL))
         if code != 0:
             raise TargetUnhealthyError("could not inspect the compose services",
                                        target=self.spec.name, tail=self._fail_text(out, err))
@@ -603,10 +588,9 @@ class ComposeProject:
         Compose's own output goes to ``errors_to`` (a file on the engine's host)
         or to standard error, never to standard output (the event channel).
         """
-        sink = f">{shlex.quote(errors_to)} 2>&1" if errors_to else ">&2"
-        return (self._write_override(tests_service(req)) + " && "
-                + self.command("up", "--no-start", "--no-deps", "--force-recreate",
-                               "--no-build", self.compose.service) + f" {sink}")
+        return self.script("create", self.override_path, *self.compose_argv(
+            "up", "--no-start", "--no-deps", "--force-recreate", "--no-build",
+            self.compose.service), DATA=self._override_data(tests_service(req)), SINK=errors_to)
 
     def create_tests(self, req: RunRequest) -> None:
         """Create the test container (not started): the backend attaches, then starts it."""
@@ -636,12 +620,8 @@ class ComposeProject:
         """Each service's log into ``compose/<service>.log`` here; returns the services."""
         if not self.started:
             return []
-        script = (f"for c in $(docker ps -aq --filter label={PROJECT_LABEL}={self.name}); do "
-                  f"s=$(docker inspect -f '{{{{index .Config.Labels \"{SERVICE_LABEL}\"}}}}' "
-                  f"\"$c\"); [ \"$s\" = {shlex.quote(self.compose.service)} ] && continue; "
-                  f"printf '{LOG_MARKER}%s\\n' \"$s\"; docker logs -t \"$c\" 2>&1 | "
-                  f"tail -n {LOG_LINES}; done")
-        _, out, _ = self._sh(script)
+        _, out, _ = self._sh(self.script("logs", f"{PROJECT_LABEL}={self.name}", SERVICE_LABEL,
+                                         self.compose.service, LOG_MARKER, str(LOG_LINES)))
         saved: list[str] = []
         self.local_dir.mkdir(parents=True, exist_ok=True)
         for block in out.split(LOG_MARKER)[1:]:
@@ -656,8 +636,8 @@ class ComposeProject:
         if not self.started or self.down_done:
             return
         self.down_done = True
-        self._sh(f"{self.command('down', '-v', '--remove-orphans', '-t', '3')} >/dev/null 2>&1; "
-                 f"{_removal(self.name)}")
+        self._sh(self.script("down", PROJECT_LABEL, self.name,
+                             *self.compose_argv("down", "-v", "--remove-orphans", "-t", "3")))
 
 
 class ServiceWatch:
@@ -697,15 +677,6 @@ class ServiceWatch:
         self._done.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(10)
-
-
-def _removal(name: str) -> str:
-    """Shell that removes a project's containers, networks and volumes by compose's label."""
-    label = shlex.quote(f"label={PROJECT_LABEL}={name}")
-    return (f"docker ps -aq --filter {label} | xargs -r docker rm -f -v >/dev/null 2>&1; "
-            f"docker network ls -q --filter {label} | xargs -r docker network rm >/dev/null 2>&1; "
-            f"docker volume ls -q --filter {label} | xargs -r docker volume rm -f >/dev/null 2>&1"
-            "; true")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("hil.cli.sim", "bring the simulated Jetson + Colima rig up, down, or show it"),
     "report": ("hil.cli.report", "turn Allure results into an HTML report"),
     "nightly": ("hil.cli.nightly", "run every target and publish one report"),
+    "lab": ("hil.cli.lab", "a labgrid lab's places, holders and queue; free stale places"),
     "release": ("hil.cli.release", "release what --hil-hold-on-failure kept: containers and leases"),
 }
 

@@ -28,6 +28,7 @@ from hil.errors import ConfigError, ReportToolError, ReportToolMissingError
 from hil.locking import exclusive_lock
 from hil.own import mark_own, remove_own
 from hil.progress import Progress
+from hil.result import Result
 
 #: The exact Allure 3 release we generate with (``npm view allure versions``).
 ALLURE3_VERSION = "3.18.0"
@@ -131,11 +132,11 @@ def install_allure3(root: Path, progress: Progress, version: str = ALLURE3_VERSI
             progress.step(f"installing Allure {version} from npm into {prefix}")
             started = time.monotonic()
             result = run_streaming(command, progress, timeout=600)
-            if result.returncode != 0 or not allure3_bin(staging).exists():
+            if result.exited != 0 or not allure3_bin(staging).exists():
                 shutil.rmtree(staging, ignore_errors=True)
                 raise ReportToolError(
                     f"installing allure@{version} from npm failed", command=command,
-                    exited=result.returncode, tail=result.output)
+                    exited=result.exited, tail=result.stdout)
             shutil.rmtree(prefix, ignore_errors=True)
             staging.rename(prefix)
             progress.step(f"Allure {version} installed in {time.monotonic() - started:.0f} s")
@@ -170,17 +171,10 @@ def select_engine(root: Path, progress: Progress, prefer: str = "auto") -> Engin
     raise ReportToolMissingError(f"neither Node.js nor Allure 2 found ({java}); {INSTALL_HINT}")
 
 
-@dataclass(frozen=True)
-class StreamResult:
-    """Exit status and the last lines of a streamed command."""
-
-    returncode: int
-    output: str
-
-
 def run_streaming(command: Sequence[str], progress: Progress, *, timeout: float,
-                  cwd: Path | None = None, env: Mapping[str, str] | None = None) -> StreamResult:
-    """Run ``command``, showing each output line as progress detail; keep the last 200 lines."""
+                  cwd: Path | None = None, env: Mapping[str, str] | None = None) -> Result:
+    """Run ``command``, showing each output line as progress detail; its result keeps the last
+    200 lines of its output (standard error merged) as ``stdout``."""
     tail: list[str] = []
     deadline = time.monotonic() + timeout
     with subprocess.Popen(list(command), cwd=cwd, stdout=subprocess.PIPE,
@@ -197,7 +191,7 @@ def run_streaming(command: Sequence[str], progress: Progress, *, timeout: float,
                 raise ReportToolError(f"timed out after {timeout:.0f} s", command=command,
                                       exited=-9, tail="\n".join(tail))
         code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    return StreamResult(code, "\n".join(tail))
+    return Result(tuple(command), code, "\n".join(tail), "")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -239,12 +233,12 @@ def generate_allure3(engine: Engine, results: Path, output: Path, config: Mappin
                str(results)]
     env = {**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "0"}
     result = run_streaming(command, progress, timeout=timeout, cwd=work, env=env)
-    if result.returncode != 0 or not (output / "index.html").is_file():
+    if result.exited != 0 or not (output / "index.html").is_file():
         raise ReportToolError("Allure 3 could not generate the report", command=command,
-                              exited=result.returncode, tail=result.output)
-    if "plugin awesome error" in result.output:
+                              exited=result.exited, tail=result.stdout)
+    if "plugin awesome error" in result.stdout:
         raise ReportToolError("Allure 3's report plugin failed", command=command,
-                              exited=result.returncode, tail=result.output)
+                              exited=result.exited, tail=result.stdout)
     mark_own(output)
 
 
@@ -255,9 +249,9 @@ def generate_allure2(engine: Engine, results: Path, output: Path, progress: Prog
     remove_own(output, "the report folder")
     command = [*engine.argv, "generate", "-o", str(output), str(results)]
     result = run_streaming(command, progress, timeout=timeout)
-    if result.returncode != 0 or not (output / "index.html").is_file():
+    if result.exited != 0 or not (output / "index.html").is_file():
         raise ReportToolError("Allure 2 could not generate the report", command=command,
-                              exited=result.returncode, tail=result.output)
+                              exited=result.exited, tail=result.stdout)
     mark_own(output)
 
 

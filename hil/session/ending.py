@@ -13,11 +13,12 @@ Neither touches pytest, a backend or the disk: both are tested as tables.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hil.backends.base import describe_exit
-from hil.errors import ExitCode, HilError, RunLostError, TargetUnhealthyError
+from hil.errors import ExitCode, HilError, RunLostError, TargetUnhealthyError, name_running
 
 #: Infrastructure codes (10 and up, ``hil.errors.ExitCode``).
 INFRA_CODES = frozenset(int(c) for c in ExitCode if int(c) >= 10)
@@ -105,12 +106,10 @@ def classify(stream: StreamOutcome, process: ProcessEnd, *, target: str,
              memory: str = "", tail: str = "") -> Ending:
     """What one container run's end means (``tail``: the container's stderr, for a fault)."""
     if process.fault is not None:
-        fault = process.fault
-        if (isinstance(fault, RunLostError) and fault.running_test is None
-                and not fault.not_run and stream.running):
-            # The stream knows the test that was running when the link went.
-            fault = RunLostError(fault.message, running_test=stream.running,
-                                 target=fault.target or target, tail=fault.tail)
+        # A lost link or a timeout: the stream knows the test that was running.
+        fault = copy.copy(process.fault)
+        name_running(fault, stream.running)
+        fault.target = fault.target or target
         return Ending(error=fault)
     if stream.hello and stream.remote_exit is not None:
         return Ending(code=stream.remote_exit)
@@ -122,10 +121,10 @@ def classify(stream: StreamOutcome, process: ProcessEnd, *, target: str,
     if process.oom_killed:
         why = "the test container was OOM-killed" + (f" (memory limit {memory})" if memory else "")
         return Ending(error=RunLostError(why, running_test=stream.running, target=target))
-    if not stream.hello:
+    if not stream.hello and not process.reason:  # it ended on its own before pytest started
         return Ending(error=TargetUnhealthyError(
-            f"the test container exited {process.exit_code} before pytest started"
-            + (f" ({process.reason})" if process.reason else ""), target=target, tail=tail))
+            f"the test container exited {process.exit_code} before pytest started",
+            target=target, tail=tail))
     why = process.reason or (f"the test container ended (exit {process.exit_code}) without "
                              "pytest's final report")
     return Ending(error=RunLostError(why, running_test=stream.running, target=target))

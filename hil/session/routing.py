@@ -10,7 +10,8 @@ fixes a tier's target instead (for ``auto``, and for ``a,b`` when the named
 target is among them).  ``auto`` chooses among every docker and ssh target
 of the inventory (pools are not routed to yet).
 
-The targets run at once in one local session (:class:`RoutedSession`): each
+The targets run at once as the members of one controller session
+(:func:`routed_layout`): each
 container collects the suite and keeps the tests routed to it (``HIL_ROUTE``,
 :class:`hil.worker.RouteFilter`).
 """
@@ -19,15 +20,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from hil.config import Inventory, TargetSpec
 from hil.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hil.session.controller import Layout
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,6 +52,8 @@ class Routing:
     targets: tuple[TargetSpec, ...]
     #: tier -> target name
     route: Mapping[int, str]
+    #: ``auto``: the targets it left out, and why (``name: reason``).
+    left_out: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -89,12 +95,26 @@ def configured_routes(root: Path) -> dict[int, str]:
     return out
 
 
-def resolve(value: str, inventory: Inventory) -> Routing:
-    """The routing ``--target VALUE`` asks for; a usage error names what is wrong."""
+def resolve(value: str, inventory: Inventory,
+            unusable: Callable[[TargetSpec], str] | None = None) -> Routing:
+    """The routing ``--target VALUE`` asks for; a usage error names what is wrong.
+
+    ``unusable`` says why ``auto`` must leave a target out ("" to keep it;
+    default :func:`unreachable`).
+    """
+    unusable = unusable or unreachable
     configured = configured_routes(inventory.root)
+    left_out: list[str] = []
     if value == "auto":
-        targets = [inventory.targets[n] for n in inventory.names()
-                   if inventory.targets[n].kind in COST and not inventory.targets[n].ssh.hosts]
+        targets = []
+        for name in inventory.names():
+            spec = inventory.targets[name]
+            why = "a pool of boards (not routed yet)" if spec.ssh.hosts else \
+                unusable(spec) if spec.kind in COST else ""
+            if why:
+                left_out.append(f"{name}: {why}")
+            elif spec.kind in COST:
+                targets.append(spec)
         for name in configured.values():
             inventory.get(name)  # an unknown name in the config is an error, not ignored
     else:
@@ -111,7 +131,8 @@ def resolve(value: str, inventory: Inventory) -> Routing:
             raise ConfigError(f"--target {value!r}: '{spec.name}' is a {spec.kind} target; "
                               "routing spreads tests over docker and ssh targets")
     if not targets:
-        raise ConfigError("--target auto: the inventory declares no docker or ssh target")
+        raise ConfigError("--target auto: no docker or ssh target to route to"
+                          + (f" (left out: {'; '.join(left_out)})" if left_out else ""))
     chosen = {t.name: t for t in targets}
     order = {t.name: i for i, t in enumerate(targets)}
     by_cost = sorted(targets, key=lambda t: (COST[t.kind], order[t.name]))
@@ -129,7 +150,37 @@ def resolve(value: str, inventory: Inventory) -> Routing:
             best = max(t.tier for t in targets)
             route[tier] = next(t.name for t in reversed(by_cost) if t.tier == best)
     used = set(route.values())
-    return Routing(targets=tuple(t for t in targets if t.name in used), route=route)
+    return Routing(targets=tuple(t for t in targets if t.name in used), route=route,
+                   left_out=tuple(left_out))
+
+
+def unreachable(spec: TargetSpec) -> str:
+    """Why ``auto`` cannot use a target, found without connecting ("" when it may be used):
+    a docker target with no engine socket to try, a board whose alias is in no ssh_config
+    and names no machine."""
+    import socket
+
+    if spec.kind == "docker":
+        from hil.backends.docker import engine_candidates
+
+        try:
+            found = engine_candidates(spec.docker.engine, spec.docker.context, spec.source)
+        except ConfigError as err:
+            return str(err)
+        if any(not c.url.startswith("unix://") or Path(c.url[7:]).exists() for c in found):
+            return ""
+        return "no Docker engine socket here (" + ", ".join(c.url for c in found) + ")"
+    from hil.ssh.connection import declared_hosts, resolve_endpoint
+
+    ep = resolve_endpoint(spec.ssh.host, config_file=spec.ssh.config)
+    config = spec.ssh.config or "~/.ssh/config"
+    if ep.hostname != ep.alias or ep.alias in declared_hosts(config):
+        return ""
+    try:
+        socket.getaddrinfo(ep.alias, ep.port)
+    except OSError:
+        return f"no Host '{ep.alias}' in {config}, and no machine of that name"
+    return ""
 
 
 __all__ = ["Routing", "configured_routes", "is_routed", "resolve"]
@@ -146,33 +197,13 @@ def routed_spec(routing: Routing) -> TargetSpec:
                           f"tier{k} -> {v}" for k, v in sorted(routing.route.items())))
 
 
-def make_session(config: Any, settings: Any, routing: Routing) -> Any:
-    """The :class:`RoutedSession` plugin (defined here lazily: it builds on the pool's)."""
-    from hil.session.pool import BoardRun, PoolSession
+def routed_layout(routing: Routing) -> Layout:
+    """The routed targets as members; each container keeps the tests routed to it."""
+    from hil.session.controller import Layout
+    from hil.session.shards import shard_levels, share_env
 
-    class RoutedSession(PoolSession):
-        """Runs every routed target at once; each container keeps the tests routed to it."""
+    def env(config: pytest.Config, member: TargetSpec, index: int, count: int) -> dict[str, str]:
+        return {**member.env, "HIL_TARGET": member.name, "HIL_TIER": str(member.tier),
+                "HIL_ROUTE": routing.env(), **share_env(config, shard_levels(config))}
 
-        member = "target"
-
-        def __init__(self, config: Any, settings: Any) -> None:
-            super().__init__(config, settings)
-            from hil.ssh.connection import connect_in_background
-
-            for spec in routing.targets:
-                if spec.kind == "ssh" and not spec.ssh.hosts:
-                    connect_in_background(spec)
-
-        def _members(self) -> list[TargetSpec]:
-            return list(routing.targets)
-
-        def _env(self, board: BoardRun, index: int, count: int) -> dict[str, str]:
-            from hil.session.runfolder import allure_env
-            from hil.session.shards import shard_levels, share_env
-
-            return {**board.spec.env, "HIL_TARGET": board.name, "HIL_TIER": str(board.spec.tier),
-                    "HIL_ROUTE": routing.env(),
-                    **share_env(self.config, shard_levels(self.config)),
-                    **allure_env(self.settings.allure_dir)}
-
-    return RoutedSession(config, settings)
+    return Layout(name=routing.name, specs=routing.targets, env=env)

@@ -39,6 +39,7 @@ from hil.errors import (
     UnreachableError,
 )
 from hil.progress import Progress
+from hil.result import Result
 from hil.ssh.connection import SshConnection as Connection
 from hil.ssh.lease import Holder, Lease
 from hil.ssh.sync import Rsync, SyncStats, host_dir, out_dir
@@ -183,10 +184,9 @@ class BoardBackend(Backend):
             self.compose.up(tag)
         return tag
 
-    def _shell(self, command: str, timeout: float) -> tuple[int, str, str]:
-        """One shell command on the board: (exit code, stdout, stderr)."""
-        res = self.connect().run(command, timeout=timeout)
-        return res.exited, res.stdout, res.stderr
+    def _shell(self, command: str, timeout: float) -> Result:
+        """One shell command on the board (compose's :data:`~hil.backends.compose.Shell`)."""
+        return self.connect().run(command, timeout=timeout)
 
     def acquire_lease(self) -> Lease:
         """Hold the board's lease (waiting up to ``lease_timeout``); DeviceBusyError if not."""
