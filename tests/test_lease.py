@@ -203,7 +203,7 @@ def test_a_lease_folder_that_is_a_link_is_refused(sim_rig: Any, sim_jetson: Any,
         backend.close()
 
 
-def test_a_planted_holder_link_is_replaced_never_written_through(
+def test_a_planted_holder_link_is_refused_never_written_through(
         sim_rig: Any, sim_jetson: Any, sim_project: Path, lease_dir: str) -> None:
     # The session user's folder, left open by an older pytest-hil; a stranger planted a link
     # to a file of the session user's where the holder line goes.
@@ -214,11 +214,17 @@ def test_a_planted_holder_link_is_replaced_never_written_through(
         assert made.ok, made.stderr
         planted = _on_board(sim_rig, f"ln -s {victim} {lease_dir}/lease.holder")
         assert planted.returncode == 0, planted.stderr
-        lease = _lease(backend, lease_dir)
-        lease.wait()
+        with pytest.raises(TargetUnhealthyError) as info:
+            _lease(backend, lease_dir).wait()
+        assert f"{lease_dir}/lease.holder is not a plain file (a link to {victim}" \
+            in str(info.value)
         state = _on_board(sim_rig, f"cat {victim}; stat -c '%F %a' {lease_dir} "
                                    f"{lease_dir}/lease.holder", uid=0)
-        assert state.stdout.splitlines() == ["precious", "directory 700", "regular file 600"]
+        assert state.stdout.splitlines() == ["precious", "directory 700", "symbolic link 777"]
+        # Once the link is gone (the user checked it), the lease works again.
+        backend.connect().run(f"rm {lease_dir}/lease.holder")
+        lease = _lease(backend, lease_dir)  # kept: a collected channel closes
+        lease.wait()
         held, holder = read_holder(backend.connect(), lease_dir)
         assert held and holder is not None and holder.pid == os.getpid()
     finally:
