@@ -79,8 +79,6 @@ class LabgridSpec:
     count: int = 1
     #: labgrid's reservation priority (higher goes first).
     priority: int = 0
-    #: ``"power-cycle"``: a board that stops answering is power-cycled through its place.
-    recover: str = ""
 
     @property
     def wants(self) -> str:
@@ -337,11 +335,8 @@ def _labgrid(source: str, table: object, ssh: SshSpec) -> LabgridSpec:
     priority = raw.pop("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise ConfigError(f"{source}: key 'labgrid.priority' must be an integer, got {priority!r}")
-    recover = raw.pop("recover", "")
-    if recover not in ("", "power-cycle"):
-        raise ConfigError(f"{source}: key 'labgrid.recover' must be \"power-cycle\", got {recover!r}")
     spec: LabgridSpec = _section(source, "labgrid", LabgridSpec, raw)
-    spec = replace(spec, count=count, priority=priority, recover=recover)
+    spec = replace(spec, count=count, priority=priority)
     if bool(spec.tags) == bool(spec.places):
         raise ConfigError(f"{source}: key 'labgrid' needs 'tags' (a table) or 'places' (an array), "
                           "one of them")

@@ -63,7 +63,6 @@ def test_a_labgrid_table_replaces_the_ssh_hosts() -> None:
     ({"places": ["a", "a"]}, None, "distinct place names"),
     ({"places": ["a"], "count": 2}, None, r"'labgrid\.count' is 2 but 'labgrid\.places' names 1"),
     ({"tags": {"Board": "x"}}, None, "invalid tag names"),
-    ({"tags": {"board": "x"}, "recover": "reboot"}, None, r"'labgrid\.recover' must be"),
     ({"tags": {"board": "x"}, "where": 1}, None, r"unknown key 'labgrid\.where'"),
     ({"tags": {"board": "x"}}, {"host": "orin"}, "exclude each other"),
 ])
@@ -201,3 +200,72 @@ def test_a_killed_session_leaves_its_places_for_at_most_the_ttl(
     res.stdout.fnmatch_lines(["*hil: lab: freed *(their session stopped beating)*"])
     print(f"places back and run {time.monotonic() - killed:.1f} s after the SIGKILL")
     assert all(_places()[p].acquired is None for p in PLACES)
+
+
+def test_a_second_session_waits_in_the_queue_then_runs(
+        pytester: pytest.Pytester, sim_lab: Rig, tmp_path_factory: pytest.TempPathFactory) -> None:
+    first = _project(pytester, count=3, tests=3, seconds=4)
+    out = first.path / "first.txt"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with out.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", "--target=sim-lab"], cwd=first.path,
+                                stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while "hil: lab: acquired" not in out.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.2)
+        second = tmp_path_factory.mktemp("second")  # outside the first one's checkout
+        shutil.copytree(first.path / "targets", second / "targets")
+        shutil.copy(first.path / "test_suite.py", second / "test_suite.py")
+        res = pytester.run(sys.executable, "-m", "pytest", "--target=sim-lab", "--rootdir", str(second),
+                           str(second), timeout=600)
+        assert proc.wait(timeout=300) == 0, out.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    res.stdout.fnmatch_lines(["*hil: lab: waiting for 3 place(s) tagged board=sim-orin: 0 of 3 allocated*",
+                              "*hil: lab: acquired hil-sim-jetson-*", "*3 passed*"])
+    assert res.ret == 0
+
+
+def test_a_terminated_session_releases_its_places_at_once(pytester: pytest.Pytester, sim_lab: Rig) -> None:
+    project = _project(pytester, count=3, tests=3, seconds=30)
+    out = project.path / "out.txt"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", "--target=sim-lab"], cwd=project.path,
+                                stdout=sink, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 300
+        while "hil: running on 3 board(s)" not in out.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = out.read_text(errors="replace")
+    assert "hil: lab: released hil-sim-jetson-1, hil-sim-jetson-2, hil-sim-jetson-3" in text, text
+    assert all(_places()[p].acquired is None for p in PLACES)
+
+
+def test_a_place_s_power_port_cycles_its_board(sim_lab: Rig) -> None:
+    """labgrid's own ``power cycle`` on a place: the board's sshd and engine go and come back."""
+    env = {**os.environ, "LG_COORDINATOR": LG, "LG_HOSTNAME": "bench", "LG_USERNAME": "bob"}
+    client = [str(Path(sys.executable).parent / "labgrid-client"), "-p", PLACES[2]]
+    board = sim_lab.pool[3]
+    subprocess.run([*client, "acquire"], env=env, check=True, timeout=60, capture_output=True)
+    try:
+        pid = board.engine.pid()
+        done = subprocess.run([*client, "power", "cycle"], env=env, timeout=120, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr
+        assert board.engine.pid() not in (None, pid)  # a new engine: it was really stopped
+        assert board.board.sshd_up() and board.ssh_works()
+        got = subprocess.run([*client, "power", "get"], env=env, timeout=60, capture_output=True,
+                             text=True)
+        assert "is on" in got.stdout
+    finally:
+        subprocess.run([*client, "release"], env=env, check=False, timeout=60, capture_output=True)

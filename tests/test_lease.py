@@ -22,15 +22,20 @@ from hil.progress import Progress
 from hil.ssh.lease import Holder, Lease, read_holder
 
 
-def _backend(spec: Any, root: Path, lease_timeout: float) -> tuple[SshBackend, io.StringIO]:
+def _backend(spec: Any, root: Path, lease_timeout: float,
+             lease_dir: str | None = None) -> tuple[SshBackend, io.StringIO]:
     out = io.StringIO()
-    return SshBackend(spec, root, Progress(out), lease_timeout=lease_timeout), out
+    backend = SshBackend(spec, root, Progress(out), lease_timeout=lease_timeout)
+    if lease_dir is not None:  # other sessions on the shared rig hold the board's own
+        backend.lease_dir = lease_dir
+    return backend, out
 
 
 def test_second_session_waits_then_is_busy_naming_the_first(sim_jetson: Any,
-                                                            sim_project: Path) -> None:
-    first, _ = _backend(sim_jetson, sim_project, 30)
-    second, second_out = _backend(sim_jetson, sim_project, 2)
+                                                            sim_project: Path,
+                                                            lease_dir: str) -> None:
+    first, _ = _backend(sim_jetson, sim_project, 30, lease_dir)
+    second, second_out = _backend(sim_jetson, sim_project, 2, lease_dir)
     try:
         first.acquire_lease()
         start = time.monotonic()
@@ -50,13 +55,14 @@ def test_second_session_waits_then_is_busy_naming_the_first(sim_jetson: Any,
         first.close()
 
 
-def test_lease_passes_on_when_the_holder_closes(sim_jetson: Any, sim_project: Path) -> None:
-    first, _ = _backend(sim_jetson, sim_project, 30)
-    second, _ = _backend(sim_jetson, sim_project, 30)
+def test_lease_passes_on_when_the_holder_closes(sim_jetson: Any, sim_project: Path,
+                                                lease_dir: str) -> None:
+    first, _ = _backend(sim_jetson, sim_project, 30, lease_dir)
+    second, _ = _backend(sim_jetson, sim_project, 30, lease_dir)
     try:
         first.acquire_lease()
         assert second.connect() is not None
-        held, holder = read_holder(second.connect())
+        held, holder = read_holder(second.connect(), lease_dir)
         assert held and holder is not None and holder.pid == os.getpid()
         first.close()
         second.acquire_lease()
@@ -75,6 +81,7 @@ HOLDER_SCRIPT = textwrap.dedent("""
     import json
     spec = parse_target(json.loads(sys.argv[1]), "test", default_name="sim-jetson")
     backend = SshBackend(spec, Path(sys.argv[2]), Progress(quiet=True), lease_timeout=30)
+    backend.lease_dir = sys.argv[3]
     backend.acquire_lease()
     print("HELD", flush=True)
     sys.stdin.read()  # until killed
@@ -93,23 +100,24 @@ def _spec_json(spec: Any) -> str:
 
 
 def test_lease_is_released_when_the_holding_client_is_killed(sim_jetson: Any,
-                                                             sim_project: Path) -> None:
+                                                             sim_project: Path,
+                                                             lease_dir: str) -> None:
     repo = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER_SCRIPT, _spec_json(sim_jetson), str(sim_project)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=repo)
-    second, _ = _backend(sim_jetson, sim_project, 30)
+        [sys.executable, "-c", HOLDER_SCRIPT, _spec_json(sim_jetson), str(sim_project),
+         lease_dir], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=repo)
+    second, _ = _backend(sim_jetson, sim_project, 30, lease_dir)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "HELD"
-        held, holder = read_holder(second.connect())
+        held, holder = read_holder(second.connect(), lease_dir)
         assert held and holder is not None and holder.pid == proc.pid
         os.kill(proc.pid, signal.SIGKILL)  # a crash: no close(), no release
         proc.wait(10)
         start = time.monotonic()
         second.acquire_lease()
         assert time.monotonic() - start < 10
-        held, holder = read_holder(second.connect())
+        held, holder = read_holder(second.connect(), lease_dir)
         assert held and holder is not None and holder.pid == os.getpid()
     finally:
         if proc.poll() is None:
@@ -203,7 +211,7 @@ def test_a_lease_folder_that_is_a_link_is_refused(sim_rig: Any, sim_jetson: Any,
         backend.close()
 
 
-def test_a_planted_holder_link_is_replaced_never_written_through(
+def test_a_planted_holder_link_is_refused_never_written_through(
         sim_rig: Any, sim_jetson: Any, sim_project: Path, lease_dir: str) -> None:
     # The session user's folder, left open by an older pytest-hil; a stranger planted a link
     # to a file of the session user's where the holder line goes.
@@ -214,11 +222,17 @@ def test_a_planted_holder_link_is_replaced_never_written_through(
         assert made.ok, made.stderr
         planted = _on_board(sim_rig, f"ln -s {victim} {lease_dir}/lease.holder")
         assert planted.returncode == 0, planted.stderr
-        lease = _lease(backend, lease_dir)
-        lease.wait()
+        with pytest.raises(TargetUnhealthyError) as info:
+            _lease(backend, lease_dir).wait()
+        assert f"{lease_dir}/lease.holder is not a plain file (a link to {victim}" \
+            in str(info.value)
         state = _on_board(sim_rig, f"cat {victim}; stat -c '%F %a' {lease_dir} "
                                    f"{lease_dir}/lease.holder", uid=0)
-        assert state.stdout.splitlines() == ["precious", "directory 700", "regular file 600"]
+        assert state.stdout.splitlines() == ["precious", "directory 700", "symbolic link 777"]
+        # Once the link is gone (the user checked it), the lease works again.
+        backend.connect().run(f"rm {lease_dir}/lease.holder")
+        lease = _lease(backend, lease_dir)  # kept: a collected channel closes
+        lease.wait()
         held, holder = read_holder(backend.connect(), lease_dir)
         assert held and holder is not None and holder.pid == os.getpid()
     finally:

@@ -4,6 +4,7 @@ an instruction to the host (each case on the simulated rig or a real pytest run)
 from __future__ import annotations
 
 import base64
+import io
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,8 @@ def test_the_run_script_never_writes_through_links_the_container_left(
             "run", "true", OUT=f"{out}", HOST=host_dir(out), NAME="hil-trust-none",
             PIDF=f"{base}/run-1.pgid", LIB=".", LASTFAILED='{"t.py::test_x": true}',
             LABEL="io.pytest-hil.trust-test", KEEP="5", INBAND_KB="0", END="@@END",
-            CREATE='echo made > "$HOST/compose/create.out"; false'), timeout=120)
+            NONCE_FILE=".nonce", CREATE='echo made > "$HOST/compose/create.out"; false'),
+            timeout=120, in_stream=io.StringIO("n0nce\n"))
         state = conn.run(f"cat {base}/victim; ls -A {base}/victim-dir; "
                          f"stat -c '%F' {out}/lastfailed.json; cat {out}/lastfailed.json; echo; "
                          f"stat -c '%a' {host_dir(out)}")

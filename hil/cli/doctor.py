@@ -141,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.rootdir).resolve()
     inventory = load_inventory(root, Path(args.targets_dir) if args.targets_dir else None)
     spec = inventory.get(name)
+    if spec.labgrid is not None:  # its boards are known only once places are acquired
+        raise ConfigError(f"target '{spec.name}' takes its boards from a labgrid coordinator",
+                          hint=f"hil lab status --target {spec.name} shows its places")
     if spec.kind == "ssh" and spec.ssh.hosts:
         return _run_pool(spec, root, bool(args.json))
     progress = Progress(sys.stderr, quiet=bool(args.json))

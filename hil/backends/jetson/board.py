@@ -41,7 +41,7 @@ from hil.errors import (
 from hil.progress import Progress
 from hil.result import Result
 from hil.ssh.connection import SshConnection as Connection
-from hil.ssh.lease import Holder, Lease
+from hil.ssh.lease import LEASE_DIR, Holder, Lease
 from hil.ssh.sync import Rsync, SyncStats, host_dir, out_dir
 
 
@@ -55,6 +55,8 @@ class BoardBackend(Backend):
 
     #: Take the lease during preflight, in parallel (sessions); ``hil doctor`` turns it off.
     eager_lease = True
+    #: The board's lease folder (tests of the lease itself use one of their own).
+    lease_dir = LEASE_DIR
     #: Run the GPU probe even when the board holds a result for the same boot/engine/image.
     fresh_probe = False
 
@@ -123,7 +125,7 @@ class BoardBackend(Backend):
             conn = self.connect()
         if self.eager_lease and self.lease is None:
             self.lease = Lease(conn, timeout=self.lease_timeout, target=spec.name,
-                               on_wait=self._on_lease_wait).start()
+                               on_wait=self._on_lease_wait, lease_dir=self.lease_dir).start()
         command = preflight_command(spec, tag, lib_folder(worker_files()), self.fresh_probe)
         res = conn.run(command, timeout=max(60.0, spec.timeouts.connect * 6))
         sec = sections(res.stdout)
@@ -193,7 +195,7 @@ class BoardBackend(Backend):
         conn = self.connect()
         if self.lease is None or (self.lease.acquired and not self.lease.held):
             self.lease = Lease(conn, timeout=self.lease_timeout, target=self.spec.name,
-                               on_wait=self._on_lease_wait)
+                               on_wait=self._on_lease_wait, lease_dir=self.lease_dir)
         self.lease.wait()
         return self.lease
 
