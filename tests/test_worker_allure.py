@@ -10,7 +10,6 @@ import pytest
 
 from hil.session.events import EventFeeder
 from hil.worker import AllureResultsLogger, EventStream
-from hil.worker.allure import _attrs_asdict
 
 allure_commons = pytest.importorskip("allure_commons")
 from allure_commons import model2  # noqa: E402
@@ -111,13 +110,3 @@ def test_attachments_are_written_as_allure_writes_them(tmp_path: Path) -> None:
         logger.report_attached_data("text ü", "d-attachment.txt")
     for name in ("f-attachment.txt", "d-attachment.txt"):
         assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
-
-
-def test_attrs_asdict_gives_what_attr_asdict_gives() -> None:
-    import attr
-
-    item = model2.TestResult(name="n", uuid="u", start=0, links=[],
-                             labels=[Label(name="k", value={"a": [1, (2, None)], ("t", 1): ""})])
-    for sample in [*sample_items(), item]:
-        expected = attr.asdict(sample, filter=lambda _, v: v or v is False)
-        assert repr(_attrs_asdict(sample)) == repr(expected)  # key order too

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import hashlib
 import os
 import secrets
@@ -65,10 +66,12 @@ CONTAINER_ENTRY = (
 )
 
 
+@functools.cache
 def worker_files() -> dict[str, bytes]:
     """What every target gets in :data:`CONTAINER_LIB`: the worker's package, by relative path.
 
-    Its Python files only (no caches), under :data:`WORKER_PACKAGE`.
+    Its Python files only (no caches), under :data:`WORKER_PACKAGE`; read once per
+    session, so preflight and the run name the same folder even if the files change.
     """
     from hil import worker
 

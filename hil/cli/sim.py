@@ -92,10 +92,7 @@ def run(args: argparse.Namespace) -> int:
             said = f"started {', '.join(done)}" if done else "already up"
             print(f"hil sim: lab on {COORDINATOR}: {said}", file=sys.stderr)
     elif args.action == "down":
-        stopped = lab.down()
-        if stopped:
-            print(f"hil sim: stopped {', '.join(stopped)}", file=sys.stderr)
-        rig.down()
+        rig.down()  # the lab's processes too
     else:
         rig.restore_faults()
         print("faults restored")

@@ -23,6 +23,7 @@ from hil.sim.compose_plugin import ComposePlugin
 from hil.sim.engine import DockerEngine
 from hil.sim.faults import BoardFaults
 from hil.sim.images import ImageCache, RootfsSpec
+from hil.sim.lab import SimLab
 from hil.sim.layout import RigLayout
 from hil.sim.parts import PartNames
 from hil.sim.pool import BoardPool, PoolImages
@@ -318,7 +319,8 @@ class Rig(BoardFaults):
         with exclusive_lock(self.layout.lock_file):
             self._check_owner()
             self._marker.unlink(missing_ok=True)
-            stopped = self.pool.down() + self.stop_parts(also=[self.colima])
+            # the simulated lab's processes first: their pid files are in the runtime dir
+            stopped = SimLab(self.layout).down() + self.pool.down() + self.stop_parts(also=[self.colima])
             if self._unmount_leftovers():
                 stopped.append("leftover mounts")
             self._clean_runtime_dir()

@@ -45,45 +45,20 @@ def parse_environment(text: str) -> dict[str, str]:
     return out
 
 
-#: Field names of each attrs class met, in definition order (what ``attr.fields`` gives).
-_ATTRS_FIELDS: dict[type, tuple[str, ...]] = {}
+def result_dict(item: Any) -> dict[str, Any]:
+    """An Allure result or container as allure-commons serializes it.
 
-
-def _attrs_asdict(inst: Any) -> dict[str, Any]:
-    """``attr.asdict(inst, filter=lambda _, v: v or v is False)``, with fewer calls per value.
-
-    Allure's results are small trees of attrs classes, lists, dicts and plain
-    values; ``attr.asdict`` checks and passes its options at every node.  This
-    gives the same dict: falsy values other than ``False`` dropped, attrs
-    classes recursed into, other collections turned into lists (tuples as
-    dict keys), everything else kept as is.
+    What ``AllureFileLogger`` writes: ``attr.asdict`` of the model, falsy
+    values other than ``False`` left out (attrs comes with allure-commons).
     """
-    cls = type(inst)
-    names = _ATTRS_FIELDS.get(cls)
-    if names is None:
-        import attr
+    import attr
 
-        names = _ATTRS_FIELDS[cls] = tuple(a.name for a in attr.fields(cls))
-    out: dict[str, Any] = {}
-    for name in names:
-        value = getattr(inst, name)
-        if value or value is False:
-            out[name] = _attrs_value(value, False)
-    return out
+    data: dict[str, Any] = attr.asdict(item, filter=_kept)
+    return data
 
 
-def _attrs_value(value: Any, is_key: bool) -> Any:
-    kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool or value is None:
-        return value
-    if getattr(kind, "__attrs_attrs__", None) is not None:
-        return _attrs_asdict(value)
-    if issubclass(kind, (tuple, list, set, frozenset)):
-        items = [_attrs_value(v, False) for v in value]
-        return tuple(items) if is_key else items
-    if issubclass(kind, dict):
-        return {_attrs_value(k, True): _attrs_value(v, False) for k, v in value.items()}
-    return value
+def _kept(_: Any, value: Any) -> bool:
+    return bool(value) or value is False
 
 
 #: Receives each Allure result instead of a file: (file name, result as a dict, indent).
@@ -128,7 +103,7 @@ class AllureResultsLogger:
 
         indent = INDENT if os.environ.get("ALLURE_INDENT_OUTPUT") else None
         filename = item.file_pattern.format(prefix=uuid.uuid4())
-        data = _attrs_asdict(item)
+        data = result_dict(item)
         if self.sink is not None:
             self.sink(filename, data, indent)
         else:
