@@ -319,6 +319,20 @@ class RigError(HilError):
     kind = "sim-rig"
 
 
+class LabError(HilError):
+    """The lab's coordinator could not be reached or refused a call."""
+
+    exit_code = ExitCode.UNREACHABLE
+    kind = "lab-coordinator"
+
+
+class LabUnavailableError(LabError):
+    """labgrid is not installed (``pip install 'pytest-hil[lab]'``)."""
+
+    exit_code = ExitCode.USAGE_ERROR
+    kind = "lab-not-installed"
+
+
 def all_error_classes() -> list[type[HilError]]:
     """``HilError`` and every subclass defined so far, depth first (for tables and tests)."""
     found: list[type[HilError]] = [HilError]

@@ -47,6 +47,8 @@ CODES = {
     "ReportToolMissingError": ExitCode.USAGE_ERROR,
     "NoResultsError": ExitCode.USAGE_ERROR,
     "RigError": ExitCode.RIG_FAILED,
+    "LabError": ExitCode.UNREACHABLE,
+    "LabUnavailableError": ExitCode.USAGE_ERROR,
     "NotReadyError": ExitCode.RIG_FAILED,
     "PoolSizeError": ExitCode.USAGE_ERROR,
     "RigUnsupportedError": ExitCode.USAGE_ERROR,

@@ -92,8 +92,10 @@ def test_the_teams_harness_gives_its_own_outcomes_through_pytest_hil(
     flavour = r"docker compose 2\.[\d.-]+" if kind == "board" else r"docker-compose 1\.29\.[\d.-]+"
     assert re.search(rf"hil: compose: {flavour} on", out), out[-4000:]
     assert "hil: compose: mock-satellite healthy" in out
-    assert re.search(r"hil: compose: tests run in 'e2e-runner' \(hil-svc-e2e-runner:[0-9a-f]{16}, "
-                     r"pytest \d", out), out[-4000:]
+    # Its own image: checked for pytest when built, reused while its content hash holds.
+    assert re.search(r"hil: compose: (tests run in 'e2e-runner' \(hil-svc-e2e-runner:[0-9a-f]{16}, "
+                     r"pytest \d|image hil-svc-e2e-runner:[0-9a-f]{16} of 'e2e-runner' is up "
+                     r"to date)", out), out[-4000:]
     own = own_run(root, kind, sim_rig, tmp_path.name)
     own_out = own.stdout + own.stderr
     assert own.returncode == 0, own_out[-4000:]
@@ -125,3 +127,7 @@ def test_a_tests_service_image_without_pytest_is_a_usage_error_naming_the_fix(
     assert "the image of compose service 'e2e-runner'" in out and "cannot run pytest" in out
     assert "install pytest in its image (`RUN python3 -m pip install pytest` in " \
            "tests/e2e/Dockerfile.jetson)" in out, out[-4000:]
+    # The image that failed the check is gone: the next run checks again, it does not run.
+    again = hil_run(root, "colima")
+    assert again.returncode == ExitCode.USAGE_ERROR, (again.stdout + again.stderr)[-4000:]
+    assert "cannot run pytest" in again.stdout + again.stderr

@@ -463,8 +463,8 @@ class ComposeProject:
             raise TargetUnhealthyError("could not write the compose override file",
                                        target=self.spec.name, tail=self._fail_text(out, err))
         self.started = True
-        self.build()
-        if self.tests_image:
+        built = self.build()
+        if self.compose.service in built:  # a tag is checked once: when it is built
             self.check_tests_image()
         if self.others:
             self.progress.step(f"compose: starting {', '.join(self.others)}")
@@ -477,12 +477,12 @@ class ComposeProject:
                     target=self.spec.name, tail=self._fail_text(out, err))
             self.wait_ready()
 
-    def build(self) -> None:
-        """Build the services whose content-hash tag is absent from the engine."""
+    def build(self) -> list[str]:
+        """Build the services whose content-hash tag is absent from the engine; returns them."""
         tags = {name: svc["image"] for name, svc in self.override["services"].items()
                 if "image" in svc}
         if not tags:
-            return
+            return []
         _, out, _ = self._sh(self.script("missing", *(x for pair in tags.items() for x in pair)))
         missing = list(tags) if self.rebuild else [n for n in out.split() if n in tags]
         for name in tags:
@@ -490,7 +490,7 @@ class ComposeProject:
                 self.progress.step(f"compose: image {tags[name]} of '{name}' is up to date "
                                    "(content hash)")
         if not missing:
-            return
+            return []
         self.progress.step(f"compose: building {', '.join(missing)}")
         code, out, err = self._sh(self.command("build", *missing), timeout=self.spec.timeouts.build)
         log = self._fail_text(out, err)
@@ -502,6 +502,7 @@ class ComposeProject:
                 f"compose could not build {', '.join(missing)}: {log.splitlines()[-1][:200]}",
                 target=self.spec.name, command=" ".join([*self.cli, "build", *missing]),
                 exited=code, tail=log)
+        return missing
 
     def check_tests_image(self) -> None:
         """The tests' own image must run pytest: else a usage error naming the service and the fix."""
@@ -514,6 +515,8 @@ class ComposeProject:
             self.progress.step(f"compose: tests run in '{service}' ({self.tests_image}, "
                                f"pytest {out.strip()})")
             return
+        # Gone, so the next run builds it again and checks again (not the run's own failure).
+        self._sh(self.script("rmi", self.tests_image))
         display = self._local_path(dockerfile)
         shown = display.relative_to(self.local_root).as_posix() if display else dockerfile
         raise ConfigError(

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from hil.errors import ExitCode, HilError
+from hil.errors import HilError, LabError, LabUnavailableError
 
 _T = TypeVar("_T")
 
@@ -37,20 +37,6 @@ _T = TypeVar("_T")
 DEFAULT_PORT = 20408
 #: Our sessions' holder names: ``HOST.hil-TOKEN/USER`` (a person's are ``HOST/USER``).
 HOLDER = re.compile(r"^[^/]*\.hil-(?P<token>[0-9a-f]+)/[^/]+$")
-
-
-class LabError(HilError):
-    """The lab's coordinator could not be reached or refused a call."""
-
-    exit_code = ExitCode.UNREACHABLE
-    kind = "lab-coordinator"
-
-
-class LabUnavailableError(LabError):
-    """labgrid is not installed (``pip install 'pytest-hil[lab]'``)."""
-
-    exit_code = ExitCode.USAGE_ERROR
-    kind = "lab-not-installed"
 
 
 @dataclass(frozen=True)

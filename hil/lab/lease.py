@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from hil.config import LabgridSpec, TargetSpec
-from hil.errors import ConfigError, DeviceBusyError
-from hil.lab.coordinator import HOLDER, Coordinator, LabError, PlaceView
+from hil.errors import ConfigError, DeviceBusyError, LabError
+from hil.lab.coordinator import HOLDER, Coordinator, PlaceView
 
 #: The tag holding a session's heartbeat on each place it holds.
 LEASE_TAG = "hil_lease"

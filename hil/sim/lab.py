@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hil.lab.coordinator import Coordinator, LabError
+from hil.errors import LabError
+from hil.lab.coordinator import Coordinator
 from hil.sim._proc import NotReadyError, log_tail, pidfile_alive, stop_pidfile, wait_until
 from hil.sim.layout import RigLayout
 

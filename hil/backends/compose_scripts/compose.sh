@@ -70,6 +70,10 @@ missing)  # pairs of service and image tag: the services whose tag the engine la
     shift 2
   done
   ;;
+rmi)  # $1: an image to remove
+  docker rmi -f "$1" >/dev/null 2>&1
+  true
+  ;;
 pytest)  # $1: an image: the pytest version it runs
   exec docker run --rm --network none --entrypoint python3 "$1" \
     -c 'import pytest; print(pytest.__version__)'
