@@ -14,21 +14,6 @@ from hil.errors import HilError
 from hil.own import check_own, is_own, mark_own, remove_own
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Create ``path`` with ``data`` in one go; never through a link, never over a file.
-
-    The run folder can be written by the container on docker targets: a name
-    planted there (a link, a file) makes this fail rather than be followed.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-
-
 def link_or_copy(source: Path, dest: Path) -> None:
     """Hard-link ``source`` to ``dest`` (fast for thousands of results), else copy it."""
     try:
