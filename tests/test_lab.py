@@ -238,7 +238,8 @@ def test_a_terminated_session_releases_its_places_at_once(pytester: pytest.Pytes
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         deadline = time.monotonic() + 300
-        while "hil: running on 3 board(s)" not in out.read_text(errors="replace"):
+        # Running on every healthy board (one may be quarantined on a loaded rig).
+        while "hil: running on " not in out.read_text(errors="replace"):
             assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
@@ -247,7 +248,10 @@ def test_a_terminated_session_releases_its_places_at_once(pytester: pytest.Pytes
         if proc.poll() is None:
             proc.kill()
     text = out.read_text(errors="replace")
-    assert "hil: lab: released hil-sim-jetson-1, hil-sim-jetson-2, hil-sim-jetson-3" in text, text
+    released = re.search(r"hil: lab: released (.+)", text)
+    assert released is not None, text
+    # Released in the order they were acquired, which the coordinator decides.
+    assert sorted(released.group(1).strip().split(", ")) == PLACES, text
     assert all(_places()[p].acquired is None for p in PLACES)
 
 

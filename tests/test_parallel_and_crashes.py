@@ -23,6 +23,7 @@ from hil.backends.base import describe_exit
 from hil.session.args import remote_args
 from hil.session.events import EventFeeder
 from hil.worker import EventStream, decode_resume, encode_resume
+from hil.worker.protocol import PROTOCOL
 
 pytest_plugins = ["pytester"]
 
@@ -84,7 +85,7 @@ def test_the_running_tests_under_xdist_are_those_started_and_not_finished(
         terminal._session = session  # as its pytest_sessionstart sets it
     feeder = EventFeeder(config, session)
     ids = ["t.py::test_0", "t.py::test_1", "t.py::test_2"]
-    feeder.handle({"ev": "hello", "workers": 2})
+    feeder.handle({"ev": "hello", "protocol": PROTOCOL, "workers": 2})
     feeder.handle({"ev": "collection_finish", "nodeids": ids})
     assert feeder.running is None  # no collection-order guess: workers take tests as they go
     for nodeid in ids[1:]:
